@@ -24,7 +24,7 @@ def test_paper_config_parameter_count():
     assert n_params(build_unet(out_channels=2)) == n - (64 * 27 * 4 + 4) - ((36 - 4) * 27 + 4)
     # transposed-conv up-sampling and instance norm, as the paper says
     kinds = {type(m).__name__ for m in model.modules()}
-    assert {"ConvTranspose3d", "InstanceNorm3d", "PReLU", "Dropout3d"} <= kinds
+    assert {"ConvTranspose3d", "InstanceNorm3d", "PReLU", "Dropout"} <= kinds
 
 
 def test_checkpoint_round_trip(tmp_path):
