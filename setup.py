@@ -1,0 +1,37 @@
+"""synthgen: GPU-native on-the-fly synthesis of brain MRI with stroke lesions."""
+import sys
+
+from setuptools import find_packages, setup
+
+install_requires = [
+    "torch>=2.1",
+    "numpy>=1.24",
+    "nibabel>=5.0",
+    "torch-interpol>=0.2.5",
+    "tqdm>=4.60",
+    "matplotlib>=3.6",   # PNG previews, learning curves, box plots
+    "scipy>=1.10",       # connected components and distance transforms for metrics, calibration
+    "monai>=1.3",        # the paper's UNet, sliding-window inference, metric cross-checks
+]
+if sys.platform.startswith("linux"):
+    install_requires.append("triton>=3.0")
+
+setup(
+    name="synthgen",
+    version="0.1.0",
+    description="GPU-native on-the-fly synthesis of brain MRI with stroke lesions (SynthStroke-style)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["synthgen", "synthgen.*"]),
+    package_data={"synthgen": ["data/default/*"]},
+    include_package_data=True,
+    install_requires=install_requires,
+    extras_require={
+        "dev": ["pytest>=7", "hypothesis>=6"],
+        "peers": ["cornucopia", "torchio"],   # benchmarks compare against them when installed
+        "cuda": ["cupy-cuda12x"],
+    },
+    entry_points={"console_scripts": ["synthgen-preview=synthgen.preview:main"]},
+    license="MIT",
+)

@@ -1,0 +1,71 @@
+"""Smooth random fields: a coarse grid of cubic B-spline coefficients evaluated on a dense grid.
+
+The control grid spans the output grid corner to corner: control point 0 sits on voxel 0 and control point
+n-1 on voxel N-1 (coordinate ``x_c = x * (n - 1) / (N - 1)``). Coefficients are used as they are (no spline
+prefilter) and the boundary is mirrored half-sample-symmetrically (torch-interpol's ``dct2``), so
+``smooth_field`` equals ``interpol.grid_pull(coeffs, grid, interpolation=3, bound='dct2')`` at those
+coordinates. On a regular grid the tensor-product spline is separable: three small (N x n) weight matrices
+applied along each axis, about ``n`` multiply-adds per output voxel instead of 64 taps.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def cubic_bspline(t: torch.Tensor) -> torch.Tensor:
+    """Cubic B-spline basis beta3(t), support (-2, 2)."""
+    a = t.abs()
+    inner = 2.0 / 3.0 - a ** 2 + 0.5 * a ** 3
+    outer = (2.0 - a).clamp(min=0) ** 3 / 6.0
+    return torch.where(a < 1, inner, outer)
+
+
+def _mirror_index(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Half-sample symmetric boundary (dct2): ... 1 0 | 0 1 ... n-1 | n-1 n-2 ..."""
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * n
+    i = torch.remainder(i, period)
+    return torch.where(i >= n, period - 1 - i, i)
+
+
+@functools.lru_cache(maxsize=64)
+def _bspline_matrix_cpu(n_ctrl: int, n_out: int) -> torch.Tensor:
+    x = torch.arange(n_out, dtype=torch.float64)
+    xc = x * ((n_ctrl - 1) / (n_out - 1)) if n_out > 1 else torch.zeros(1, dtype=torch.float64)
+    base = torch.floor(xc).long()
+    weights = torch.zeros(n_out, n_ctrl, dtype=torch.float64)
+    for offset in (-1, 0, 1, 2):
+        idx = base + offset
+        w = cubic_bspline(xc - idx.to(torch.float64))
+        weights.index_put_((torch.arange(n_out), _mirror_index(idx, n_ctrl)), w, accumulate=True)
+    return weights
+
+
+def bspline_matrix(n_ctrl: int, n_out: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Weights ``(n_out, n_ctrl)`` such that ``field = W @ coeffs`` along one axis."""
+    return _bspline_matrix_cpu(int(n_ctrl), int(n_out)).to(device=device, dtype=dtype)
+
+
+def smooth_field(coeffs: torch.Tensor, shape) -> torch.Tensor:
+    """Evaluate cubic B-spline coefficients on a dense grid.
+
+    Args:
+        coeffs: ``(B, C, n1, n2, n3)`` control-grid coefficients (each ``n >= 1``).
+        shape: output spatial size ``(D, H, W)``.
+
+    Returns:
+        ``(B, C, D, H, W)`` field, same dtype and device as ``coeffs``.
+    """
+    if coeffs.ndim != 5:
+        raise ValueError(f"`coeffs` must be (B, C, n1, n2, n3), got shape {tuple(coeffs.shape)}")
+    if len(shape) != 3 or any(int(s) < 1 for s in shape):
+        raise ValueError(f"`shape` must be 3 positive sizes, got {tuple(shape)}")
+    dev, dt = coeffs.device, coeffs.dtype
+    w1, w2, w3 = (bspline_matrix(n, s, dev, dt) for n, s in zip(coeffs.shape[2:], shape))
+    # contract the smallest axes first: cost ~ N*n per output voxel along the last contraction
+    out = torch.einsum("bcijk,zk->bcijz", coeffs, w3)
+    out = torch.einsum("bcijz,yj->bciyz", out, w2)
+    return torch.einsum("bciyz,xi->bcxyz", out, w1)

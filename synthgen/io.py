@@ -1,0 +1,174 @@
+"""NIfTI I/O and affine-aware resampling (RAS, 1 mm), shared by data loading, inference and evaluation.
+
+Arrays are numpy, spatial axes first (X, Y, Z[, C]); affines are 4x4 voxel -> world (mm, RAS+ as
+NIfTI defines it). Resampling always goes through world coordinates, never array indices.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from .ops.warp import grid_pull
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path) -> bool:
+    name = str(path).lower()
+    return name.endswith(NIFTI_SUFFIXES)
+
+
+def load_nifti(path, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI file fully into memory.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        dtype: cast the data to this numpy dtype (default: the scaled on-disk type, float for scaled data).
+
+    Returns:
+        ``(data, affine)``: the array (3D or 4D, spatial axes first) and its 4x4 float64 affine.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not NIfTI, cannot be decoded (corrupt gzip, truncated), has a singular or
+            non-finite affine, or fewer than 3 dimensions.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not is_nifti(path):
+        raise ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as err:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err})") from err
+    affine = np.asarray(img.affine, dtype=np.float64)
+    check_affine(affine, path)
+    if data.ndim == 5 and data.shape[3] == 1:   # NIfTI stores vector data as (X, Y, Z, 1, C)
+        data = data[:, :, :, 0]
+    if data.ndim < 3:
+        raise ValueError(f"{path}: expected a 3D or 4D image, got shape {data.shape}")
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return data, affine
+
+
+def check_affine(affine: np.ndarray, name="affine") -> None:
+    """Raise ValueError naming ``name`` when the affine is non-finite or singular."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"{name}: affine must be 4x4, got shape {affine.shape}")
+    if not np.all(np.isfinite(affine)):
+        raise ValueError(f"{name}: affine has NaN or Inf entries")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise ValueError(f"{name}: affine is singular (det {np.linalg.det(affine[:3, :3]):.3g})")
+
+
+def save_nifti(path, data, affine, dtype=None) -> Path:
+    """Write ``data`` with ``affine`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(data)
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def voxel_sizes(affine) -> np.ndarray:
+    """Voxel edge lengths in mm (norms of the affine's columns)."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
+
+
+def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permute and flip axes so that the array axes point (closest to) Right, Anterior, Superior.
+
+    Exact: no interpolation, the world position of every voxel is unchanged.
+    """
+    ornt = nib.orientations.io_orientation(affine)
+    ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    transform = nib.orientations.ornt_transform(ornt, ras)
+    spatial = nib.orientations.apply_orientation(data, transform) if data.ndim == 3 else np.stack(
+        [nib.orientations.apply_orientation(data[..., c], transform) for c in range(data.shape[3])], axis=-1)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape[:3])
+    return np.ascontiguousarray(spatial), new_affine
+
+
+def resample_to_grid(data: np.ndarray, affine: np.ndarray, out_shape, out_affine: np.ndarray,
+                     order: int = 1) -> np.ndarray:
+    """Resample ``data`` (3D, or 4D channel-last) onto the grid ``(out_shape, out_affine)`` through world space.
+
+    Args:
+        order: 0 nearest neighbour (labels, masks), 1 trilinear (probabilities, scans).
+
+    Returns:
+        Array of ``out_shape`` (+ channels); points outside the input are 0. Float32 for order 1, the input
+        dtype for order 0.
+    """
+    if order not in (0, 1):
+        raise ValueError(f"`order` must be 0 (nearest) or 1 (trilinear), got {order}")
+    out_shape = tuple(int(s) for s in out_shape)[:3]
+    # output voxel -> input voxel
+    vox2vox = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(out_affine, dtype=np.float64)
+    if np.allclose(vox2vox, np.eye(4), atol=1e-6) and tuple(data.shape[:3]) == out_shape:
+        return data.copy()
+    vol = torch.from_numpy(np.ascontiguousarray(data))
+    channels_last = vol.ndim == 4
+    vol = vol.permute(3, 0, 1, 2) if channels_last else vol[None]
+    src_dtype = vol.dtype
+    vol = vol.to(torch.float32)[None]                                  # (1, C, X, Y, Z)
+    grid = affine_grid_points(out_shape, torch.as_tensor(vox2vox, dtype=torch.float64))
+    out = grid_pull(vol, grid[None].to(torch.float32), mode="nearest" if order == 0 else "linear")[0]
+    if order == 0:
+        out = out.to(src_dtype)
+    out = out.permute(1, 2, 3, 0) if channels_last else out[0]
+    return np.ascontiguousarray(out.numpy())
+
+
+def affine_grid_points(shape, vox2vox: torch.Tensor) -> torch.Tensor:
+    """Input voxel coordinates ``(X, Y, Z, 3)`` of every output voxel under the 4x4 ``vox2vox`` map."""
+    axes = [torch.arange(n, dtype=torch.float64) for n in shape]
+    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    return ijk @ vox2vox[:3, :3].T + vox2vox[:3, 3]
+
+
+def to_ras_1mm(data: np.ndarray, affine: np.ndarray, order: int = 1,
+               voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient to RAS, then reslice to isotropic ``voxel_size`` mm covering the same field of view.
+
+    An image already at that voxel size (within 1e-3 mm) and axis-aligned is only reoriented.
+    """
+    data, affine = reorient_to_ras(data, affine)
+    sizes = voxel_sizes(affine)
+    oblique = not np.allclose(affine[:3, :3] / sizes, np.eye(3), atol=1e-4)
+    if np.allclose(sizes, voxel_size, atol=1e-3) and not oblique:
+        return data, affine
+    # bounding box of the input's voxel centres in world space, on an axis-aligned RAS grid
+    corners = np.array([[i, j, k, 1.0] for i in (0, data.shape[0] - 1) for j in (0, data.shape[1] - 1)
+                        for k in (0, data.shape[2] - 1)])
+    world = corners @ affine.T
+    lo, hi = world[:, :3].min(0), world[:, :3].max(0)
+    out_shape = np.floor((hi - lo) / voxel_size + 1e-6).astype(int) + 1
+    out_affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    out_affine[:3, 3] = lo
+    return resample_to_grid(data, affine, out_shape, out_affine, order=order), out_affine

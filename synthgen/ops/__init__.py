@@ -1,0 +1,10 @@
+"""Synthesis operations, one module per family. Each public function is the plain-torch reference; fast
+paths register through :mod:`synthgen.backend`."""
+from .blur import gaussian_blur, gaussian_kernel1d, thick_slices
+from .intensity import (add_noise, bias_field, gamma_transform, gmm_sample, percentile_clip, quantiles,
+                        skull_strip, texture_noise, z_normalise)
+from .warp import affine_elastic_coords, flip, grid_pull
+
+__all__ = ["gaussian_blur", "gaussian_kernel1d", "thick_slices", "add_noise", "bias_field", "gamma_transform",
+           "gmm_sample", "percentile_clip", "quantiles", "skull_strip", "texture_noise", "z_normalise",
+           "affine_elastic_coords", "flip", "grid_pull"]

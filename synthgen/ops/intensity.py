@@ -1,0 +1,132 @@
+"""Intensity operations on synthetic images ``(B, 1, D, H, W)``: GMM, bias, gamma, noise, clip, normalise."""
+from __future__ import annotations
+
+import torch
+
+from ..fields import smooth_field
+from .blur import gaussian_blur, gaussian_kernel1d
+
+
+def texture_noise(shape, fwhm: torch.Tensor, generators: list[torch.Generator], device=None) -> torch.Tensor:
+    """Unit-variance Gaussian noise ``(B, 1, *shape)`` smoothed isotropically with a per-sample FWHM.
+
+    The smoothed field is divided by the kernel's L2 norm (cubed: three axes) so that its variance stays 1
+    whatever the FWHM: ``sigma`` keeps meaning the within-class standard deviation.
+    """
+    out = []
+    for b, g in enumerate(generators):
+        z = torch.randn(1, 1, *shape, generator=g, device=device)
+        f = float(fwhm[b])
+        if f > 0:
+            k = gaussian_kernel1d(f, dtype=torch.float64)
+            z = gaussian_blur(z, fwhm[b:b + 1].to(z.device)) / float(k.pow(2).sum().sqrt() ** 3)
+        out.append(z)
+    return torch.cat(out)
+
+
+def gmm_sample(tissue: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, texture: torch.Tensor,
+               lesion_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Intensity of a Gaussian mixture with known class membership.
+
+    ``I = sum_k p_k (mu_k + sigma_k t)`` with ``t`` the (spatially smoothed) unit noise ``texture``, where ``p``
+    is the one-hot of integer labels or the given probabilities, mixed with the lesion class (the last entry
+    of ``mu``/``sigma``) as ``p_k (1 - w)`` and ``w``. One texture volume serves every class: classes barely
+    overlap, so within each class the statistics are those of an independent draw, at 1/K of the cost.
+
+    Args:
+        tissue: ``(B, 1, D, H, W)`` integer labels or ``(B, K, D, H, W)`` float probabilities.
+        mu, sigma: ``(B, L)`` class means and stds, ``L > K`` (or > max label); entry ``L - 1`` is the lesion.
+        texture: ``(B, 1, D, H, W)`` unit-variance noise.
+        lesion_weight: ``(B, 1, D, H, W)`` lesion fraction in [0, 1], or None.
+
+    Returns:
+        ``(B, 1, D, H, W)`` float32 image.
+    """
+    B = tissue.shape[0]
+    if mu.shape != sigma.shape or mu.shape[0] != B:
+        raise ValueError(f"`mu` and `sigma` must both be ({B}, L), got {tuple(mu.shape)} and {tuple(sigma.shape)}")
+    n_cls = mu.shape[1] - 1
+    if tissue.is_floating_point():
+        if tissue.shape[1] > n_cls:
+            raise ValueError(f"tissue has {tissue.shape[1]} channels, more than the {n_cls} class Gaussians drawn")
+        mean = torch.einsum("bk...,bk->b...", tissue, mu[:, :tissue.shape[1]]).unsqueeze(1)
+        std = torch.einsum("bk...,bk->b...", tissue, sigma[:, :tissue.shape[1]]).unsqueeze(1)
+    else:
+        labels = tissue.long()
+        if int(labels.max()) >= n_cls or int(labels.min()) < 0:
+            raise ValueError(f"tissue labels must be in [0, {n_cls - 1}], got [{int(labels.min())}, {int(labels.max())}]")
+        mean = torch.gather(mu, 1, labels.reshape(B, -1)).reshape(labels.shape)
+        std = torch.gather(sigma, 1, labels.reshape(B, -1)).reshape(labels.shape)
+    image = mean + std * texture
+    if lesion_weight is not None:
+        w = lesion_weight
+        lesion = mu[:, -1].view(B, 1, 1, 1, 1) + sigma[:, -1].view(B, 1, 1, 1, 1) * texture
+        image = image * (1 - w) + lesion * w
+    return image
+
+
+def bias_field(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Multiply by ``exp(f)``, ``f`` the cubic B-spline of ``coeffs`` ``(B, 1, m, m, m)`` over the volume."""
+    return x * torch.exp(smooth_field(coeffs.to(x.device, x.dtype), x.shape[2:]))
+
+
+def gamma_transform(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Per sample: min-max normalise to [0, 1], raise to ``gamma`` ``(B,)``, map back to [min, max]."""
+    flat = x.reshape(x.shape[0], -1)
+    lo = flat.amin(1).view(-1, 1, 1, 1, 1)
+    hi = flat.amax(1).view(-1, 1, 1, 1, 1)
+    span = (hi - lo).clamp(min=1e-6)
+    return ((x - lo) / span).clamp(0, 1).pow(gamma.to(x.device, x.dtype).view(-1, 1, 1, 1, 1)) * span + lo
+
+
+def add_noise(x: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator], kind: str = "rician") -> torch.Tensor:
+    """Add noise of per-sample ``std`` ``(B,)``: Gaussian, or Rician (magnitude of the image plus complex
+    Gaussian noise, as in magnitude MR images)."""
+    if kind not in ("rician", "gaussian"):
+        raise ValueError(f"`kind` must be 'rician' or 'gaussian', got {kind!r}")
+    out = []
+    for b, g in enumerate(generators):
+        s = std[b].to(x.device, x.dtype)
+        n1 = torch.randn(x[b:b + 1].shape, generator=g, device=x.device, dtype=x.dtype) * s
+        if kind == "gaussian":
+            out.append(x[b:b + 1] + n1)
+        else:
+            n2 = torch.randn(x[b:b + 1].shape, generator=g, device=x.device, dtype=x.dtype) * s
+            out.append(torch.sqrt((x[b:b + 1] + n1) ** 2 + n2 ** 2))
+    return torch.cat(out)
+
+
+def quantiles(x: torch.Tensor, q) -> torch.Tensor:
+    """Per-sample quantiles ``(B, len(q))`` over all voxels, with torch.quantile's linear interpolation."""
+    flat = x.reshape(x.shape[0], -1).float()
+    qs = torch.as_tensor(q, dtype=torch.float32, device=x.device)
+    if flat.shape[1] <= 16_000_000:      # torch.quantile's input size limit
+        return torch.quantile(flat, qs, dim=1).T
+    srt = flat.sort(dim=1).values
+    pos = qs * (flat.shape[1] - 1)
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    w = pos - lo
+    return srt[:, lo] * (1 - w) + srt[:, hi] * w
+
+
+def percentile_clip(x: torch.Tensor, lower: float = 0.01, upper: float = 0.99) -> torch.Tensor:
+    """Clip each sample to its ``lower`` and ``upper`` quantiles (fractions, e.g. 0.01 and 0.99)."""
+    if not 0.0 <= lower <= upper <= 1.0:
+        raise ValueError(f"quantiles must satisfy 0 <= lower <= upper <= 1, got ({lower}, {upper})")
+    qv = quantiles(x, [lower, upper]).to(x.dtype)
+    return torch.maximum(torch.minimum(x, qv[:, 1].view(-1, 1, 1, 1, 1)), qv[:, 0].view(-1, 1, 1, 1, 1))
+
+
+def skull_strip(x: torch.Tensor, brain: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Zero voxels outside ``brain`` ``(B, 1, D, H, W)`` in the samples where ``apply`` ``(B,)`` is true."""
+    keep = brain.to(torch.bool) | ~apply.to(x.device).view(-1, 1, 1, 1, 1)
+    return x * keep.to(x.dtype)
+
+
+def z_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per sample: zero mean, unit (population) standard deviation over all voxels."""
+    flat = x.reshape(x.shape[0], -1)
+    mean = flat.mean(1).view(-1, 1, 1, 1, 1)
+    std = flat.std(1, unbiased=False).view(-1, 1, 1, 1, 1)
+    return (x - mean) / std.clamp(min=eps)
