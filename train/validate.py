@@ -1,0 +1,95 @@
+"""Validation: a fixed held-out synthetic set and, when given, real labelled scans.
+
+The synthetic set is drawn once from its own stream (``seed + val_seed_offset``, never used in training) with
+the held-out lesions, and kept on the device, so every validation sees the same samples. Dice per class uses
+``train.metrics.dice`` (both masks empty -> 1); ``lesion_dice`` is the mean lesion Dice over the samples whose
+target holds a lesion (the number that matters for stroke), NaN when none does.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from train.metrics import dice
+
+
+def synthetic_val_set(generator, tissues: list, seed: int, n: int, batch_size: int = 1) -> list:
+    """Draw ``n`` fixed validation samples: sample ``i`` uses tissue map ``i % len(tissues)``.
+
+    Args:
+        generator: a ``synthgen.SynthGenerator`` (with the held-out lesion source).
+        tissues: tissue-map tensors on the training device.
+        seed: the validation stream (keep it apart from every training stream).
+
+    Returns:
+        A list of ``(image (1, 1, *crop) float32, target (1, *crop) uint8)`` on the tissue maps' device.
+    """
+    out = []
+    for i in range(n):
+        image, target = generator(tissues[i % len(tissues)], seed=seed, index=i, batch_size=1)
+        out.append((image, target))
+    return out
+
+
+def _autocast(device: torch.device, amp_dtype):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+@torch.no_grad()
+def predict_labels(model, image: torch.Tensor, amp_dtype=None, roi=None) -> torch.Tensor:
+    """Argmax labels ``(B, *spatial)`` of ``image`` ``(B, 1, *spatial)``; sliding window over ``roi`` if given."""
+    with _autocast(image.device, amp_dtype):
+        if roi is not None and any(s > r for s, r in zip(image.shape[2:], roi)):
+            from monai.inferers import sliding_window_inference
+            logits = sliding_window_inference(image, roi, 1, model, overlap=0.5, mode="gaussian", sigma_scale=0.125)
+        else:
+            logits = model(image)
+    return logits.float().argmax(1)
+
+
+def dice_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> list:
+    """Dice of every class of one sample (labels ``(*spatial)``), by ``train.metrics.dice``."""
+    p, t = pred.cpu().numpy(), target.cpu().numpy()
+    return [dice(p == c, t == c) for c in range(num_classes)]
+
+
+def summarise(scores: list, has_lesion: list, class_names, prefix: str = "") -> dict:
+    """Mean Dice per class and the lesion Dice over samples with a lesion, as ``{prefix + name: value}``."""
+    arr = np.asarray(scores, dtype=np.float64).reshape(len(scores), len(class_names))
+    out = {f"{prefix}dice_{name}": float(arr[:, c].mean()) for c, name in enumerate(class_names)}
+    lesion = [row[-1] for row, flag in zip(arr, has_lesion) if flag]
+    out[f"{prefix}lesion_dice"] = float(np.mean(lesion)) if lesion else math.nan
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, samples: list, class_names, amp_dtype=None, roi=None, prefix: str = "val_",
+             keep: int = 0) -> tuple[dict, list]:
+    """Dice of ``model`` on ``samples`` (list of ``(image, target)``), in eval mode; restores train mode.
+
+    Args:
+        class_names: names of the classes, lesion last.
+        roi: sliding-window size for inputs larger than the training crop (real scans).
+        keep: how many ``(image, target, prediction)`` triples to return for plotting.
+
+    Returns:
+        ``(metrics, kept)``: ``{prefix}dice_<class>`` means, ``{prefix}lesion_dice``, and the kept triples (CPU).
+    """
+    was_training = model.training
+    model.eval()
+    scores, has_lesion, kept = [], [], []
+    lesion_class = len(class_names) - 1
+    try:
+        for image, target in samples:
+            pred = predict_labels(model, image, amp_dtype, roi)
+            for b in range(image.shape[0]):
+                scores.append(dice_scores(pred[b], target[b], len(class_names)))
+                has_lesion.append(bool((target[b] == lesion_class).any()))
+                if len(kept) < keep:
+                    kept.append((image[b, 0].float().cpu(), target[b].cpu(), pred[b].cpu()))
+    finally:
+        model.train(was_training)
+    return summarise(scores, has_lesion, class_names, prefix), kept
