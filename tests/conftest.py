@@ -1,0 +1,42 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+def phantom_labels(shape=(30, 36, 32)) -> torch.Tensor:
+    """A small head phantom (1, 1, *shape) uint8: head tissue, GM shell, PV band, WM core, CSF ventricles."""
+    axes = [torch.linspace(-1, 1, n) for n in shape]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    r = (z ** 2 + y ** 2 + x ** 2).sqrt()
+    lab = torch.zeros(shape, dtype=torch.uint8)
+    lab[r < 0.95] = 5
+    lab[r < 0.85] = 1
+    lab[r < 0.7] = 3
+    lab[r < 0.65] = 2
+    lab[(r < 0.25) & (x.abs() > 0.08)] = 4
+    return lab[None, None]
+
+
+@pytest.fixture
+def phantom():
+    return phantom_labels()

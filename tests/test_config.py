@@ -1,0 +1,52 @@
+import dataclasses
+
+import pytest
+
+from synthgen.config import (AffineConfig, AnisotropyConfig, BiasConfig, ElasticConfig, GammaConfig,
+                             GeneratorConfig, GMMConfig, MotionBlurConfig, NoiseConfig, SmoothConfig)
+
+
+def test_defaults_are_the_papers():
+    c = GeneratorConfig().validate()
+    assert c.gmm.mu == (0.0, 255.0) and c.gmm.sigma == (0.0, 16.0) and c.gmm.fwhm == (0.0, 2.0)
+    assert c.clip == (0.01, 0.99) and c.skull_strip_probability == 0.3 and c.crop == (192, 192, 192)
+    assert c.num_target_classes == 6 and dataclasses.replace(c, target="lesion").num_target_classes == 2
+
+
+def test_round_trip_through_a_dict():
+    c = GeneratorConfig(crop=(64, 64, 64), gmm=GMMConfig(sigma=(1.0, 5.0)))
+    assert GeneratorConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown GeneratorConfig fields"):
+        GeneratorConfig.from_dict({"crops": 1})
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(crop=(10, 10)), "crop"),
+    (dict(gmm=GMMConfig(mu=(255.0, 0.0))), "gmm.mu"),
+    (dict(gmm=GMMConfig(sigma=(-1.0, 2.0))), "gmm.sigma"),
+    (dict(gmm=GMMConfig(fwhm=(-1.0, 2.0))), "gmm.fwhm"),
+    (dict(affine=AffineConfig(rotation=200)), "affine.rotation"),
+    (dict(affine=AffineConfig(shear=1.5)), "affine.shear"),
+    (dict(affine=AffineConfig(zoom=1.0)), "affine.zoom"),
+    (dict(affine=AffineConfig(translation=-1)), "affine.translation"),
+    (dict(elastic=ElasticConfig(control_points=2)), "elastic.control_points"),
+    (dict(elastic=ElasticConfig(max_std=-1)), "elastic.max_std"),
+    (dict(bias=BiasConfig(control_points=3)), "bias.control_points"),
+    (dict(bias=BiasConfig(max_std=-0.1)), "bias.max_std"),
+    (dict(gamma=GammaConfig(log_std=-1)), "gamma.log_std"),
+    (dict(motion=MotionBlurConfig(probability=2)), "motion.probability"),
+    (dict(motion=MotionBlurConfig(fwhm=(-1.0, 1.0))), "motion.fwhm"),
+    (dict(anisotropy=AnisotropyConfig(spacing=(0.5, 2.0))), "anisotropy.spacing"),
+    (dict(anisotropy=AnisotropyConfig(isotropic_probability=-0.1)), "anisotropy.isotropic_probability"),
+    (dict(noise=NoiseConfig(max_std=-1)), "noise.max_std"),
+    (dict(noise=NoiseConfig(kind="poisson")), "noise.kind"),
+    (dict(smooth=SmoothConfig(fwhm=(2.0, 1.0))), "smooth.fwhm"),
+    (dict(clip=(0.5, 1.5)), "clip"),
+    (dict(skull_strip_probability=1.3), "skull_strip_probability"),
+    (dict(flip_probability=-0.5), "flip_probability"),
+    (dict(lesion_threshold=1.0), "lesion_threshold"),
+    (dict(target="both"), "target"),
+])
+def test_out_of_range_parameters_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GeneratorConfig(**bad).validate()

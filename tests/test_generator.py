@@ -1,0 +1,145 @@
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import synthgen
+from synthgen.config import (AnisotropyConfig, BiasConfig, GammaConfig, GeneratorConfig, GMMConfig,
+                             MotionBlurConfig, NoiseConfig, SmoothConfig)
+
+CROP = (24, 28, 20)
+
+
+def _cfg(**kw):
+    return GeneratorConfig(crop=CROP, **kw)
+
+
+def test_output_shapes_dtypes_and_normalisation(phantom):
+    gen = synthgen.SynthGenerator(_cfg())
+    image, target = gen(phantom, seed=0, batch_size=2)
+    assert image.shape == (2, 1, *CROP) and image.dtype == torch.float32
+    assert target.shape == (2, *CROP) and target.dtype == torch.uint8
+    assert torch.isfinite(image).all()
+    assert torch.allclose(image.mean((1, 2, 3, 4)), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(image.std((1, 2, 3, 4), unbiased=False), torch.ones(2), atol=1e-3)
+    assert set(target.unique().tolist()) <= {0, 1, 2, 3, 4}     # no lesion source: healthy, extras -> 0
+
+
+def test_same_seed_same_bytes_other_seed_other_sample(phantom):
+    gen = synthgen.SynthGenerator(_cfg())
+    a, ta = gen(phantom, seed=3)
+    b, tb = gen(phantom, seed=3)
+    c, _ = gen(phantom, seed=4)
+    assert torch.equal(a, b) and torch.equal(ta, tb)
+    assert not torch.allclose(a, c)
+
+
+def test_replaying_params_reproduces_the_sample(phantom):
+    gen = synthgen.SynthGenerator(_cfg())
+    image, target, params = gen(phantom, seed=1, index=5, batch_size=3, return_params=True)
+    again, target2 = gen(phantom, params=params)
+    assert torch.equal(image, again) and torch.equal(target, target2)
+    one, _ = gen(phantom, params=params.select(1))
+    assert torch.equal(one[0], image[1])
+    alone, _ = gen(phantom, seed=1, index=6)
+    assert torch.equal(alone[0], image[1])          # sample index 6 is the same in or out of a batch
+
+
+def _plain_config():
+    """Every intensity augmentation off: the image is a function of the target class only."""
+    return _cfg(gmm=GMMConfig(sigma=(0.0, 0.0), fwhm=(0.0, 0.0)), bias=BiasConfig(max_std=0.0),
+                gamma=GammaConfig(log_std=0.0), motion=MotionBlurConfig(probability=0.0),
+                anisotropy=AnisotropyConfig(probability=0.0), noise=NoiseConfig(max_std=0.0),
+                smooth=SmoothConfig(probability=0.0), clip=(0.0, 1.0), skull_strip_probability=0.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_image_and_target_stay_aligned_under_any_warp(phantom, seed):
+    gen = synthgen.SynthGenerator(_plain_config())
+    image, target, params = gen(phantom, seed=seed, return_params=True)
+    # every target class maps to one intensity: the image went through the same warp and flips
+    for k in target.unique():
+        values = image[0, 0][target[0] == k]
+        if k == 0:
+            continue   # background mixes air and non-brain head tissue
+        assert values.max() - values.min() < 1e-4, f"class {int(k)} spans several intensities"
+    # and the class layout is that of nearest-neighbour pulling the labels with the sampled transform
+    from synthgen import ops
+    coords = ops.affine_elastic_coords(CROP, params.matrix, params.center, params.elastic)
+    pulled = ops.grid_pull(phantom, coords, "nearest")[:, 0]
+    pulled[pulled > 4] = 0
+    assert torch.equal(ops.flip(pulled[:, None], params.flip)[:, 0], target)
+
+
+def test_soft_probabilities_give_the_same_classes_as_labels(phantom):
+    probs = torch.nn.functional.one_hot(phantom[:, 0].long(), 6).permute(0, 4, 1, 2, 3).float()
+    gen = synthgen.SynthGenerator(_plain_config())
+    _, t_lab = gen(phantom, seed=2)
+    _, t_prob = gen(probs, seed=2)
+    agree = (t_lab == t_prob).float().mean()
+    assert agree > 0.93      # trilinear vs nearest differ only on thin-shell class boundaries
+
+
+class _FixedLesion:
+    """A cube of lesion in the middle of the map, at full weight."""
+
+    def sample(self, tissue, keys):
+        w = torch.zeros(tissue.shape[0], 1, *tissue.shape[2:])
+        w[..., 10:20, 12:24, 10:20] = 1.0
+        return w, w
+
+
+def test_lesion_weights_become_the_lesion_class(phantom):
+    cfg = _plain_config()
+    gen = synthgen.SynthGenerator(cfg, lesions=_FixedLesion())
+    image, target = gen(phantom, seed=0)
+    assert (target == 5).sum() > 0.6 * 10 * 12 * 10 * 0.8       # zooms up to 15 %
+    core = -torch.nn.functional.max_pool3d(-(target == 5).float()[:, None], 3, 1, 1)[0, 0] > 0
+    values = image[0, 0][core]
+    assert core.sum() > 0 and values.max() - values.min() < 1e-4   # the lesion has its own Gaussian
+    binary = synthgen.SynthGenerator(dataclasses.replace(cfg, target="lesion"), lesions=_FixedLesion())
+    _, t_bin = binary(phantom, seed=0)
+    assert torch.equal(t_bin, (target == 5).to(torch.uint8))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), index=st.integers(0, 10 ** 6))
+def test_output_is_finite_and_normalised_across_the_ranges(seed, index):
+    from conftest import phantom_labels
+    gen = synthgen.SynthGenerator(_cfg())
+    image, target = gen(phantom_labels(), seed=seed, index=index)
+    assert torch.isfinite(image).all()
+    assert abs(image.mean().item()) < 1e-3 and abs(image.std(unbiased=False).item() - 1) < 1e-2
+
+
+def test_skull_strip_zeroes_non_brain(phantom):
+    cfg = dataclasses.replace(_cfg(), skull_strip_probability=1.0)
+    image, target = synthgen.SynthGenerator(cfg)(phantom, seed=0)
+    outside = image[0, 0][target[0] == 0]
+    assert outside.max() - outside.min() < 1e-5                  # one constant (z-normalised zero)
+
+
+def test_bad_arguments_raise_clear_errors(phantom):
+    gen = synthgen.SynthGenerator(_cfg())
+    with pytest.raises(TypeError, match="tissue"):
+        gen(phantom.numpy())
+    with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
+        gen(phantom[0])
+    with pytest.raises(ValueError, match="labels must be in"):
+        gen(phantom.to(torch.int32) + 20)
+    with pytest.raises(ValueError, match="1 channel"):
+        gen(phantom.expand(1, 2, -1, -1, -1).contiguous())
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        gen(torch.full((1, 5, 8, 8, 8), 2.0))
+    with pytest.raises(ValueError, match="NaN"):
+        gen(torch.full((1, 5, 8, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="channels"):
+        gen(torch.rand(1, 1, 8, 8, 8))
+    with pytest.raises(TypeError, match="dtype"):
+        gen(torch.zeros(1, 1, 8, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch"):
+        gen(phantom.expand(3, -1, -1, -1, -1), batch_size=2)
+    with pytest.raises(TypeError, match="params"):
+        gen(phantom, params={"matrix": 1})
