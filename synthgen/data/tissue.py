@@ -1,0 +1,368 @@
+"""Reading tissue maps, lesion masks and real scans in RAS at 1 mm, and mapping label sets to ours.
+
+Tissue-map convention (the generator's input): labels 0 background, 1 GM, 2 WM, 3 GM/WM partial volume,
+4 CSF, 5+ extra non-brain tissues (they get an intensity, and are background in the target).
+
+- A 3D integer map with these labels is used as it is; any other label set (FreeSurfer, SynthSeg, ...)
+  needs a :class:`LabelMapping` (``--label-map`` JSON, a CLI string, or ``"freesurfer"`` for the
+  mapping shipped in ``synthgen/data/mappings/freesurfer.json``).
+- A 4D map is soft: per-voxel probabilities, channels ``[bg, GM, WM, PV, CSF, extra...]``. A map
+  without the background channel (SPM MultiBrain style: ``[GM, WM, PV, CSF, extra...]``, summing to
+  less than 1 outside the head) gets ``bg = 1 - sum`` prepended. By default the background channel is
+  detected: present when the channels sum to 1 everywhere.
+
+Everything read here is reoriented to RAS and resliced to isotropic 1 mm through the affine
+(:func:`synthgen.io.to_ras_1mm`): trilinear for probabilities and scans, nearest for labels and masks.
+Arrays are numpy with spatial axes ``(X, Y, Z)`` (channels first for soft maps); tensors are
+``(1, C, X, Y, Z)``, the generator's ``(B, C, D, H, W)`` with ``D = X``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthgen import io
+
+TISSUE_LABELS = {"background": 0, "gm": 1, "wm": 2, "pv": 3, "csf": 4}
+FIRST_EXTRA_LABEL = 5
+MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
+PROBABILITY_TOLERANCE = 1e-2   # sums up to 1 + this are fine (rounding of uint8 / fp16 maps)
+_CLASS_KEYS = ("background", "gm", "wm", "pv", "csf", "extra")
+
+
+def _as_int_list(name: str, value) -> tuple:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"`{name}` must be a list of integer labels, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"`{name}` must hold non-negative integer labels, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    """Which source labels make up each tissue class.
+
+    ``extra`` lists non-brain labels: each entry (a label, or a list of labels sharing one class)
+    becomes its own class 5, 6, ... in order. Label 0 is background unless listed elsewhere; any
+    other label that is not listed is an error (it would silently become background otherwise).
+    """
+    gm: tuple = ()
+    wm: tuple = ()
+    csf: tuple = ()
+    pv: tuple = ()
+    extra: tuple = ()          # tuple of tuples
+    background: tuple = (0,)
+    name: str = field(default="custom", compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict, name: str = "custom") -> "LabelMapping":
+        """Build from ``{"gm": [...], "wm": [...], "csf": [...], "pv": [...], "extra": [...]}``.
+
+        Raises:
+            ValueError: unknown keys, non-integer labels, or one label in two classes.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"`label mapping` must be a JSON object, got {type(d).__name__}")
+        d = {k: v for k, v in d.items() if not k.startswith("_")}   # "_comment" keys document the file
+        unknown = sorted(set(d) - set(_CLASS_KEYS))
+        if unknown:
+            raise ValueError(f"`label mapping` keys must be among {list(_CLASS_KEYS)}, got unknown {unknown}")
+        kwargs = {k: _as_int_list(k, d[k]) for k in ("gm", "wm", "csf", "pv", "background") if k in d}
+        extra = d.get("extra", [])
+        if not isinstance(extra, (list, tuple)):
+            raise ValueError(f"`extra` must be a list of labels or label lists, got {extra!r}")
+        kwargs["extra"] = tuple(_as_int_list("extra", e) for e in extra)
+        if any(len(e) == 0 for e in kwargs["extra"]):
+            raise ValueError(f"`extra` must not contain empty groups, got {extra!r}")
+        mapping = cls(**kwargs, name=name)
+        mapping.table()   # validates overlaps
+        return mapping
+
+    @classmethod
+    def from_json(cls, path) -> "LabelMapping":
+        """Read a mapping JSON file (see :meth:`from_dict`); errors name the file."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such label-mapping file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        try:
+            return cls.from_dict(d, name=path.name)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    @classmethod
+    def parse(cls, text: str) -> "LabelMapping":
+        """Parse a CLI string ``"gm=3,42;wm=2,41;csf=4,5,24;extra=502,506+507"``.
+
+        Classes are separated by ``;``, labels by ``,``; in ``extra``, ``+`` joins labels into one class.
+        """
+        d: dict = {}
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            key, sep, values = part.partition("=")
+            key = key.strip().lower()
+            if not sep or key not in _CLASS_KEYS:
+                raise ValueError(f"`label mapping` must look like 'gm=3,42;wm=2,41;csf=4', got {text!r}")
+            try:
+                if key == "extra":
+                    d[key] = [[int(v) for v in g.split("+")] for g in values.split(",") if g.strip()]
+                else:
+                    d[key] = [int(v) for v in values.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"`label mapping` labels must be integers, got {part!r}") from None
+        if not d:
+            raise ValueError(f"`label mapping` must look like 'gm=3,42;wm=2,41;csf=4', got {text!r}")
+        return cls.from_dict(d, name="cli")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output labels, background and extras included."""
+        return FIRST_EXTRA_LABEL + len(self.extra)
+
+    @property
+    def source_labels(self) -> set:
+        return {v for k in ("background", "gm", "wm", "pv", "csf") for v in getattr(self, k)} | {
+            v for group in self.extra for v in group}
+
+    def table(self) -> np.ndarray:
+        """Lookup table ``out = table[label]`` (uint16; 65535 marks labels that are not in the mapping).
+
+        Raises:
+            ValueError: a label appears in two classes.
+        """
+        size = max(self.source_labels | {0}) + 1
+        table = np.full(size, 65535, dtype=np.uint16)
+        owner: dict = {}
+        groups = [(TISSUE_LABELS[k], k, getattr(self, k)) for k in ("background", "gm", "wm", "pv", "csf")]
+        groups += [(FIRST_EXTRA_LABEL + i, f"extra[{i}]", g) for i, g in enumerate(self.extra)]
+        for out, key, labels in groups:
+            for v in labels:
+                if v in owner and owner[v] != key:
+                    raise ValueError(f"`label mapping` label {v} must be in one class, got {owner[v]} and {key}")
+                owner[v] = key
+                table[v] = out
+        return table
+
+    def unmapped(self, values) -> list:
+        """The values among ``values`` (integers) that the mapping does not cover."""
+        known = self.source_labels
+        return sorted(int(v) for v in values if int(v) not in known)
+
+    def apply(self, labels: np.ndarray, name="labels") -> np.ndarray:
+        """Map an integer label array to tissue labels (uint8).
+
+        Raises:
+            ValueError: ``labels`` holds values the mapping does not cover (listed, ``name`` in the message).
+        """
+        values = np.unique(labels)
+        missing = self.unmapped(values)
+        if missing:
+            raise ValueError(f"{name}: labels {_short_list(missing)} are not in the label mapping {self.name!r}")
+        table = self.table()
+        return table[labels.astype(np.int64, copy=False)].astype(np.uint8)
+
+    def to_dict(self) -> dict:
+        return {"gm": list(self.gm), "wm": list(self.wm), "csf": list(self.csf), "pv": list(self.pv),
+                "extra": [list(g) for g in self.extra], "background": list(self.background)}
+
+
+def _short_list(values, n=12) -> str:
+    values = list(values)
+    head = ", ".join(str(v) for v in values[:n])
+    return f"[{head}, ...] ({len(values)} values)" if len(values) > n else f"[{head}]"
+
+
+def freesurfer_mapping() -> LabelMapping:
+    """The shipped mapping for FreeSurfer / SynthSeg label maps (``mappings/freesurfer.json``)."""
+    return LabelMapping.from_json(MAPPINGS_DIR / "freesurfer.json")
+
+
+def resolve_mapping(spec) -> LabelMapping | None:
+    """Turn a user's ``--label-map`` into a :class:`LabelMapping`.
+
+    Args:
+        spec: None (labels already in our convention), a LabelMapping, a dict, ``"freesurfer"``, the
+            path of a JSON file, or a CLI string such as ``"gm=3,42;wm=2,41;csf=4"``.
+
+    Raises:
+        ValueError: the spec is none of these (the message says which forms are accepted).
+    """
+    if spec is None or isinstance(spec, LabelMapping):
+        return spec
+    if isinstance(spec, dict):
+        return LabelMapping.from_dict(spec)
+    if isinstance(spec, Path) or (isinstance(spec, str) and spec.lower().endswith(".json")):
+        return LabelMapping.from_json(spec)
+    if isinstance(spec, str):
+        if spec.lower() in ("freesurfer", "synthseg"):
+            return freesurfer_mapping()
+        if "=" in spec:
+            return LabelMapping.parse(spec)
+    raise ValueError("`label_map` must be None, 'freesurfer', a JSON file path, a dict or a string like "
+                     f"'gm=3,42;wm=2,41;csf=4', got {spec!r}")
+
+
+@dataclass
+class TissueMap:
+    """A tissue map in RAS at 1 mm.
+
+    ``data``: ``(X, Y, Z)`` uint8 labels (kind ``"labels"``) or ``(C, X, Y, Z)`` float32 probabilities
+    with the background channel first (kind ``"soft"``).
+    """
+    data: np.ndarray
+    affine: np.ndarray
+    kind: str
+    path: str = ""
+
+    def to_tensor(self, device=None) -> torch.Tensor:
+        """``(1, 1, X, Y, Z)`` uint8 labels or ``(1, C, X, Y, Z)`` float32 probabilities on ``device``."""
+        t = torch.from_numpy(np.ascontiguousarray(self.data))
+        t = t[None, None] if self.kind == "labels" else t[None]
+        return t.to(device) if device is not None else t
+
+
+def _integer_labels(data: np.ndarray, path) -> np.ndarray:
+    if np.issubdtype(data.dtype, np.integer):
+        return data
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: label map has NaN or Inf values")
+    rounded = np.rint(data)
+    if not np.array_equal(rounded, data):
+        raise ValueError(f"{path}: 3D tissue map has non-integer values (a probability map must be 4D, "
+                         "channels [bg, GM, WM, PV, CSF, ...])")
+    if rounded.min() < 0:
+        raise ValueError(f"{path}: label map has negative labels (min {rounded.min():g})")
+    return rounded.astype(np.int64)
+
+
+def soft_channels(data: np.ndarray, path, background_channel=None,
+                  tolerance: float = PROBABILITY_TOLERANCE) -> np.ndarray:
+    """Validate a 4D probability map ``(X, Y, Z, C)`` and return it channels-first with a background channel.
+
+    Args:
+        background_channel: True if channel 0 is background, False if absent (MultiBrain style), None to
+            detect (present when the channels sum to 1 within ``tolerance`` everywhere).
+
+    Raises:
+        ValueError: NaN/Inf, values outside [0, 1], sums above 1, or too few channels.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: probability map has NaN or Inf values")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < -tolerance or hi > 1 + tolerance:
+        raise ValueError(f"{path}: probabilities must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    total = data.sum(-1)
+    if float(total.max()) > 1 + tolerance:
+        raise ValueError(f"{path}: probabilities must sum to at most 1 per voxel, got up to {float(total.max()):.4g}")
+    if background_channel is None:
+        background_channel = bool(np.abs(total - 1).max() <= tolerance)
+    n = data.shape[-1]
+    need = 5 if background_channel else 4
+    if n < need:
+        raise ValueError(f"{path}: a 4D tissue map needs channels [bg, GM, WM, PV, CSF, extra...] "
+                         f"({need} or more {'with' if background_channel else 'without'} background), got {n}")
+    data = np.clip(data, 0, 1)
+    if not background_channel:
+        data = np.concatenate([np.clip(1 - total, 0, 1)[..., None], data], axis=-1)
+    return np.ascontiguousarray(np.moveaxis(data, -1, 0))
+
+
+def read_tissue_map(path, label_map=None, background_channel=None, voxel_size: float = 1.0) -> TissueMap:
+    """Read a tissue map (3D labels or 4D probabilities) in RAS at ``voxel_size`` mm.
+
+    Args:
+        path: NIfTI file.
+        label_map: mapping for 3D maps with other label sets (see :func:`resolve_mapping`); ignored for 4D.
+        background_channel: for 4D maps, see :func:`soft_channels`.
+
+    Returns:
+        :class:`TissueMap` (uint8 labels, nearest-neighbour reslicing; or float32 probabilities, trilinear).
+
+    Raises:
+        ValueError: unreadable file, bad affine, labels outside the mapping (or > 255 without one),
+            non-integer 3D data, invalid probabilities.
+    """
+    mapping = resolve_mapping(label_map)
+    data, affine = io.load_nifti(path)
+    if data.ndim == 3:
+        labels = _integer_labels(data, path)
+        if mapping is not None:
+            labels = mapping.apply(labels, name=str(path))
+        elif labels.max() > 255:
+            raise ValueError(f"{path}: labels up to {int(labels.max())} need a label mapping (--label-map); "
+                             "without one, labels must be 0 bg, 1 GM, 2 WM, 3 PV, 4 CSF, 5+ extra")
+        labels = labels.astype(np.uint8, copy=False)
+        labels, affine = io.to_ras_1mm(labels, affine, order=0, voxel_size=voxel_size)
+        return TissueMap(labels, affine, "labels", str(path))
+    if data.ndim == 4:
+        soft = soft_channels(data, path, background_channel)            # (C, X, Y, Z)
+        soft, affine = io.to_ras_1mm(np.moveaxis(soft, 0, -1), affine, order=1, voxel_size=voxel_size)
+        return TissueMap(np.ascontiguousarray(np.moveaxis(soft, -1, 0)), affine, "soft", str(path))
+    raise ValueError(f"{path}: a tissue map must be 3D (labels) or 4D (probabilities), got shape {data.shape}")
+
+
+def load_tissue_map(path, label_map=None, device=None, with_affine: bool = False, background_channel=None):
+    """Read a tissue map as a tensor, like :func:`synthgen.data.default_tissue_map` does for the bundled one.
+
+    Returns:
+        ``(1, 1, X, Y, Z)`` uint8 labels or ``(1, C, X, Y, Z)`` float32 probabilities on ``device``;
+        with ``with_affine``, the tuple ``(tensor, affine)`` (4x4 numpy, RAS 1 mm).
+    """
+    tmap = read_tissue_map(path, label_map=label_map, background_channel=background_channel)
+    t = tmap.to_tensor(device)
+    return (t, tmap.affine) if with_affine else t
+
+
+def read_mask(path, threshold: float | None = None, voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Read a binary mask (lesion, brain) as uint8 {0, 1} in RAS at ``voxel_size`` mm (nearest neighbour).
+
+    Args:
+        threshold: None requires values in {0, 1}; a number binarises ``value > threshold``.
+
+    Raises:
+        ValueError: unreadable, not 3D, NaN, or non-binary values without ``threshold``.
+    """
+    data, affine = io.load_nifti(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: a mask must be 3D, got shape {data.shape}")
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: mask has NaN or Inf values")
+    if threshold is None:
+        values = np.unique(data)
+        if not np.all(np.isin(values, (0, 1))):
+            raise ValueError(f"{path}: mask must be binary {{0, 1}}, got values {_short_list(values.tolist())} "
+                             "(pass a threshold to binarise)")
+        mask = data.astype(np.uint8)
+    else:
+        mask = (data > threshold).astype(np.uint8)
+    return io.to_ras_1mm(mask, affine, order=0, voxel_size=voxel_size)
+
+
+def read_scan(path, voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Read a 3D scan as float32 in RAS at ``voxel_size`` mm (trilinear).
+
+    Raises:
+        ValueError: unreadable, not 3D, or NaN/Inf intensities.
+    """
+    data, affine = io.load_nifti(path, dtype=np.float32)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: a scan must be 3D, got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: scan has {int((~np.isfinite(data)).sum())} NaN or Inf voxels")
+    return io.to_ras_1mm(data, affine, order=1, voxel_size=voxel_size)
