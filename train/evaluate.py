@@ -88,7 +88,7 @@ def find_pairs(pred_dir, truth_dir, pred_suffix: str = "") -> tuple[list[tuple[s
             [truths[k] for k in sorted(set(truths) - set(preds))])
 
 
-def _fov_overlap(shape_a, aff_a, shape_b, aff_b) -> float:
+def fov_overlap(shape_a, aff_a, shape_b, aff_b) -> float:
     """Overlap of two fields of view (world bounding boxes) as a fraction of the smaller one."""
     boxes = []
     for shape, aff in ((shape_a, aff_a), (shape_b, aff_b)):
@@ -142,7 +142,7 @@ def load_case(pred_path, truth_path, paper_protocol: bool = False, label="auto"
         raise ValueError(f"{truth_path}: truth mask must be binary (0/1), got values "
                          f"{t_values[:6].tolist()}{'...' if t_values.size > 6 else ''}")
     pred_mask, used = binarise_prediction(pred, label, name=str(pred_path))
-    overlap = _fov_overlap(pred.shape, p_aff, truth.shape, t_aff)
+    overlap = fov_overlap(pred.shape, p_aff, truth.shape, t_aff)
     if overlap < 0.5:
         raise ValueError(f"{pred_path} and {truth_path} are not in the same space: their fields of view "
                          f"overlap by {100 * overlap:.0f}% of the smaller one")
