@@ -1,0 +1,535 @@
+"""The training loop: config -> data on the device -> model and optimiser -> loop (validate, checkpoint, log).
+
+Each step synthesises its batch on the training device, in this process, under ``no_grad`` (no data
+workers): sample ``i`` of step ``n`` on rank ``r`` is sample ``n * batch + i`` of stream ``seed + r``, so the
+data need no saved state and resume is exact. Then bf16-autocast forward (CUDA) -> Dice + CE -> backward ->
+grad-norm clip -> AdamW step -> poly lr step. Every ``val_every`` steps rank 0 scores a fixed held-out
+synthetic set (and real scans when given); every ``ckpt_every`` steps, at the end and on SIGINT/SIGTERM (after
+the current step) a checkpoint is written atomically. Under torchrun every rank trains (DDP), only rank 0
+writes. Paper: Chalcroft et al., arXiv:2404.01946, section 2.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import synthgen
+from synthgen.sampling import sample_key
+from train import plots
+from train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.config import TrainConfig
+from train.losses import DiceCE
+from train.model import build_unet, n_params
+from train.validate import evaluate, synthetic_val_set
+
+PARENCHYMA = (1, 2, 3)   # GM, WM, PV: where the fallback lesions may sit
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; other names as given.
+
+    Raises:
+        ValueError: CUDA asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` must be available, got {name!r} but torch sees no CUDA device")
+    return dev
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device):
+    """bf16 on CUDA when the card supports it (``amp`` "auto"/"bf16"), None (fp32) otherwise."""
+    if cfg.optim.amp == "off" or device.type != "cuda":
+        return None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if cfg.optim.amp == "bf16":
+        raise ValueError(f"`optim.amp` must be 'auto' or 'off' on a card without bf16, got 'bf16' on "
+                         f"{torch.cuda.get_device_name(device)}")
+    return None
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; joins the torchrun process group when ``WORLD_SIZE`` > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, resolve_device(device_name)
+    import torch.distributed as dist
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Validate every user folder before training; raise with all problems listed.
+
+    Raises:
+        ValueError: any file problem of severity "error" (the message lists every one, naming the files).
+    """
+    d = cfg.data
+    if not (d.tissue_maps or d.lesions or d.real or d.real_val):
+        return
+    from synthgen.data import check
+    problems = check.check_folders(tissue_maps=d.tissue_maps, lesions=d.lesions, real=d.real,
+                                   label_map=d.label_map, progress=False)
+    if d.real_val:
+        problems += check.check_folders(real=d.real_val, progress=False)
+    if check.has_errors(problems):
+        raise ValueError("training data have problems:\n" + check.format_problems(problems))
+
+
+def _resample_labels(labels: np.ndarray, affine: np.ndarray, voxel_size: float):
+    from synthgen import io
+    return io.to_ras_1mm(labels, affine, order=0, voxel_size=voxel_size)
+
+
+def load_tissues(cfg: TrainConfig, device: torch.device) -> tuple[list, np.ndarray]:
+    """The tissue maps on ``device`` at ``data.voxel_size`` mm, and the (first map's) voxel -> MNI affine."""
+    d = cfg.data
+    if d.tissue_maps is None:
+        try:
+            from synthgen.data import default_tissue_map
+        except ImportError:   # synthgen/data/__init__.py not written yet
+            from synthgen.data.default_map import default_tissue_map
+        labels, affine = default_tissue_map(with_affine=True)
+        data, affine = _resample_labels(labels[0, 0].numpy(), affine, d.voxel_size)
+        return [torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)], affine
+    from synthgen.data import check
+    from synthgen.data.tissue import read_tissue_map
+    files, _ = check.list_nifti(d.tissue_maps)
+    maps = [read_tissue_map(f, label_map=d.label_map, voxel_size=d.voxel_size) for f in files]
+    return [m.to_tensor(device) for m in maps], maps[0].affine
+
+
+class BlobLesions:
+    """Stand-in procedural lesion source: a rough ellipsoid in parenchyma per sample, from the lesion key.
+
+    Used only while ``synthgen.lesions`` offers no lesion source; same interface
+    (``sample(tissue, keys) -> (intensity_weight, label_weight)``, both ``(B, 1, D, H, W)`` float in [0, 1]).
+
+    Args:
+        radius: (low, high) semi-axis range in voxels.
+        probability: share of samples that get a lesion.
+    """
+
+    def __init__(self, radius=(3.0, 10.0), probability: float = 1.0):
+        self.radius, self.probability = tuple(radius), float(probability)
+
+    def sample(self, tissue: torch.Tensor, keys):
+        labels = tissue.argmax(1) if tissue.is_floating_point() else tissue[:, 0].long()
+        out = torch.zeros(labels.shape[0], 1, *labels.shape[1:], device=tissue.device)
+        grid = torch.stack(torch.meshgrid(*[torch.arange(n, device=tissue.device, dtype=torch.float32)
+                                            for n in labels.shape[1:]], indexing="ij"), -1)
+        for b, key in enumerate(keys):
+            g = torch.Generator().manual_seed(int(key))
+            u = torch.rand(5, generator=g)
+            if float(u[0]) >= self.probability:
+                continue
+            allowed = torch.isin(labels[b], torch.tensor(PARENCHYMA, device=tissue.device))
+            idx = allowed.flatten().nonzero()
+            if idx.numel() == 0:
+                continue
+            centre = grid.reshape(-1, 3)[idx[int(u[1] * idx.numel())]][0]
+            radii = self.radius[0] + (self.radius[1] - self.radius[0]) * u[2:5].to(tissue.device)
+            rho = (((grid - centre) / radii) ** 2).sum(-1)
+            out[b, 0] = ((rho < 1) & allowed).float()
+        return out, out
+
+
+def make_lesion_source(cfg: TrainConfig, split: str):
+    """The lesion source for ``split`` ("train" or "val"): folder masks (held-out split for "val") or procedural.
+
+    Raises:
+        NotImplementedError: ``--lesions`` given but ``synthgen.lesions`` cannot read folders yet.
+    """
+    d = cfg.data
+    try:
+        from synthgen.lesions import LesionSource
+    except ImportError:
+        LesionSource = None
+    if d.lesions:
+        if LesionSource is None or not hasattr(LesionSource, "from_folder"):
+            raise NotImplementedError("--lesions: lesion folders need synthgen.lesions.LesionSource.from_folder, "
+                                      "which is not available yet")
+        return LesionSource.from_folder(d.lesions, split=split, probability=d.lesion_probability,
+                                        voxel_size=d.voxel_size)
+    if LesionSource is not None and hasattr(LesionSource, "procedural"):
+        return LesionSource.procedural(probability=d.lesion_probability, voxel_size=d.voxel_size,
+                                       **d.lesion_options)
+    opts = {"radius": d.lesion_options.get("radius", (3.0, 10.0))}
+    return BlobLesions(probability=d.lesion_probability, **opts)
+
+
+def real_source(cfg: TrainConfig, device: torch.device):
+    """The real-scan branch (``synthgen.real``), alternated 1:1 with synthetic samples.
+
+    Raises:
+        NotImplementedError: ``synthgen/real.py`` has not landed yet.
+    """
+    try:
+        from synthgen import real
+    except ImportError:
+        real = None
+    if real is None or not hasattr(real, "RealSource"):
+        raise NotImplementedError("--real: real-scan training needs synthgen/real.py (real-scan augmentation), "
+                                  "which is not available yet")
+    return real.RealSource(cfg.data.real, crop=cfg.generator.crop, voxel_size=cfg.data.voxel_size,
+                           target="lesion" if cfg.num_classes == 2 else "tissue", device=device)
+
+
+def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
+    """Real validation scans and masks as ``(image (1, 1, ...), target (1, ...))`` on ``device``.
+
+    Scans are resliced to ``data.voxel_size``, histogram-normalised and z-scored like ``train.predict``;
+    the target is the lesion mask (class ``num_classes - 1``; tissue classes are not known for real scans).
+    """
+    from synthgen.data import check
+    from synthgen.data.tissue import read_mask, read_scan
+    from train.predict import histogram_normalise, zscore
+    files, _ = check.list_nifti(cfg.data.real_val)
+    pairs, _ = check.pair_real_files(files)
+    out = []
+    for pair in pairs:
+        scan, _ = read_scan(pair.scan, voxel_size=cfg.data.voxel_size)
+        mask, _ = read_mask(pair.mask, voxel_size=cfg.data.voxel_size)
+        # pad to multiples of the crop so that the sliding window tiles the volume
+        crop = cfg.generator.crop
+        pad = [(0, (-s) % c) for s, c in zip(scan.shape, crop)]
+        image = np.pad(zscore(histogram_normalise(scan)), pad)
+        target = np.pad(mask.astype(np.uint8) * (cfg.num_classes - 1), pad)
+        out.append((torch.from_numpy(image)[None, None].to(device), torch.from_numpy(target)[None].to(device)))
+    return out
+
+
+class TrainingData:
+    """The batch of step ``n``: synthetic, or (with a real source) real on odd steps, exactly 1:1."""
+
+    def __init__(self, generator, tissues: list, seed: int, batch_size: int, real=None, real_only: bool = False):
+        self.generator, self.tissues, self.seed, self.batch = generator, tissues, seed, batch_size
+        self.real, self.real_only = real, real_only
+
+    @torch.no_grad()
+    def __call__(self, step: int):
+        if self.real is not None and (self.real_only or step % 2 == 1):
+            index = step if self.real_only else step // 2
+            return self.real(seed=self.seed, index=index * self.batch, batch_size=self.batch)
+        index = step if self.real is None else step // 2
+        tissue = self.tissues[sample_key(self.seed, index, "tissue") % len(self.tissues)]
+        return self.generator(tissue, seed=self.seed, index=index * self.batch, batch_size=self.batch)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per log interval and per validation; on resume, rows after the step are dropped."""
+
+    def __init__(self, path, class_names, resume_step: int | None):
+        self.path = Path(path)
+        val = [f"{p}dice_{c}" for p in ("val_", "real_") for c in class_names] + ["val_lesion_dice",
+                                                                                   "real_lesion_dice"]
+        self.fields = ["step", "epoch", "lr", "loss", "grad_norm", "ms_step", "synth_ms", "samples_s"] + val
+        self.rows = []
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self._rewrite()
+
+    def _rewrite(self):
+        buf = _io.StringIO()
+        writer = csv.DictWriter(buf, self.fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict):
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:   # optional: tensorboard not installed
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _write_json(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and exits. A second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.set, self._old = False, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lesions=None,
+          progress: bool = True) -> dict:
+    """Train (or resume) a run; return the last metrics.
+
+    Args:
+        cfg: the resolved configuration (validated here).
+        resume: continue from ``<out>/last.pt`` exactly (model, optimiser, scheduler, step, random states).
+        stop_at: stop after this step (checkpointing it) without changing the schedule; for tests and
+            time-sliced jobs.
+        lesions: ``(train_source, val_source)`` to use instead of :func:`make_lesion_source`.
+        progress: show the tqdm bar (rank 0).
+
+    Returns:
+        ``{"step", "loss", "val_*"...}`` of the last interval / validation (rank 0; others get ``{"step"}``).
+
+    Raises:
+        ValueError: bad config or data (all file problems listed), CUDA asked for but missing.
+        FileNotFoundError: ``resume`` without a checkpoint in ``out``.
+        NotImplementedError: ``--real``/``--lesions`` before the modules that read them have landed.
+    """
+    cfg.validate()
+    rank, world, device = init_distributed(cfg.device)
+    is_main = rank == 0
+    out = Path(cfg.out)
+    ckpt_path = out / LAST
+    check_data(cfg)
+    if resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path}: checkpoint not found (nothing to resume)")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", cfg.to_dict())
+
+    seed = cfg.seed + rank
+    torch.manual_seed(seed)          # dropout and weight init; saved and restored with every checkpoint
+    dtype = amp_dtype(cfg, device)
+
+    # data: on the training device, in this process
+    real = real_source(cfg, device) if cfg.data.real else None
+    tissues, affine = ([], None) if cfg.baseline else load_tissues(cfg, device)
+    train_lesions, val_lesions = lesions if lesions is not None else (
+        (None, None) if cfg.baseline else (make_lesion_source(cfg, "train"), make_lesion_source(cfg, "val")))
+    gen_cfg = cfg.generator
+    generator = synthgen.SynthGenerator(gen_cfg, lesions=train_lesions)
+    data = TrainingData(generator, tissues, seed, cfg.batch_size, real, real_only=cfg.baseline)
+
+    # model and optimiser
+    model_kwargs = cfg.model_kwargs()
+    model = build_unet(**model_kwargs).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    total, power = cfg.steps, cfg.optim.poly_power
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: max(0.0, 1.0 - n / total) ** power)
+    loss_fn = DiceCE(cfg.optim.dice_weight, cfg.optim.ce_weight)
+
+    step = 0
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step = int(ckpt["step"])
+        if len(ckpt["rng"]) == world:
+            set_rng_state(ckpt["rng"][rank], device)
+        elif is_main:
+            print(f"warning: checkpoint saved by {len(ckpt['rng'])} ranks, resuming on {world}: "
+                  "dropout streams restart (not bit-exact)", file=sys.stderr)
+        del ckpt
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # validation set: its own stream, held-out lesions; built once, kept on the device (rank 0 only)
+    val_set, real_val = [], []
+    if is_main and cfg.val_every and cfg.val_samples and tissues:
+        val_gen = synthgen.SynthGenerator(gen_cfg, lesions=val_lesions)
+        val_set = synthetic_val_set(val_gen, tissues, cfg.seed + cfg.val_seed_offset, cfg.val_samples)
+    if is_main and cfg.val_every and cfg.data.real_val:
+        real_val = load_real_val(cfg, device)
+
+    log = MetricsLog(out / "metrics.csv", cfg.class_names, step if resume else None) if is_main else None
+    tb = _tensorboard(out) if is_main else None
+    if is_main:
+        print(f"preset {cfg.preset}: {world} x {device} ({'bf16 autocast' if dtype else 'fp32'}), "
+              f"{n_params(net) / 1e6:.2f} M parameters, crop {tuple(gen_cfg.crop)} at {cfg.data.voxel_size:g} mm, "
+              f"batch {cfg.batch_size}/rank, {cfg.num_classes} classes, steps {step} -> {cfg.steps}"
+              + (f" (resumed from {ckpt_path})" if resume else ""), flush=True)
+
+    last: dict = {"step": step}
+
+    def validate(at: int) -> None:
+        if not is_main or not (val_set or real_val):
+            return
+        row = {"step": at, "epoch": at / cfg.iters_per_epoch}
+        kept = []
+        if val_set:
+            m, kept = evaluate(net, val_set, cfg.class_names, dtype, keep=cfg.plot_samples)
+            row.update(m)
+        if real_val:
+            m, _ = evaluate(net, real_val, cfg.class_names, dtype, roi=tuple(gen_cfg.crop), prefix="real_")
+            row.update(m)
+        log.append(row)
+        last.update({k: v for k, v in row.items() if k.startswith(("val_", "real_"))})
+        shown = {k: v for k, v in row.items() if k.endswith("lesion_dice") or k.startswith("val_dice")}
+        _write(f"validation @ {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+        if tb is not None:
+            for k, v in shown.items():
+                tb.add_scalar(k, v, at)
+        plots.plot_curves(log.rows, out / "curves.png", cfg.class_names)
+        if kept:
+            plots.plot_samples(kept, out / "val_samples.png", cfg.num_classes, f"step {at}")
+
+    def checkpoint(at: int) -> None:
+        states = [rng_state(device)]
+        if world > 1:
+            import torch.distributed as dist
+            states = [None] * world
+            dist.all_gather_object(states, rng_state(device))
+        if is_main:
+            save_checkpoint(ckpt_path, model=net, optimizer=optimizer, scheduler=scheduler, step=at,
+                            config=cfg.to_dict(), model_kwargs=model_kwargs, rng=states)
+
+    bar = None
+    if is_main and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    def _write(msg: str) -> None:
+        (bar.write if bar is not None else print)(msg)
+
+    if not resume and step == 0:
+        validate(0)
+    model.train()
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    window = {"loss": [], "gn": [], "synth": [], "t0": time.perf_counter(), "n": 0}
+    saved_at = step if resume else -1
+    cuda = device.type == "cuda"
+    with StopFlag() as stop:
+        while step < end:
+            t_synth = time.perf_counter()
+            if cuda:
+                ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                ev[0].record()
+            image, target = data(step)
+            if cuda:
+                ev[1].record()
+                window["synth"].append(ev)
+            else:
+                window["synth"].append(1e3 * (time.perf_counter() - t_synth))
+            with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
+                logits = model(image)
+            loss = loss_fn(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window["loss"].append(loss.detach())
+            window["gn"].append(grad_norm.detach())
+            window["n"] += 1
+            if bar is not None:
+                bar.update(1)
+
+            if step % cfg.log_every == 0 or step == end:
+                if cuda:
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - window["t0"]
+                synth = [x[0].elapsed_time(x[1]) if isinstance(x, tuple) else x for x in window["synth"]]
+                n = window["n"]
+                row = {"step": step, "epoch": step / cfg.iters_per_epoch, "lr": scheduler.get_last_lr()[0],
+                       "loss": float(torch.stack(window["loss"]).float().mean()),
+                       "grad_norm": float(torch.stack(window["gn"]).float().mean()),
+                       "ms_step": 1e3 * elapsed / n, "synth_ms": float(np.mean(synth)),
+                       "samples_s": n * cfg.batch_size * world / elapsed}
+                last.update(row)
+                if is_main:
+                    log.append(row)
+                    _write(f"step {step:>7d}  loss {row['loss']:.4f}  {row['ms_step']:.0f} ms/step  "
+                           f"synthesis {row['synth_ms']:.0f} ms/step  {row['samples_s']:.2f} samples/s  "
+                           f"lr {row['lr']:.3g}")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_s']:.2f}")
+                    if tb is not None:
+                        for k in ("loss", "lr", "grad_norm", "ms_step", "synth_ms", "samples_s"):
+                            tb.add_scalar(k, row[k], step)
+                window = {"loss": [], "gn": [], "synth": [], "t0": time.perf_counter(), "n": 0}
+
+            if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+                validate(step)
+            stopping = _agree(stop.set, world, device)
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or stopping:
+                checkpoint(step)
+                saved_at = step
+            if stopping:
+                _write(f"stopped by signal after step {step}; checkpoint {ckpt_path} (resume with --resume)")
+                break
+        if saved_at != step:
+            checkpoint(step)
+    if bar is not None:
+        bar.close()
+    if tb is not None:
+        tb.close()
+    last["step"] = step
+    return last
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when any rank was signalled (so all ranks stop after the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

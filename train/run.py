@@ -1,0 +1,145 @@
+"""Train the paper's stroke + tissue segmentation UNet on synthetic data generated on the training device.
+
+    python train/run.py                          # preset by device: paper on CUDA, quick on CPU
+    python train/run.py --preset quick --out runs/quick
+    python train/run.py --out runs/quick --resume  # continue exactly where the last checkpoint stopped
+    torchrun --nproc_per_node 4 train/run.py --preset paper --out runs/paper   # DDP, one stream per rank
+
+Options given on the command line override the preset. With ``--resume`` the run's saved config is used and
+only run-control options (device, intervals, steps-to-go) may change; changing the recipe is an error.
+Ctrl-C / SIGTERM finishes the current step, writes a checkpoint and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):   # `python train/run.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.config import PRESETS, TrainConfig, preset  # noqa: E402
+
+# options that may differ from the saved config on --resume (they do not change the recipe)
+RESUMABLE = {"device", "log_every", "val_every", "ckpt_every", "plot_samples"}
+
+
+def _crop(text: str) -> tuple:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"--crop must be N or D,H,W, got {text!r}")
+    return tuple(parts)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=PRESETS, help="recipe (default: paper on CUDA, quick on CPU)")
+    p.add_argument("--steps", type=int, help="total iterations N of the poly schedule")
+    p.add_argument("--out", help="output folder (config.json, last.pt, metrics.csv, PNGs)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--tissue-maps", help="folder of tissue maps (default: bundled MNI152 map)")
+    p.add_argument("--label-map", help="label mapping of the tissue maps ('freesurfer', JSON file, 'gm=3,42;...')")
+    p.add_argument("--lesions", help="folder of lesion masks in MNI space (default: procedural lesions)")
+    p.add_argument("--real", help="folder of real scans + lesion masks, alternated 1:1 with synthetic samples")
+    p.add_argument("--real-val", help="folder of real validation scans + lesion masks")
+    p.add_argument("--baseline", action="store_true", help="real scans only, 2 classes (needs --real)")
+    p.add_argument("--seed", type=int, help="base seed (rank r uses seed + r)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, help="samples per step per rank (paper: 1)")
+    p.add_argument("--crop", type=_crop, help="training crop, N or D,H,W voxels (multiples of the net stride)")
+    p.add_argument("--voxel-size", type=float, help="training grid in mm (quick preset: 2)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (auto: bf16 on CUDA)")
+    p.add_argument("--log-every", type=int, help="steps per log line")
+    p.add_argument("--val-every", type=int, help="steps between validations (0: never)")
+    p.add_argument("--val-samples", type=int, help="held-out synthetic validation samples")
+    p.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
+    p.add_argument("--config", help="JSON config to start from (e.g. a run's config.json) instead of a preset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    return p
+
+
+def overrides(args) -> dict:
+    """The options given on the command line, as ``{TrainConfig path: value}``."""
+    table = {"steps": "steps", "out": "out", "seed": "seed", "device": "device", "batch_size": "batch_size",
+             "log_every": "log_every", "val_every": "val_every", "val_samples": "val_samples",
+             "ckpt_every": "ckpt_every", "tissue_maps": "data.tissue_maps", "label_map": "data.label_map",
+             "lesions": "data.lesions", "real": "data.real", "real_val": "data.real_val",
+             "voxel_size": "data.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop"}
+    out = {path: getattr(args, name) for name, path in table.items() if getattr(args, name) is not None}
+    if args.baseline:
+        out["baseline"] = True
+        out["generator.target"] = "lesion"
+    return out
+
+
+def _set(cfg, path: str, value) -> None:
+    *parents, leaf = path.split(".")
+    obj = cfg
+    for name in parents:
+        obj = getattr(obj, name)
+    setattr(obj, leaf, value)
+
+
+def _get(cfg, path: str):
+    obj = cfg
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def resolve_config(args) -> TrainConfig:
+    """The run's config: preset (or --config, or the saved one on --resume) plus command-line overrides.
+
+    Raises:
+        ValueError: on --resume, an option that would change the saved recipe.
+    """
+    opts = overrides(args)
+    out = Path(opts.get("out", "runs/train"))
+    if args.resume and (out / "config.json").is_file():
+        cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        changed = sorted(k for k, v in opts.items()
+                         if k not in RESUMABLE | {"out"} and _normal(_get(cfg, k)) != _normal(v))
+        if changed:
+            raise ValueError(f"`--resume` must keep the saved recipe of {out / 'config.json'}, got changes to "
+                             f"{changed}; start a new --out instead")
+    elif args.config:
+        cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        name = args.preset
+        if name is None:
+            import torch
+            device = opts.get("device", "auto")
+            name = "paper" if (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda") \
+                else "quick"
+            print(f"no --preset given: using '{name}' for this device", flush=True)
+        cfg = preset(name)
+    for path, value in opts.items():
+        _set(cfg, path, value)
+    return cfg.validate()
+
+
+def _normal(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        from train.loop import train
+        metrics = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, NotImplementedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and "dice" in k}
+    print(f"done: step {metrics['step']} -> {cfg.out}  {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
