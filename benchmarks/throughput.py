@@ -1,0 +1,224 @@
+"""Generator throughput: samples/s per size and provider, side by side with the libraries people use today.
+
+    python benchmarks/throughput.py --device cpu --sizes 96 128 [--batch 1] [--repeats 3] [--json out.json]
+
+Providers: ``synthgen`` (this project, batch B per call), and when installed the equivalent chain in
+``cornucopia`` (SynthFromLabelTransform: affine+elastic, GMM, bias, gamma, smoothing, low-res, noise, quantile),
+``torchio`` and ``monai`` (affine, elastic, label->GMM image, bias, gamma, blur, anisotropy, noise, percentile
+rescale, flips, z-normalisation). Peers get the tissue map already cropped to the output size (less work than
+ours, which crops through the warp). Timings: median and p20-p80 over repeats after one warm-up, wall clock
+with device synchronisation. Numbers compare only within one run on one machine. Never pass/fail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import synthgen  # noqa: E402
+from synthgen.config import GeneratorConfig  # noqa: E402
+from synthgen.data.default_map import default_tissue_map  # noqa: E402
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device, repeats):
+    fn()                                  # warm-up (allocations, kernel compilation)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _centre_crop(tissue: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop (or zero-pad) the spatial axes of (1, 1, X, Y, Z) labels to size^3 about the centre."""
+    out = torch.zeros(1, 1, size, size, size, dtype=tissue.dtype, device=tissue.device)
+    src, dst = [], []
+    for n in tissue.shape[2:]:
+        s0 = max((n - size) // 2, 0)
+        d0 = max((size - n) // 2, 0)
+        m = min(n, size)
+        src.append(slice(s0, s0 + m))
+        dst.append(slice(d0, d0 + m))
+    out[(..., *dst)] = tissue[(..., *src)]
+    return out
+
+
+def synthgen_provider(tissue, size, batch, device):
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(size, size, size)))
+    state = {"index": 0}
+
+    def run():
+        gen(tissue, seed=0, index=state["index"], batch_size=batch)
+        state["index"] += batch
+    return run, gen
+
+
+def cornucopia_provider(tissue, size, device):
+    import cornucopia as cc
+    labels = _centre_crop(tissue, size)[0].long()          # (1, X, Y, Z) label map, channel first
+    synth = cc.SynthFromLabelTransform(order=3)
+
+    def run():
+        synth(labels)
+    return run
+
+
+def torchio_provider(tissue, size, device):
+    import torchio as tio
+    labels = _centre_crop(tissue, size)[0].cpu()
+    subject = tio.Subject(label=tio.LabelMap(tensor=labels.to(torch.int16)))
+    chain = tio.Compose([
+        tio.RandomAffine(scales=0.15, degrees=15), tio.RandomElasticDeformation(),
+        tio.RandomLabelsToImage(label_key="label", image_key="image"),
+        tio.RandomBiasField(), tio.RandomGamma(), tio.RandomBlur(std=(0, 1.3)),
+        tio.RandomAnisotropy(downsampling=(1, 8)), tio.RandomNoise(std=(0, 25)), tio.RandomBlur(std=(0, 0.6)),
+        tio.RescaleIntensity(out_min_max=(0, 1), percentiles=(1, 99)), tio.RandomFlip(axes=(0, 1, 2)),
+        tio.ZNormalization(),
+    ])
+
+    def run():
+        chain(subject)
+    return run
+
+
+def monai_provider(tissue, size, device):
+    import monai.transforms as mt
+    labels = _centre_crop(tissue, size)[0].to(device)
+    geo = mt.Compose([mt.RandAffine(prob=1, rotate_range=(0.26,) * 3, scale_range=(0.15,) * 3, mode="nearest"),
+                      mt.Rand3DElastic(sigma_range=(5, 7), magnitude_range=(0, 300), prob=1, mode="nearest")])
+    inten = mt.Compose([
+        mt.RandBiasField(prob=1), mt.RandAdjustContrast(prob=1, gamma=(0.5, 2)),
+        mt.RandGaussianSmooth(prob=1, sigma_x=(0, 1.3), sigma_y=(0, 1.3), sigma_z=(0, 1.3)),
+        mt.RandSimulateLowResolution(prob=1, zoom_range=(0.125, 1)), mt.RandRicianNoise(prob=1, std=25),
+        mt.RandGaussianSmooth(prob=1, sigma_x=(0, 0.6), sigma_y=(0, 0.6), sigma_z=(0, 0.6)),
+        mt.ScaleIntensityRangePercentiles(1, 99, 0, 1, clip=True), mt.RandFlip(prob=0.5, spatial_axis=0),
+        mt.RandFlip(prob=0.5, spatial_axis=1), mt.RandFlip(prob=0.5, spatial_axis=2), mt.NormalizeIntensity(),
+    ])
+
+    def run():
+        lab = geo(labels.float()).long()
+        mu, sigma = torch.rand(16, device=device) * 255, torch.rand(16, device=device) * 16
+        image = mu[lab] + sigma[lab] * torch.randn(lab.shape, device=device)   # MONAI has no label->GMM transform
+        inten(image)
+    return run
+
+
+PEERS = {"cornucopia": cornucopia_provider, "torchio": torchio_provider, "monai": monai_provider}
+
+
+def _versions():
+    out = {"python": platform.python_version(), "torch": torch.__version__, "synthgen": synthgen.__version__}
+    for name in ("cornucopia", "torchio", "monai", "triton"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:      # not installed, or broken: the table says so
+            pass
+    return out
+
+
+def _git_sha():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                                       text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="crop sizes (default cpu: 96 128; cuda: 96 128 192)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (default cpu 3, cuda 20)")
+    parser.add_argument("--providers", nargs="+", default=["synthgen", *PEERS],
+                        help="synthgen cornucopia torchio monai (peers run only when installed)")
+    parser.add_argument("--json", default=None, help="write the rows and the machine description here")
+    args = parser.parse_args(argv)
+    cuda = torch.device(args.device).type == "cuda"
+    sizes = args.sizes or ([96, 128, 192] if cuda else [96, 128])
+    repeats = args.repeats or (20 if cuda else 3)
+    tissue = default_tissue_map(device=args.device)
+    rows = []
+    for size in sizes:
+        for provider in args.providers:
+            batches = args.batch if provider == "synthgen" else [1]
+            for batch in batches:
+                row = {"provider": provider, "size": size, "batch": batch, "device": args.device}
+                try:
+                    if provider == "synthgen":
+                        run, gen = synthgen_provider(tissue, size, batch, args.device)
+                    else:
+                        run, gen = PEERS[provider](tissue, size, args.device), None
+                except ImportError as err:
+                    print(f"skip {provider}: not installed ({err})", file=sys.stderr)
+                    break
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(args.device)
+                try:
+                    times = _time(run, args.device, repeats)
+                except Exception as err:            # a peer failing must not lose the other rows
+                    print(f"skip {provider} at {size}: {type(err).__name__}: {err}", file=sys.stderr)
+                    break
+                per_sample = [t / batch for t in times]
+                q = statistics.quantiles(per_sample, n=5) if len(per_sample) > 1 else per_sample * 4
+                row.update(ms_per_sample=1e3 * statistics.median(per_sample), ms_p20=1e3 * q[0], ms_p80=1e3 * q[-1],
+                           samples_per_s=1.0 / statistics.median(per_sample))
+                if cuda:
+                    row["peak_mem_mb"] = torch.cuda.max_memory_allocated(args.device) / 2 ** 20
+                if gen is not None:
+                    gen.profile, gen.stage_ms = True, {}
+                    run()
+                    row["stage_ms"] = {k: round(v / batch, 2) for k, v in gen.stage_ms.items()}
+                rows.append(row)
+                print(f"{provider:>10} {size}^3 batch {batch}: {row['ms_per_sample']:.1f} ms/sample", file=sys.stderr)
+    # ratios against the fastest peer of the same size, in this run
+    for row in rows:
+        peers = [r["ms_per_sample"] for r in rows if r["size"] == row["size"] and r["provider"] != "synthgen"]
+        if row["provider"] == "synthgen" and peers:
+            row["speedup_vs_fastest_peer"] = min(peers) / row["ms_per_sample"]
+    print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {_git_sha()}\n")
+    print("| provider | size | batch | ms/sample (p20-p80) | samples/s | speed-up vs fastest peer | stages (ms/sample) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in r.get("stage_ms", {}).items())
+        speed = f"{r['speedup_vs_fastest_peer']:.1f}x" if "speedup_vs_fastest_peer" in r else ""
+        print(f"| {r['provider']} | {r['size']}^3 | {r['batch']} | {r['ms_per_sample']:.0f} "
+              f"({r['ms_p20']:.0f}-{r['ms_p80']:.0f}) | {r['samples_per_s']:.2f} | {speed} | {stages} |")
+    if args.json:
+        out = {"device": device_name(args.device), "versions": _versions(), "git_sha": _git_sha(),
+               "repeats": repeats, "rows": rows}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2))
+        os.replace(tmp, path)
+        print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
