@@ -82,10 +82,10 @@ def save_montage(images: np.ndarray, targets: np.ndarray, path, title: str = "")
 def _lesion_source(kind: str, tissue: torch.Tensor, affine):
     if kind == "none":
         return None
-    from . import lesions
+    from .lesions import LesionSource
     if kind == "procedural":
-        return lesions.ProceduralLesions.for_tissue(tissue, affine)
-    return lesions.LesionSource.from_folder(kind, like_shape=tissue.shape[2:], like_affine=affine)
+        return LesionSource.procedural(affine=affine)
+    return LesionSource.from_folder(kind, like_shape=tuple(tissue.shape[2:]), like_affine=affine)
 
 
 def main(argv=None) -> int:
@@ -105,11 +105,7 @@ def main(argv=None) -> int:
     from .data.default_map import default_tissue_map
     tissue, affine = default_tissue_map(device=args.device, with_affine=True)
     config = GeneratorConfig(crop=tuple(args.crop), target=args.target)
-    try:
-        source = _lesion_source(args.lesions, tissue, affine)
-    except (ImportError, AttributeError) as err:
-        print(f"lesions unavailable ({err}); generating healthy samples", file=sys.stderr)
-        source = None
+    source = _lesion_source(args.lesions, tissue, affine)
     gen = SynthGenerator(config, lesions=source)
     images, targets = [], []
     from tqdm import tqdm
