@@ -219,3 +219,156 @@ def _from_dict(cls, d):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+# --- lesions ---
+# Lesion sources (synthgen.lesions). Figures marked SOOP were measured by scripts/calibrate_lesions.py over
+# all 1449 acute ischaemic stroke masks of the Stroke Outcome Optimization Project (Absher et al. 2024, Sci
+# Data 11:839; OpenNeuro ds004889, CC0), 1 mm MNI, components with 26-connectivity; territories from the
+# JHU arterial atlas (Liu et al. 2023) on the same grid.
+
+@dataclass
+class FadingConfig:
+    """Smooth multiplicative field over the lesion intensity weight (paper section 2, "grades of infarction")."""
+    probability: float = 1.0        # fraction of lesioned samples faded; SynthStroke fades every pasted lesion
+    range: tuple = (0.2, 1.0)       # (lo, hi) field values, unitless. lo > 0 keeps some lesion contrast under
+                                    # every voxel labelled lesion; SynthStroke clips a bias field to [0, 1]
+    control_spacing: float = 12.0   # voxels between control points: features of ~1 cm, about the radius of
+                                    # a median (12.7 mL, SOOP) lesion, so one lesion sees 1-3 grades
+    gain: float = 2.0               # sigmoid slope in field standard deviations: 2 spreads draws over the whole
+                                    # range without saturating (see synthgen.lesions.morphology.fading_field)
+
+    def validate(self):
+        _check_prob("lesion.fading.probability", self.probability)
+        _check_range("lesion.fading.range", self.range, 0.0, 1.0)
+        if not self.control_spacing >= 1:
+            raise ValueError(f"`lesion.fading.control_spacing` must be >= 1 voxel, got {self.control_spacing}")
+        if not self.gain > 0:
+            raise ValueError(f"`lesion.fading.gain` must be > 0, got {self.gain}")
+
+
+@dataclass
+class SoftCPConfig:
+    """Soft-CP blending weights (Dai et al. 2022, arXiv:2203.10507): 1 on the eroded core, alpha^j on ring j."""
+    alpha: float = 0.9              # weight ratio between neighbouring voxel rings; SynthStroke alpha=0.9
+    erode: int = 2                  # voxel rings (3x3x3 cube) eroded to form the weight-1 core; SynthStroke 1
+    dilate: int = 2                 # rings grown back from the core with weights alpha^1..alpha^dilate;
+                                    # SynthStroke 1. dilate <= erode keeps the target (weight > 0.5) equal to
+                                    # the source mask, and gives a 2-voxel (0.9, 0.81) partial-volume edge
+
+    def validate(self):
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"`lesion.softcp.alpha` must be in (0, 1], got {self.alpha}")
+        if int(self.erode) != self.erode or self.erode < 0:
+            raise ValueError(f"`lesion.softcp.erode` must be an integer >= 0, got {self.erode}")
+        if int(self.dilate) != self.dilate or self.dilate < 0:
+            raise ValueError(f"`lesion.softcp.dilate` must be an integer >= 0, got {self.dilate}")
+
+
+@dataclass
+class ProceduralLesionConfig:
+    """Procedural ischaemic stroke masks (beyond the paper), calibrated on SOOP (see the section comment)."""
+    volume_quantiles_ml: tuple = (0.004, 0.079, 0.55, 1.17, 2.08, 3.49, 5.09, 7.09, 9.36, 12.7, 12.7,
+                                  17.0, 22.2, 29.7, 39.4, 52.0, 69.6, 94.0, 123.0, 185.0, 860.0)
+                                    # mL, total lesion volume at quantiles 0, 5, ..., 100 %; SOOP
+    max_volume_ml: float = 300.0    # mL, draws above are clipped; ~5 % of SOOP masks exceed 200 mL
+    component_count_pmf: tuple = (0.318, 0.2, 0.12, 0.08, 0.06, 0.04, 0.03, 0.025, 0.02, 0.107)
+                                    # P(1), ..., P(9), P(>= 10) components (26-connectivity); SOOP
+    component_count_max: int = 30   # components drawn uniformly in [10, max] for the ">= 10" bucket; SOOP
+    largest_component_share_quantiles: tuple = (0.2, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.95, 0.97)
+                                    # share of the volume in the largest component of a multifocal lesion at
+                                    # quantiles 0, 10, ..., 100 %; SOOP
+    satellite_distance_mm: float = 20.0   # mm, std of the Gaussian offset of satellite centres from the
+                                          # main component's; SOOP median satellite distance
+    left_probability: float = 0.5   # share of lesions mostly in the left hemisphere; SOOP
+    bilateral_probability: float = 0.1    # share of multifocal lesions with a component in the other
+                                          # hemisphere; SOOP (>= 5 % of the volume on the minority side)
+    cross_midline: bool = False     # components may spill over the midline (world x = 0)
+    territory_names: tuple = ("aca", "mca", "pca", "deep", "vb")   # JHU arterial atlas groups (calibrate script)
+    territory_probabilities: tuple = (0.05, 0.55, 0.12, 0.18, 0.10)  # dominant territory shares; SOOP
+    territory_mean_mm: tuple = ((12.0, 3.5, 34.0), (43.3, -13.1, 13.6), (21.7, -70.8, 3.2), (17.7, -9.9, 3.8),
+                                (20.8, -58.7, -32.8))
+                                    # MNI mm (|x|, y, z) centroid of each territory; JHU atlas
+    territory_std_mm: tuple = ((7.1, 41.9, 27.1), (12.8, 36.1, 27.2), (13.8, 20.0, 19.4), (9.2, 17.2, 13.1),
+                               (14.0, 18.6, 10.5))
+                                    # mm, spread of each territory per axis; JHU atlas
+    elongation: float = 3.0         # max ratio of the ellipsoid's longest to shortest axis (log-uniform);
+                                    # no source: stroke lesions are mostly elongated along vessels
+    roughness: float = 0.5          # amplitude of the boundary noise relative to the ellipsoid radius
+    noise_scale: float = 0.5        # noise control spacing as a fraction of the component radius
+
+    def validate(self):
+        q = self.volume_quantiles_ml
+        if len(q) < 2 or any(b < a for a, b in zip(q, q[1:])) or q[0] <= 0:
+            raise ValueError(f"`lesion.procedural.volume_quantiles_ml` must be >= 2 positive increasing values, "
+                             f"got {q}")
+        if not self.max_volume_ml > 0:
+            raise ValueError(f"`lesion.procedural.max_volume_ml` must be > 0, got {self.max_volume_ml}")
+        p = self.component_count_pmf
+        if len(p) < 1 or any(x < 0 for x in p) or abs(sum(p) - 1) > 1e-3:
+            raise ValueError(f"`lesion.procedural.component_count_pmf` must be probabilities summing to 1, got {p}")
+        if self.component_count_max < len(p):
+            raise ValueError(f"`lesion.procedural.component_count_max` must be >= {len(p)}, "
+                             f"got {self.component_count_max}")
+        s = self.largest_component_share_quantiles
+        if len(s) < 2 or any(b < a for a, b in zip(s, s[1:])) or s[0] <= 0 or s[-1] > 1:
+            raise ValueError(f"`lesion.procedural.largest_component_share_quantiles` must be increasing values "
+                             f"in (0, 1], got {s}")
+        if not self.satellite_distance_mm > 0:
+            raise ValueError(f"`lesion.procedural.satellite_distance_mm` must be > 0, got {self.satellite_distance_mm}")
+        _check_prob("lesion.procedural.left_probability", self.left_probability)
+        _check_prob("lesion.procedural.bilateral_probability", self.bilateral_probability)
+        n = len(self.territory_names)
+        tp = self.territory_probabilities
+        if len(tp) != n or any(x < 0 for x in tp) or not sum(tp) > 0:
+            raise ValueError(f"`lesion.procedural.territory_probabilities` must be {n} non-negative weights, got {tp}")
+        for name in ("territory_mean_mm", "territory_std_mm"):
+            value = getattr(self, name)
+            if len(value) != n or any(len(v) != 3 for v in value):
+                raise ValueError(f"`lesion.procedural.{name}` must hold {n} (x, y, z) triples, got {value}")
+        if any(s <= 0 for v in self.territory_std_mm for s in v):
+            raise ValueError(f"`lesion.procedural.territory_std_mm` must be > 0, got {self.territory_std_mm}")
+        if not self.elongation >= 1:
+            raise ValueError(f"`lesion.procedural.elongation` must be >= 1, got {self.elongation}")
+        if not self.roughness >= 0:
+            raise ValueError(f"`lesion.procedural.roughness` must be >= 0, got {self.roughness}")
+        if not self.noise_scale > 0:
+            raise ValueError(f"`lesion.procedural.noise_scale` must be > 0, got {self.noise_scale}")
+
+
+@dataclass
+class LesionConfig:
+    """Where lesions come from and how they are blended (paper section 2; synthgen.lesions.LesionSource)."""
+    mask_dir: str = ""              # folder of binary lesion masks in MNI space; "" -> procedural lesions
+    mask_pattern: str = "*.nii*"    # file name pattern inside mask_dir (SOOP: "*_lesion.nii.gz")
+    mask_threshold: float = 0.5     # a stored value above it is lesion (binarisation before resampling)
+    max_volume_ml: float = 300.0    # mL, larger masks are dropped; SOOP: ~70 of 1449 exceed 200 mL
+    max_outside_fraction: float = 0.2  # masks with a larger share of voxels outside the brain are dropped
+                                    # (when a brain mask is given); no source, the lesion is clipped anyway
+    holdout_fraction: float = 0.2   # share of mask files (by name hash) in the "holdout" split
+    count: tuple = (1, 1)           # lesions per lesioned sample ~ U{lo..hi}; paper pastes one
+    healthy_probability: float = 0.1   # lesion-free samples. Paper: 0 (always pastes). 10 % shows the network
+                                    # healthy brains (no false positives to learn) at little cost in lesion
+                                    # exposure, and matches lesion-free slabs of a 192^3 crop at inference
+    clip_to: str = "parenchyma"     # lesion weight is multiplied by this tissue's probability: "parenchyma"
+                                    # (GM+WM+PV), "brain" (+CSF) or "none"
+    fading: FadingConfig = field(default_factory=FadingConfig)
+    softcp: SoftCPConfig = field(default_factory=SoftCPConfig)
+    procedural: ProceduralLesionConfig = field(default_factory=ProceduralLesionConfig)
+
+    def validate(self) -> "LesionConfig":
+        if not 0 <= self.mask_threshold < 1:
+            raise ValueError(f"`lesion.mask_threshold` must be in [0, 1), got {self.mask_threshold}")
+        if not self.max_volume_ml > 0:
+            raise ValueError(f"`lesion.max_volume_ml` must be > 0, got {self.max_volume_ml}")
+        _check_prob("lesion.max_outside_fraction", self.max_outside_fraction)
+        _check_prob("lesion.holdout_fraction", self.holdout_fraction)
+        if len(self.count) != 2 or any(int(c) != c for c in self.count) or not 0 <= self.count[0] <= self.count[1]:
+            raise ValueError(f"`lesion.count` must be integers (lo, hi) with 0 <= lo <= hi, got {self.count}")
+        _check_prob("lesion.healthy_probability", self.healthy_probability)
+        if self.clip_to not in ("parenchyma", "brain", "none"):
+            raise ValueError(f"`lesion.clip_to` must be 'parenchyma', 'brain' or 'none', got {self.clip_to!r}")
+        self.fading.validate()
+        self.softcp.validate()
+        self.procedural.validate()
+        return self

@@ -1,0 +1,228 @@
+"""Procedural ischaemic stroke lesion masks, synthesised on the device from a 64-bit key (no data set).
+
+Beyond the paper (which pastes real ATLAS masks). One lesion is one vascular event:
+
+1. draw the number of connected components, the total volume (inverse CDF through log-volume quantiles),
+   the hemisphere and the arterial territory from :class:`ProceduralLesionConfig` (calibrated on 1449
+   SOOP acute stroke masks by ``scripts/calibrate_lesions.py``);
+2. pick the main component's centre among parenchyma voxels (GM, WM, GM/WM PV; never CSF or background) of
+   that hemisphere, weighted by a Gaussian over the territory (centroid and spread of the JHU arterial
+   atlas territory, MNI mm);
+3. grow each component as the ``n`` highest-scoring allowed voxels of ``1 - rho + roughness * noise``:
+   ``rho`` the radius in a randomly rotated, elongated ellipsoid and ``noise`` a smooth random field, so
+   the volume is exact, the outline irregular, and the shape follows the tissue it may occupy;
+4. satellites (the other components) share the remaining volume and sit around the main one (Gaussian
+   offset, same hemisphere unless the lesion is bilateral).
+
+All scalar draws and coarse noise grids come from a CPU generator seeded with the key, dense work happens on
+the tissue's device: a key gives the same lesion on any device (up to float rounding of the scores).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..config import ProceduralLesionConfig
+from ..fields import smooth_field
+from .morphology import fading_coefficients
+
+
+def grid_affine(shape, affine=None) -> np.ndarray:
+    """The 4x4 voxel -> world (mm) affine of the grid, or a 1 mm RAS grid centred on world 0 if None."""
+    if affine is not None:
+        return np.asarray(affine, dtype=np.float64)
+    out = np.eye(4)
+    out[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1) / 2
+    return out
+
+
+def _world_box(lo, hi, affine: np.ndarray, device) -> torch.Tensor:
+    """World coordinates ``(d, h, w, 3)`` (float32, mm) of the voxel box ``[lo, hi)``."""
+    axes = [torch.arange(a, b, device=device, dtype=torch.float32) for a, b in zip(lo, hi)]
+    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    lin = torch.as_tensor(affine[:3, :3], dtype=torch.float32, device=device)
+    off = torch.as_tensor(affine[:3, 3], dtype=torch.float32, device=device)
+    return ijk @ lin.T + off
+
+
+def _voxel_box(center_mm, half_mm, affine: np.ndarray, shape) -> tuple[list[int], list[int]]:
+    """Voxel box (lo, hi) covering the world box ``center +- half`` (per axis), clipped to the grid."""
+    inv = np.linalg.inv(affine)
+    corners = np.array([[center_mm[0] + sx * half_mm[0], center_mm[1] + sy * half_mm[1],
+                         center_mm[2] + sz * half_mm[2], 1.0]
+                        for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    vox = corners @ inv.T
+    lo = np.clip(np.floor(vox[:, :3].min(0)), 0, np.asarray(shape) - 1).astype(int)
+    hi = np.clip(np.ceil(vox[:, :3].max(0)) + 1, 1, np.asarray(shape)).astype(int)
+    return lo.tolist(), hi.tolist()
+
+
+def _pick_voxel(weight: torch.Tensor, u: float):
+    """Index (flat) of a voxel drawn with probability proportional to ``weight`` (u ~ U(0,1)); None if all 0."""
+    cdf = torch.cumsum(weight.reshape(-1).to(torch.float64), 0)
+    total = float(cdf[-1])
+    if not total > 0:
+        return None
+    return min(int(torch.searchsorted(cdf, torch.tensor([u * total], dtype=cdf.dtype, device=cdf.device))),
+               cdf.numel() - 1)
+
+
+def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float):
+    """A voxel of ``allowed`` drawn with a Gaussian(mean_mm, std_mm) weight; widen to all of it if empty."""
+    std = np.maximum(np.asarray(std_mm, dtype=np.float64), 1e-3)
+    lo, hi = _voxel_box(mean_mm, 3 * std, affine, allowed.shape)
+    for lo, hi in ((lo, hi), ([0, 0, 0], list(allowed.shape))):
+        sub = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        if sub.numel() == 0 or not bool(sub.any()):
+            continue
+        world = _world_box(lo, hi, affine, allowed.device)
+        z = (world - torch.as_tensor(mean_mm, dtype=torch.float32, device=world.device)) / torch.as_tensor(
+            std, dtype=torch.float32, device=world.device)
+        w = torch.exp(-0.5 * (z * z).sum(-1)) * sub
+        if not bool((w > 0).any()):       # far in the Gaussian tail: fall back to uniform over the box
+            w = sub.to(torch.float32)
+        i = _pick_voxel(w, u)
+        if i is not None:
+            local = np.unravel_index(i, tuple(sub.shape))
+            return [int(a) + b for a, b in zip(local, lo)]
+    return None
+
+
+def _random_rotation(g: torch.Generator) -> torch.Tensor:
+    """A uniformly random 3x3 rotation (normalised Gaussian quaternion)."""
+    q = torch.randn(4, generator=g, dtype=torch.float64)
+    w, x, y, z = (q / q.norm()).tolist()
+    return torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]], dtype=torch.float64)
+
+
+def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Generator,
+                   config: ProceduralLesionConfig) -> tuple[list[int], list[int], torch.Tensor] | None:
+    """One irregular blob of exactly ``min(n_voxels, available)`` voxels of ``allowed`` around ``center``.
+
+    Args:
+        allowed: ``(D, H, W)`` bool, voxels the blob may occupy.
+        center: voxel index of the blob's centre.
+        n_voxels: target size in voxels.
+        g: CPU generator (shape draws).
+        config: elongation, roughness and noise scale.
+
+    Returns:
+        ``(lo, hi, box_mask)``: the voxel box and the blob inside it, or None if nothing is allowed there.
+    """
+    n_voxels = max(1, int(n_voxels))
+    radius = (3.0 * n_voxels / (4.0 * math.pi)) ** (1.0 / 3.0)
+    log_axes = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * math.log(config.elongation)
+    axes = radius * torch.exp(log_axes - log_axes.mean())          # same volume as the sphere
+    rot = _random_rotation(g)
+    # 1.6 x the longest semi-axis leaves room for the noise and for tissue the ellipsoid cannot use
+    half = math.ceil(1.6 * float(axes.max()) + 2)
+    lo = [max(0, c - half) for c in center]
+    hi = [min(s, c + half + 1) for c, s in zip(center, allowed.shape)]
+    box = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    shape = tuple(box.shape)
+    coeffs = fading_coefficients(g, shape, max(2.0, config.noise_scale * radius))
+    if not bool(box.any()):
+        return None
+    dev = allowed.device
+    axes_ = [torch.arange(a, b, device=dev, dtype=torch.float32) - c for a, b, c in zip(lo, hi, center)]
+    d = torch.stack(torch.meshgrid(*axes_, indexing="ij"), dim=-1)
+    q = (d @ rot.to(device=dev, dtype=torch.float32)) / axes.to(device=dev, dtype=torch.float32)
+    rho = q.norm(dim=-1)
+    noise = smooth_field(coeffs.to(dev), shape)[0, 0]
+    score = torch.where(box, 1.0 - rho + config.roughness * noise, torch.full_like(rho, -float("inf")))
+    available = int(box.sum())
+    if available <= n_voxels:
+        return lo, hi, box.clone()
+    flat = score.reshape(-1)
+    threshold = torch.kthvalue(-flat, n_voxels).values
+    return lo, hi, score >= -threshold
+
+
+def _interp_quantile(quantiles, u: float, log: bool) -> float:
+    """Inverse CDF through equally spaced quantiles (piecewise linear, in log space if ``log``)."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    probs = np.linspace(0.0, 1.0, len(q))
+    if log:
+        return float(np.exp(np.interp(u, probs, np.log(np.maximum(q, 1e-6)))))
+    return float(np.interp(u, probs, q))
+
+
+def draw_lesion_plan(g: torch.Generator, config: ProceduralLesionConfig) -> dict:
+    """The scalar random choices of one procedural lesion (replayable, CPU only)."""
+    u = torch.rand(8, generator=g, dtype=torch.float64).tolist()
+    pmf = torch.tensor(config.component_count_pmf, dtype=torch.float64)
+    bucket = int(torch.multinomial(pmf, 1, generator=g))
+    count = bucket + 1
+    if bucket == len(pmf) - 1:                  # the open tail bucket: "this many or more"
+        count = bucket + 1 + int(u[0] * (config.component_count_max - bucket))
+    volume = min(_interp_quantile(config.volume_quantiles_ml, u[1], log=True), config.max_volume_ml)
+    territory = int(torch.multinomial(torch.tensor(config.territory_probabilities, dtype=torch.float64), 1,
+                                      generator=g))
+    main_share = 1.0 if count == 1 else _interp_quantile(config.largest_component_share_quantiles, u[2], log=False)
+    shares = -torch.log(torch.rand(max(count - 1, 0), generator=g, dtype=torch.float64).clamp(min=1e-12))
+    shares = (shares / shares.sum() * (1.0 - main_share)).tolist() if count > 1 else []
+    return {"count": count, "volume_ml": volume, "left": u[3] < config.left_probability,
+            "bilateral": count > 1 and u[4] < config.bilateral_probability, "territory": territory,
+            "main_share": main_share, "satellite_shares": shares, "u_centre": u[5]}
+
+
+def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesionConfig,
+                      affine=None) -> torch.Tensor:
+    """One procedural stroke lesion mask on the grid of ``parenchyma``.
+
+    Args:
+        parenchyma: ``(D, H, W)`` bool, voxels a lesion may occupy (GM, WM, PV).
+        key: 64-bit integer that alone determines the lesion.
+        config: the lesion distribution.
+        affine: 4x4 voxel -> world (MNI mm, RAS+) of the grid; None assumes 1 mm RAS centred on world 0.
+            Hemispheres are split at world x = 0; territories are placed in world mm.
+
+    Returns:
+        ``(D, H, W)`` bool mask on ``parenchyma``'s device (empty if the grid holds no parenchyma).
+    """
+    shape = tuple(parenchyma.shape)
+    affine = grid_affine(shape, affine)
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+    g = torch.Generator().manual_seed(int(key))
+    plan = draw_lesion_plan(g, config)
+    x_world = _world_box([0, 0, 0], shape, affine, parenchyma.device)[..., 0]
+    sides = {True: parenchyma & (x_world < 0), False: parenchyma & (x_world >= 0)}
+    mask = torch.zeros(shape, dtype=torch.bool, device=parenchyma.device)
+
+    def allowed_for(left: bool):
+        return parenchyma if config.cross_midline else sides[left]
+
+    mean = list(config.territory_mean_mm[plan["territory"]])
+    mean[0] = -abs(mean[0]) if plan["left"] else abs(mean[0])
+    std = config.territory_std_mm[plan["territory"]]
+    centre = _sample_centre(sides[plan["left"]], mean, std, affine, plan["u_centre"])
+    if centre is None:                               # no parenchyma on that side: try the other one
+        centre = _sample_centre(parenchyma, mean, std, affine, plan["u_centre"])
+        if centre is None:
+            return mask
+    left = bool(x_world[tuple(centre)] < 0)
+    main = grow_component(allowed_for(left), centre, round(plan["volume_ml"] * plan["main_share"] / voxel_ml), g,
+                          config)
+    if main is not None:
+        lo, hi, blob = main
+        mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= blob
+    centre_mm = (affine[:3, :3] @ np.asarray(centre, dtype=np.float64) + affine[:3, 3]).tolist()
+    for i, share in enumerate(plan["satellite_shares"]):
+        sat_left = (not left) if (plan["bilateral"] and i == 0) else left
+        sat_mean = list(centre_mm)
+        if sat_left != left:                          # the bilateral partner: mirror across the midline
+            sat_mean[0] = -sat_mean[0]
+        u = float(torch.rand(1, generator=g, dtype=torch.float64))
+        spread = [config.satellite_distance_mm] * 3
+        sat = _sample_centre(sides[sat_left], sat_mean, spread, affine, u)
+        if sat is None:
+            continue
+        grown = grow_component(allowed_for(sat_left), sat, round(plan["volume_ml"] * share / voxel_ml), g, config)
+        if grown is not None:
+            lo, hi, blob = grown
+            mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= blob
+    return mask

@@ -1,0 +1,157 @@
+"""LesionSource: per-sample lesion weights for the generator, from real masks or procedural synthesis."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import LesionConfig
+from .masks import MaskBank, list_mask_files, load_mask_bank, masks_from_tensor
+from .morphology import fading_coefficients, fading_config, soft_cp_config
+from .procedural import procedural_lesion
+
+try:
+    from ..sampling import generator_for
+except ImportError:      # pragma: no cover - sampling.py is written alongside
+    def generator_for(key: int, device="cpu") -> torch.Generator:
+        return torch.Generator(device=torch.device(device)).manual_seed(int(key))
+
+PARENCHYMA = (1, 2, 3)      # GM, WM, GM/WM partial volume
+BRAIN = (1, 2, 3, 4)        # parenchyma and CSF
+
+
+def tissue_share(tissue: torch.Tensor, classes) -> torch.Tensor:
+    """Probability ``(B, 1, D, H, W)`` (float32) that a voxel belongs to one of ``classes``.
+
+    Args:
+        tissue: integer labels ``(B, 1, D, H, W)`` or float probabilities ``(B, K, D, H, W)`` with channels
+            [background, GM, WM, PV, CSF, extra...].
+    """
+    if tissue.is_floating_point():
+        return tissue[:, list(classes)].sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
+    out = torch.zeros(tissue.shape, dtype=torch.bool, device=tissue.device)
+    for c in classes:
+        out |= tissue == c
+    return out.to(torch.float32)
+
+
+class LesionSource:
+    """Lesions for :class:`synthgen.generator.SynthGenerator`: paste, fade and Soft-CP blend a binary mask.
+
+    The mask of sample ``i`` comes from a bank of real masks (``from_folder``, ``from_tensor``) or from
+    procedural synthesis (``procedural``), chosen by ``keys[i]`` alone. Chalcroft et al., section 2;
+    Soft-CP: arXiv:2203.10507.
+
+    Args:
+        config: lesion parameters (default ``LesionConfig()``).
+        bank: a :class:`MaskBank`; None means procedural lesions.
+        affine: 4x4 voxel -> world (MNI mm) of the tissue grid, used by procedural lesions for the midline and
+            the territories (None: 1 mm RAS centred on world 0). A bank carries its own.
+    """
+
+    def __init__(self, config: LesionConfig | None = None, bank: MaskBank | None = None, affine=None):
+        self.config = (config or LesionConfig()).validate()
+        self.bank = bank
+        self.affine = bank.affine if bank is not None else (None if affine is None else np.asarray(affine, float))
+
+    # ---- constructors -------------------------------------------------------------------------------------
+    @classmethod
+    def from_folder(cls, path, like_shape, like_affine, threshold: float | None = None, split=None,
+                    max_volume_ml: float | None = None, *, pattern: str | None = None, brain_mask=None,
+                    max_outside_fraction: float | None = None, holdout_fraction: float | None = None,
+                    config: LesionConfig | None = None, device="cpu", progress: bool = True) -> "LesionSource":
+        """Masks from a folder (files matching ``pattern``) or a list of NIfTI files, resampled onto a grid.
+
+        Arguments left as None take their value from ``config`` (threshold, max volume, outside-brain share,
+        hold-out fraction, pattern). See :func:`synthgen.lesions.masks.load_mask_bank`; ``brain_mask``
+        ``(D, H, W)`` bool on the target grid enables the outside-brain filter.
+        """
+        config = (config or LesionConfig()).validate()
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        files = list_mask_files(path, pick(pattern, config.mask_pattern))
+        bank = load_mask_bank(files, like_shape, like_affine, pick(threshold, config.mask_threshold), split,
+                              pick(holdout_fraction, config.holdout_fraction),
+                              pick(max_volume_ml, config.max_volume_ml), brain_mask,
+                              pick(max_outside_fraction, config.max_outside_fraction), device, progress)
+        return cls(config, bank)
+
+    @classmethod
+    def from_tensor(cls, masks: torch.Tensor, like_shape=None, like_affine=None, masks_affine=None,
+                    threshold: float | None = None, config: LesionConfig | None = None) -> "LesionSource":
+        """Masks from an ``(N, [1,] D, H, W)`` tensor (see :func:`synthgen.lesions.masks.masks_from_tensor`)."""
+        config = (config or LesionConfig()).validate()
+        bank = masks_from_tensor(masks, like_shape, like_affine, masks_affine,
+                                 config.mask_threshold if threshold is None else threshold)
+        return cls(config, bank)
+
+    @classmethod
+    def procedural(cls, affine=None, config: LesionConfig | None = None) -> "LesionSource":
+        """Procedural stroke lesions (no data set); ``affine`` places the midline and territories."""
+        return cls(config, None, affine)
+
+    # ---- sampling -----------------------------------------------------------------------------------------
+    def _check(self, tissue, keys):
+        if not torch.is_tensor(tissue) or tissue.ndim != 5:
+            raise ValueError(f"`tissue` must be a (B, C, D, H, W) tensor, got "
+                             f"{tuple(tissue.shape) if torch.is_tensor(tissue) else type(tissue).__name__}")
+        if len(keys) != tissue.shape[0]:
+            raise ValueError(f"`keys` must hold one key per sample ({tissue.shape[0]}), got {len(keys)}")
+        if self.bank is not None and tuple(tissue.shape[2:]) != tuple(self.bank.shape):
+            raise ValueError(f"`tissue` must be on the grid the lesion masks were resampled to, spatial shape "
+                             f"{tuple(self.bank.shape)}, got {tuple(tissue.shape[2:])}")
+
+    def sample_masks(self, tissue: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """Binary lesion masks ``(B, 1, D, H, W)`` bool before Soft-CP, and each sample's generator."""
+        self._check(tissue, keys)
+        cfg = self.config
+        shape = tuple(tissue.shape[2:])
+        masks = torch.zeros((tissue.shape[0], 1, *shape), dtype=torch.bool, device=tissue.device)
+        gens = []
+        parenchyma = None
+        for i, key in enumerate(keys):
+            g = generator_for(int(key), "cpu")
+            gens.append(g)
+            healthy = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.healthy_probability
+            sub_key = int(torch.randint(0, 2 ** 62, (1,), generator=g))
+            if healthy:
+                continue
+            if self.bank is not None:
+                n = int(torch.randint(cfg.count[0], cfg.count[1] + 1, (1,), generator=g))
+                for j in torch.randint(0, len(self.bank), (n,), generator=g).tolist():
+                    self.bank.paste(j, masks[i, 0])
+            else:
+                if parenchyma is None:
+                    parenchyma = tissue_share(tissue, PARENCHYMA) > 0.5
+                for j in range(int(torch.randint(cfg.count[0], cfg.count[1] + 1, (1,), generator=g))):
+                    masks[i, 0] |= procedural_lesion(parenchyma[i, 0], sub_key + j, cfg.procedural, self.affine)
+        return masks, gens
+
+    def sample(self, tissue: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lesion weights of a batch.
+
+        Args:
+            tissue: ``(B, 1, D, H, W)`` integer labels or ``(B, K, D, H, W)`` float probabilities (channels
+                background, GM, WM, PV, CSF, extra...), on its device.
+            keys: ``B`` 64-bit integers; ``keys[i]`` alone determines sample ``i``'s lesion.
+
+        Returns:
+            ``(intensity_weight, label_weight)``, each ``(B, 1, D, H, W)`` float32 in [0, 1] on ``tissue``'s
+            device: ``label_weight`` is the Soft-CP weight clipped to ``config.clip_to`` tissue (lesion where
+            > 0.5), ``intensity_weight = label_weight * fading``. Lesion-free samples are zeros.
+
+        Raises:
+            ValueError: ``tissue`` not 5D, ``len(keys) != B``, or a tissue grid other than the mask bank's.
+        """
+        masks, gens = self.sample_masks(tissue, keys)
+        cfg = self.config
+        shape = tuple(tissue.shape[2:])
+        label = soft_cp_config(masks, cfg.softcp)
+        if cfg.clip_to != "none":
+            label = label * tissue_share(tissue, PARENCHYMA if cfg.clip_to == "parenchyma" else BRAIN)
+        coeffs, faded = [], []
+        for g in gens:
+            coeffs.append(fading_coefficients(g, shape, cfg.fading.control_spacing))
+            faded.append(float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability)
+        fade = fading_config(torch.cat(coeffs).to(tissue.device), shape, cfg.fading)
+        fade = torch.where(torch.tensor(faded, device=tissue.device).view(-1, 1, 1, 1, 1), fade,
+                           torch.ones_like(fade))
+        return (label * fade).contiguous(), label.contiguous()
