@@ -127,7 +127,7 @@ def test_main_cli_and_bad_scan_does_not_stop_others(tmp_path, ckpt, capsys):
     lps_scan(tmp_path / "bad.nii.gz")
     raw = (tmp_path / "bad.nii.gz").read_bytes()
     (tmp_path / "bad.nii.gz").write_bytes(raw[: len(raw) // 2])     # truncated: header ok, data broken
-    rc = P.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--window", str(WIN), "--no-tta",
+    rc = P.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--window", f"{WIN},{WIN},{WIN}", "--no-tta",
                  "--device", "cpu", str(tmp_path / "bad.nii.gz"), str(tmp_path / "good.nii.gz")])
     out = capsys.readouterr()
     assert rc == 1 and "good: done" in out.out and "bad.nii.gz" in out.err
@@ -181,3 +181,6 @@ def test_errors(tmp_path, ckpt, model):
                           window=WIN, tta=False, progress=False)
     assert res[0]["status"] == "error" and "cannot ensemble" in res[0]["error"]
     assert P.main(["--checkpoint", str(ckpt), "--out", str(out), str(tmp_path / "missing.nii.gz")]) == 2
+    for bad in ("abc", "32,32", "0"):
+        with pytest.raises(SystemExit):
+            P.main(["--checkpoint", str(ckpt), "--out", str(out), "--window", bad, str(tmp_path / "a.nii.gz")])

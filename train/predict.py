@@ -1,7 +1,7 @@
 """Segment scans of any contrast, resolution and orientation with a trained checkpoint.
 
     python train/predict.py --checkpoint CKPT --out DIR scan1.nii.gz scan2.nii.gz ...
-        [--ensemble [--name NAME]] [--probabilities] [--no-tta] [--window 192] [--overlap 0.5]
+        [--ensemble [--name NAME]] [--probabilities] [--no-tta] [--window 192 | X,Y,Z] [--overlap 0.5]
         [--sw-batch-size 1] [--device cuda|cpu] [--no-histnorm] [--overwrite]
 
 Pipeline (paper section 2, test time; Chalcroft et al., arXiv:2404.01946): load -> RAS -> 1 mm reslice
@@ -309,6 +309,16 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
     return results
 
 
+def _window_arg(text: str):
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be N or X,Y,Z (positive ints), got {text!r}") from None
+    if len(sizes) not in (1, 3) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"must be N or X,Y,Z (positive ints), got {text!r}")
+    return sizes[0] if len(sizes) == 1 else tuple(sizes)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -319,7 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=None, help="output name with --ensemble (default: first scan's)")
     parser.add_argument("--probabilities", action="store_true", help="also write <name>_probs.nii.gz (4D)")
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="skip the 8-flip test-time averaging")
-    parser.add_argument("--window", type=int, nargs="+", default=[192], help="sliding window size (1 or 3 ints)")
+    parser.add_argument("--window", type=_window_arg, default=192,
+                        help="sliding window size: N or X,Y,Z (multiples of the network's total stride)")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw-batch-size", type=int, default=1)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -327,10 +338,9 @@ def main(argv=None) -> int:
                         help="skip histogram normalisation (z-score only)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cases whose outputs exist")
     args = parser.parse_args(argv)
-    window = args.window[0] if len(args.window) == 1 else args.window
     try:
         results = predict_files(args.checkpoint, args.scans, args.out, ensemble=args.ensemble, name=args.name,
-                                window=window, tta=args.tta, overlap=args.overlap,
+                                window=args.window, tta=args.tta, overlap=args.overlap,
                                 sw_batch_size=args.sw_batch_size, probabilities=args.probabilities,
                                 device=args.device, histnorm=args.histnorm, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as err:
