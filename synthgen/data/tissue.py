@@ -233,17 +233,17 @@ class TissueMap:
 
 
 def _integer_labels(data: np.ndarray, path) -> np.ndarray:
-    if np.issubdtype(data.dtype, np.integer):
-        return data
-    if not np.all(np.isfinite(data)):
-        raise ValueError(f"{path}: label map has NaN or Inf values")
-    rounded = np.rint(data)
-    if not np.array_equal(rounded, data):
-        raise ValueError(f"{path}: 3D tissue map has non-integer values (a probability map must be 4D, "
-                         "channels [bg, GM, WM, PV, CSF, ...])")
-    if rounded.min() < 0:
-        raise ValueError(f"{path}: label map has negative labels (min {rounded.min():g})")
-    return rounded.astype(np.int64)
+    if not np.issubdtype(data.dtype, np.integer):
+        if not np.all(np.isfinite(data)):
+            raise ValueError(f"{path}: label map has NaN or Inf values")
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise ValueError(f"{path}: 3D tissue map has non-integer values (a probability map must be 4D, "
+                             "channels [bg, GM, WM, PV, CSF, ...])")
+        data = rounded.astype(np.int64)
+    if data.min() < 0:
+        raise ValueError(f"{path}: label map has negative labels (min {data.min()})")
+    return data
 
 
 def soft_channels(data: np.ndarray, path, background_channel=None,

@@ -1,0 +1,67 @@
+"""``python -m synthgen.data check|pack``: validate the user's NIfTI folders, pack them into a store.
+
+    python -m synthgen.data check --tissue-maps DIR --lesions DIR [--real DIR] [--label-map freesurfer]
+    python -m synthgen.data pack  --tissue-maps DIR --lesions DIR --out STORE
+
+``check`` lists every problem of every file and exits 0 only when the data are usable (warnings allowed);
+it writes nothing. ``pack`` checks first, then writes the store (incremental: run it again after adding
+files, only new or changed files are decoded).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from synthgen.data import check as check_mod
+from synthgen.data import store as store_mod
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tissue-maps", metavar="DIR", help="healthy tissue maps: 3D labels or 4D probabilities (MNI)")
+    p.add_argument("--lesions", metavar="DIR", help="binary lesion masks (MNI)")
+    p.add_argument("--real", metavar="DIR", help="real scans with lesion masks, paired by file name "
+                                                  "(<key>_T1w.nii.gz + <key>_mask.nii.gz / <key>_label*.nii.gz)")
+    p.add_argument("--label-map", metavar="JSON", help="label mapping for 3D tissue maps with another label set: "
+                                                        "'freesurfer', a JSON file or 'gm=3,42;wm=2,41;csf=4,...'")
+    p.add_argument("--mask-threshold", type=float, metavar="T", help="binarise masks as value > T "
+                                                                      "(default: masks must be {0, 1})")
+    p.add_argument("--background-channel", choices=("auto", "yes", "no"), default="auto",
+                   help="4D tissue maps: is channel 0 background? auto: yes when channels sum to 1")
+    p.add_argument("--glob", default="*", metavar="PATTERN", help="file-name pattern inside the folders "
+                                                                  "(e.g. '*_lesion.nii.gz')")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m synthgen.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_check = sub.add_parser("check", help="validate folders; exit 0 only when all is usable; writes nothing")
+    _add_inputs(p_check)
+    p_pack = sub.add_parser("pack", help="check, then write a memory-mappable store (incremental)")
+    _add_inputs(p_pack)
+    p_pack.add_argument("--out", required=True, metavar="STORE", help="store folder (created if needed)")
+    p_pack.add_argument("--prob-dtype", choices=("uint8", "float16"), default="uint8",
+                        help="storage of probability maps (uint8: x255)")
+    p_pack.add_argument("--crop-masks", action="store_true", help="store lesion masks cropped to their "
+                                                                   "foreground (affine shifted to match)")
+    args = parser.parse_args(argv)
+    if not (args.tissue_maps or args.lesions or args.real):
+        parser.error("give at least one of --tissue-maps, --lesions, --real")
+    background = {"auto": None, "yes": True, "no": False}[args.background_channel]
+    problems = check_mod.check_folders(args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
+                                       mask_threshold=args.mask_threshold, background_channel=background,
+                                       pattern=args.glob, progress=not args.quiet)
+    print(check_mod.format_problems(problems))
+    if check_mod.has_errors(problems):
+        return 1
+    if args.command == "pack":
+        counts = store_mod.pack(args.out, args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
+                                mask_threshold=args.mask_threshold, background_channel=background,
+                                prob_dtype=args.prob_dtype, crop_masks=args.crop_masks, pattern=args.glob, progress=not args.quiet,
+                                check=False)
+        print(f"{args.out}: {counts['packed']} packed, {counts['skipped']} unchanged, {counts['removed']} removed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""A packed store: the user's NIfTI folders decoded once into compact memory-mappable arrays.
+
+Layout of a store folder::
+
+    STORE/index.json                 shapes, dtypes, affines, provenance of every item
+    STORE/tissue_maps/<name>.npy     uint8 labels (X, Y, Z), or probabilities (C, X, Y, Z) uint8 (x255) / fp16
+    STORE/lesions/<name>.npy         uint8 {0, 1} masks (X, Y, Z)
+    STORE/real/<name>.scan.npy       fp16 scans (X, Y, Z), multiplied by ``scale`` in the index
+    STORE/real/<name>.mask.npy       uint8 {0, 1} masks (X, Y, Z)
+
+Every item is RAS at 1 mm (see ``synthgen.data.tissue``), labels already mapped to our convention.
+``.npy`` files open with ``np.load(mmap_mode="r")``: no decoding, the OS pages in what is read.
+Packing is incremental: an item whose source file has the same size and mtime (or, when those changed, the
+same SHA-256) and the same packing options is skipped. Every file is written to a temporary name and
+renamed, and the index is rewritten after each item, so an interrupted pack loses at most one item.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from synthgen.data import check as check_mod
+from synthgen.data import tissue as tissue_mod
+
+INDEX_NAME = "index.json"
+STORE_VERSION = 1
+SECTIONS = ("tissue_maps", "lesions", "real")
+FP16_MAX = 60000.0   # scans brighter than this are scaled down to fit fp16
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _provenance(path, sha: str | None = None) -> dict:
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime": st.st_mtime,
+            "sha256": sha or sha256_file(path)}
+
+
+def _unchanged(old: dict | None, path, options: dict) -> bool:
+    """True when ``old`` (an index entry) was packed from the same bytes with the same options."""
+    if old is None or old.get("options") != options:
+        return False
+    sources = old["sources"]
+    paths = [path] if not isinstance(path, (list, tuple)) else list(path)
+    if len(sources) != len(paths):
+        return False
+    for src, p in zip(sources, paths):
+        st = os.stat(p)
+        if src["path"] != str(Path(p).resolve()) or src["size"] != st.st_size:
+            return False
+        if src["mtime"] != st.st_mtime and src["sha256"] != sha256_file(p):
+            return False
+    return True
+
+
+def _mkstemp(path: Path):
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; the store should read like any other file
+    return fd, tmp
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = _mkstemp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    fd, tmp = _mkstemp(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _item_name(path: Path, root: Path) -> str:
+    """Unique flat name of a source file: its path below the folder, without extension, '/' -> '__'."""
+    rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+    stem = check_mod._stem(rel.name)
+    return "__".join(list(rel.parent.parts) + [stem])
+
+
+def _quantise_prob(soft: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
+    if dtype == "uint8":
+        return np.rint(np.clip(soft, 0, 1) * 255).astype(np.uint8), 1.0 / 255
+    return soft.astype(np.float16), 1.0
+
+
+def _read_index(store: Path) -> dict:
+    path = store / INDEX_NAME
+    if not path.exists():
+        return {"version": STORE_VERSION, "sections": {s: {} for s in SECTIONS}}
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt store index ({err})") from err
+    if index.get("version") != STORE_VERSION:
+        raise ValueError(f"{path}: store version must be {STORE_VERSION}, got {index.get('version')!r}")
+    for s in SECTIONS:
+        index["sections"].setdefault(s, {})
+    return index
+
+
+def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_threshold: float | None = None,
+         background_channel=None, prob_dtype: str = "uint8", crop_masks: bool = False, pattern: str = "*",
+         progress: bool = True, check: bool = True) -> dict:
+    """Pack NIfTI folders into the store ``out`` (created if needed); incremental and atomic.
+
+    Args:
+        out: store folder.
+        tissue_maps, lesions, real: folders (or files) as for :func:`synthgen.data.check.check_folders`.
+        label_map: mapping for 3D tissue maps with another label set.
+        prob_dtype: "uint8" (x255, 1/510 rounding error) or "float16" for probability maps.
+        crop_masks: store lesion masks cropped to their foreground box (a few kB instead of MBs); the
+            affine is shifted so world coordinates are unchanged, ``full_shape`` / ``crop_offset`` are kept.
+        check: run ``check_folders`` first and refuse to pack when it finds errors.
+
+    Returns:
+        Counts ``{"packed": n, "skipped": n, "removed": n}``.
+
+    Raises:
+        ValueError: bad ``prob_dtype``, a corrupt index, or (with ``check``) the check's errors, all listed.
+    """
+    if prob_dtype not in ("uint8", "float16"):
+        raise ValueError(f"`prob_dtype` must be 'uint8' or 'float16', got {prob_dtype!r}")
+    if check:
+        problems = check_mod.check_folders(tissue_maps, lesions, real, label_map=label_map,
+                                           mask_threshold=mask_threshold, background_channel=background_channel,
+                                           pattern=pattern, progress=progress)
+        if check_mod.has_errors(problems):
+            raise ValueError("cannot pack, the data have problems:\n" + check_mod.format_problems(problems))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index = _read_index(out)
+    mapping = tissue_mod.resolve_mapping(label_map)
+    jobs = []   # (section, name, sources, options, writer)
+    if tissue_maps is not None:
+        root = Path(tissue_maps)
+        files, _ = check_mod.list_nifti(root, pattern)
+        opts = {"label_map": mapping.to_dict() if mapping else None, "prob_dtype": prob_dtype,
+                "background_channel": background_channel}
+        for f in files:
+            jobs.append(("tissue_maps", _item_name(f, root), [f], opts, _tissue_writer(f, mapping, background_channel,
+                                                                                      prob_dtype)))
+    if lesions is not None:
+        root = Path(lesions)
+        files, _ = check_mod.list_nifti(root, pattern)
+        opts = {"mask_threshold": mask_threshold, "crop": bool(crop_masks)}
+        for f in files:
+            jobs.append(("lesions", _item_name(f, root), [f], opts, _mask_writer(f, mask_threshold, crop_masks)))
+    if real is not None:
+        root = Path(real)
+        files, _ = check_mod.list_nifti(root, pattern)
+        pairs, _ = check_mod.pair_real_files(files)
+        opts = {"mask_threshold": mask_threshold}
+        for p in pairs:
+            jobs.append(("real", _item_name(p.scan, root), [p.scan, p.mask], opts, _real_writer(p, mask_threshold)))
+    counts = {"packed": 0, "skipped": 0, "removed": 0}
+    bar = None
+    if progress and jobs:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc="pack", unit="item")
+    wanted = {s: set() for s in SECTIONS}
+    for section, name, sources, opts, writer in jobs:
+        wanted[section].add(name)
+        entries = index["sections"][section]
+        old = entries.get(name)
+        if _unchanged(old, sources, opts) and all((out / f).exists() for f in old["files"].values()):
+            counts["skipped"] += 1
+        else:
+            folder = out / section
+            folder.mkdir(exist_ok=True)
+            entry = writer(folder, name)
+            entry["files"] = {k: f"{section}/{v}" for k, v in entry["files"].items()}
+            entry["options"] = opts
+            entry["sources"] = [_provenance(s) for s in sources]
+            entry["packed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            entries[name] = entry
+            _atomic_write_json(out / INDEX_NAME, index)   # after each item: an interrupted pack keeps its work
+            counts["packed"] += 1
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    # items whose source disappeared from a folder that was packed again are dropped from the index
+    for section, given in (("tissue_maps", tissue_maps), ("lesions", lesions), ("real", real)):
+        if given is None:
+            continue
+        for name in sorted(set(index["sections"][section]) - wanted[section]):
+            for f in index["sections"][section].pop(name)["files"].values():
+                (out / f).unlink(missing_ok=True)
+            counts["removed"] += 1
+    _atomic_write_json(out / INDEX_NAME, index)
+    return counts
+
+
+def _tissue_writer(path, mapping, background_channel, prob_dtype):
+    def write(folder: Path, name: str) -> dict:
+        tmap = tissue_mod.read_tissue_map(path, label_map=mapping, background_channel=background_channel)
+        if tmap.kind == "labels":
+            data, scale = tmap.data.astype(np.uint8), 1.0
+        else:
+            data, scale = _quantise_prob(tmap.data, prob_dtype)
+        _atomic_save_npy(folder / f"{name}.npy", data)
+        return {"kind": tmap.kind, "shape": list(data.shape), "dtype": str(data.dtype), "scale": scale,
+                "affine": tmap.affine.tolist(), "files": {"data": f"{name}.npy"}}
+    return write
+
+
+def _mask_writer(path, threshold, crop=False):
+    def write(folder: Path, name: str) -> dict:
+        mask, affine = tissue_mod.read_mask(path, threshold)
+        meta = {"full_shape": list(mask.shape), "crop_offset": [0, 0, 0]}
+        if crop and mask.any():
+            idx = np.argwhere(mask)
+            lo, hi = idx.min(0), idx.max(0) + 1
+            mask = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            affine = affine.copy()
+            affine[:3, 3] += affine[:3, :3] @ lo   # voxel 0 of the crop sits where voxel lo was
+            meta["crop_offset"] = lo.tolist()
+        _atomic_save_npy(folder / f"{name}.npy", mask)
+        return {"kind": "mask", "shape": list(mask.shape), "dtype": "uint8", "scale": 1.0,
+                "affine": affine.tolist(), "voxels": int(mask.sum()), **meta, "files": {"data": f"{name}.npy"}}
+    return write
+
+
+def _real_writer(pair, threshold):
+    def write(folder: Path, name: str) -> dict:
+        scan, affine = tissue_mod.read_scan(pair.scan)
+        mask, mask_affine = tissue_mod.read_mask(pair.mask, threshold)
+        if mask.shape != scan.shape or not np.allclose(mask_affine, affine, atol=1e-3):
+            raise ValueError(f"{pair.mask}: grid differs from its scan {pair.scan}")
+        peak = float(np.abs(scan).max())
+        scale = peak / FP16_MAX if peak > FP16_MAX else 1.0
+        _atomic_save_npy(folder / f"{name}.scan.npy", (scan / scale).astype(np.float16))
+        _atomic_save_npy(folder / f"{name}.mask.npy", mask)
+        return {"kind": "real", "shape": list(scan.shape), "dtype": "float16", "scale": scale,
+                "affine": affine.tolist(), "voxels": int(mask.sum()),
+                "files": {"scan": f"{name}.scan.npy", "mask": f"{name}.mask.npy"}}
+    return write
+
+
+@dataclass
+class StoreItem:
+    """One packed item: memory-mapped arrays (read-only) and the RAS 1 mm affine.
+
+    ``data`` is the tissue map / mask (None for real items); real items have ``scan`` and ``mask``.
+    Multiply ``data`` (uint8 probabilities) or ``scan`` by ``scale`` to get the values back.
+    """
+    name: str
+    affine: np.ndarray
+    kind: str
+    scale: float
+    data: np.ndarray | None = None
+    scan: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    meta: dict | None = None
+
+
+class StoreSection:
+    """One kind of item in a store (``tissue_maps``, ``lesions`` or ``real``): ``len`` and ``[i]``."""
+
+    def __init__(self, root: Path, section: str, entries: dict):
+        self.root, self.section = root, section
+        self.names = sorted(entries)
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> StoreItem:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"`index` must be an int, got {type(i).__name__}")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"`index` must be in [0, {len(self)}) for store section {self.section!r}, got {i}")
+        name = self.names[i]
+        e = self._entries[name]
+        arrays = {}
+        for key, rel in e["files"].items():
+            path = self.root / rel
+            try:
+                arrays[key] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path}: cannot be read from the store ({err}); pack again") from err
+            if list(arrays[key].shape) != e["shape"]:
+                raise ValueError(f"{path}: shape {list(arrays[key].shape)} does not match the index {e['shape']}; "
+                                 "pack again")
+        return StoreItem(name=name, affine=np.array(e["affine"]), kind=e["kind"], scale=e["scale"],
+                         data=arrays.get("data"), scan=arrays.get("scan"), mask=arrays.get("mask"), meta=e)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class PackedStore:
+    """A packed store: ``store.tissue_maps``, ``store.lesions``, ``store.real`` (or ``store["lesions"]``)."""
+
+    def __init__(self, root: Path, index: dict):
+        self.root, self.index = root, index
+        self.sections = {s: StoreSection(root, s, index["sections"][s]) for s in SECTIONS}
+
+    def __getitem__(self, section: str) -> StoreSection:
+        if section not in self.sections:
+            raise KeyError(f"`section` must be one of {list(SECTIONS)}, got {section!r}")
+        return self.sections[section]
+
+    @property
+    def tissue_maps(self) -> StoreSection:
+        return self.sections["tissue_maps"]
+
+    @property
+    def lesions(self) -> StoreSection:
+        return self.sections["lesions"]
+
+    @property
+    def real(self) -> StoreSection:
+        return self.sections["real"]
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s}={len(v)}" for s, v in self.sections.items())
+        return f"PackedStore({str(self.root)!r}, {counts})"
+
+
+def open_store(path) -> PackedStore:
+    """Open a store written by :func:`pack` (reads only the index; arrays are memory-mapped on access).
+
+    Raises:
+        FileNotFoundError: no ``index.json`` in ``path``.
+        ValueError: corrupt index or another store version.
+    """
+    path = Path(path)
+    if not (path / INDEX_NAME).exists():
+        raise FileNotFoundError(f"{path}: not a packed store (no {INDEX_NAME}); create one with "
+                                "`python -m synthgen.data pack`")
+    return PackedStore(path, _read_index(path))

@@ -1,0 +1,186 @@
+"""Reading tissue maps, masks and scans in RAS at 1 mm; label mappings."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from synthgen.data.tissue import (LabelMapping, freesurfer_mapping, load_tissue_map, read_mask, read_scan,
+                                  read_tissue_map, resolve_mapping, soft_channels)
+
+
+def _save(path, data, affine):
+    nib.save(nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64)), str(path))
+    return path
+
+
+def _world(affine, ijk):
+    return (affine @ np.append(np.asarray(ijk, float), 1.0))[:3]
+
+
+def _labels(shape=(7, 9, 11), seed=0):
+    return np.random.default_rng(seed).integers(0, 5, shape).astype(np.uint8)
+
+
+def test_las_labels_come_out_ras_with_same_world_positions(tmp_path):
+    lab = _labels()
+    las = np.array([[-1.0, 0, 0, 10], [0, 1, 0, -20], [0, 0, 1, 5], [0, 0, 0, 1]])
+    tm = read_tissue_map(_save(tmp_path / "las.nii.gz", lab, las))
+    assert tm.kind == "labels" and tm.data.dtype == np.uint8
+    assert nib.aff2axcodes(tm.affine) == ("R", "A", "S")
+    for ijk in [(0, 0, 0), (6, 8, 10), (2, 5, 3)]:
+        # find the output voxel at the same world point as input voxel ijk
+        out = np.rint(np.linalg.solve(tm.affine, np.append(_world(las, ijk), 1))[:3]).astype(int)
+        assert tm.data[tuple(out)] == lab[ijk]
+    assert np.array_equal(tm.data, lab[::-1])
+
+
+def test_oblique_input_is_resliced_on_an_axis_aligned_ras_grid(tmp_path):
+    # a smooth scan rotated 20 degrees about z, stored LAS-like: values are a linear function of world x
+    shape = (15, 17, 13)
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    aff = np.eye(4)
+    aff[:3, :3] = np.array([[-c, -s, 0], [-s, c, 0], [0, 0, 1]])   # det -1: a flipped, rotated grid
+    aff[:3, 3] = [5, -3, 2]
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = ijk @ aff[:3, :3].T + aff[:3, 3]
+    vol = (world[:, 0] * 2.0 + world[:, 2]).reshape(shape).astype(np.float32) + 100
+    scan, out_aff = read_scan(_save(tmp_path / "obl.nii.gz", vol, aff))
+    assert np.allclose(out_aff[:3, :3], np.eye(3))
+    # trilinear interpolation of a linear function is exact wherever the 8 neighbours are inside the input
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in scan.shape], indexing="ij"), -1).reshape(-1, 3)
+    w = idx @ out_aff[:3, :3].T + out_aff[:3, 3]
+    src = (w - aff[:3, 3]) @ np.linalg.inv(aff[:3, :3]).T
+    inside = np.all((src >= 0) & (src <= np.array(shape) - 1), axis=1)
+    expect = w[:, 0] * 2.0 + w[:, 2] + 100
+    assert inside.sum() > 100
+    assert np.allclose(scan.reshape(-1)[inside], expect[inside], atol=1e-3)
+
+
+def test_2mm_labels_resampled_to_1mm_nearest(tmp_path):
+    lab = _labels((5, 6, 7))
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = [-4, -6, -8]
+    tm = read_tissue_map(_save(tmp_path / "lab2.nii.gz", lab, aff))
+    assert tm.data.shape == (9, 11, 13)
+    assert np.allclose(tm.affine, np.diag([1.0, 1, 1, 1]) + np.pad(np.array([[-4], [-6], [-8]]), ((0, 1), (3, 0))))
+    assert np.array_equal(tm.data[::2, ::2, ::2], lab)      # even voxels sit on the original centres
+    assert set(np.unique(tm.data)) <= set(np.unique(lab))   # nearest: no invented labels
+
+
+def test_soft_map_without_background_gets_one_and_resamples_trilinear(tmp_path):
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(5), size=(4, 5, 6)).astype(np.float32)[..., 1:]   # drop bg: MultiBrain style
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    tm = read_tissue_map(_save(tmp_path / "soft.nii.gz", p, aff))
+    assert tm.kind == "soft" and tm.data.shape == (5, 7, 9, 11)
+    assert np.allclose(tm.data.sum(0), 1.0, atol=1e-5)
+    assert np.allclose(tm.data[1:, ::2, ::2, ::2], np.moveaxis(p, -1, 0), atol=1e-6)
+    assert np.allclose(tm.data[1, 1, 0, 0], 0.5 * (p[0, 0, 0, 0] + p[1, 0, 0, 0]), atol=1e-6)
+    t = tm.to_tensor()
+    assert t.shape == (1, 5, 7, 9, 11) and t.dtype == torch.float32
+
+
+def test_soft_channels_errors():
+    ok = np.full((2, 2, 2, 5), 0.2, np.float32)
+    assert soft_channels(ok, "x").shape == (5, 2, 2, 2)               # sums to 1: has a background channel
+    with pytest.raises(ValueError, match="f.nii: probability map has NaN"):
+        soft_channels(np.where(ok > 0, np.nan, ok), "f.nii")
+    with pytest.raises(ValueError, match=r"f.nii: probabilities must lie in \[0, 1\]"):
+        soft_channels(ok * 6, "f.nii")
+    with pytest.raises(ValueError, match="f.nii: probabilities must sum to at most 1"):
+        soft_channels(np.full((2, 2, 2, 5), 0.3, np.float32), "f.nii")
+    with pytest.raises(ValueError, match="f.nii: a 4D tissue map needs channels"):
+        soft_channels(np.full((2, 2, 2, 3), 0.1, np.float32), "f.nii")
+
+
+def test_label_mapping_json_cli_and_freesurfer(tmp_path):
+    fs = freesurfer_mapping()
+    lab = np.array([0, 2, 3, 4, 41, 42, 24, 502, 30, 62], dtype=np.int32).reshape(1, 2, 5)
+    out = fs.apply(lab)
+    assert out.ravel().tolist() == [0, 2, 1, 4, 2, 1, 4, 7, 6, 6]      # 85 -> 5, vessels -> 6, 502 -> 7
+    cli = LabelMapping.parse("gm=3,42;wm=2,41;csf=4,24;extra=502+503,30")
+    assert cli.num_classes == 7 and cli.table()[503] == 5 and cli.table()[30] == 6
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"gm": [3], "wm": [2], "csf": [4]}))
+    assert resolve_mapping(str(path)).gm == (3,)
+    assert resolve_mapping(None) is None and resolve_mapping("freesurfer") == fs
+    with pytest.raises(ValueError, match=r"labels \[7\] are not in the label mapping"):
+        LabelMapping.from_dict({"gm": [3]}).apply(np.array([0, 3, 7]), name="x")
+    with pytest.raises(ValueError, match="label 3 must be in one class"):
+        LabelMapping.from_dict({"gm": [3], "wm": [3]})
+    with pytest.raises(ValueError, match="keys must be among"):
+        LabelMapping.from_dict({"grey": [3]})
+    with pytest.raises(ValueError, match="must hold non-negative integer labels"):
+        LabelMapping.from_dict({"gm": [-1]})
+    with pytest.raises(ValueError, match="must be a list of integer labels"):
+        LabelMapping.from_dict({"gm": "3"})
+    with pytest.raises(ValueError, match="`extra` must be a list"):
+        LabelMapping.from_dict({"extra": 5.5})
+    with pytest.raises(ValueError, match="must not contain empty groups"):
+        LabelMapping.from_dict({"extra": [[]]})
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        LabelMapping.from_dict([1])
+    with pytest.raises(ValueError, match="must look like"):
+        LabelMapping.parse("grey=3")
+    with pytest.raises(ValueError, match="must look like"):
+        LabelMapping.parse(" ; ")
+    with pytest.raises(ValueError, match="labels must be integers"):
+        LabelMapping.parse("gm=a")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        LabelMapping.from_json(tmp_path / "bad.json")
+    (tmp_path / "bad2.json").write_text('{"gm": [3], "wm": [3]}')
+    with pytest.raises(ValueError, match="bad2.json: .*one class"):
+        LabelMapping.from_json(tmp_path / "bad2.json")
+    with pytest.raises(FileNotFoundError, match="nope.json: no such label-mapping file"):
+        LabelMapping.from_json(tmp_path / "nope.json")
+    with pytest.raises(ValueError, match="`label_map` must be None"):
+        resolve_mapping(3)
+
+
+def test_read_tissue_map_with_mapping_and_errors(tmp_path):
+    fs_lab = np.zeros((4, 4, 4), np.int16)
+    fs_lab[1:3, 1:3, 1:3] = 42
+    fs_lab[0, 0, 0] = 530
+    t, aff = load_tissue_map(_save(tmp_path / "fs.nii.gz", fs_lab, np.eye(4)), label_map="freesurfer",
+                             with_affine=True)
+    assert t.shape == (1, 1, 4, 4, 4) and t.dtype == torch.uint8 and int(t.max()) == 17 and aff.shape == (4, 4)
+    with pytest.raises(ValueError, match="fs.nii.gz: labels up to 530 need a label mapping"):
+        read_tissue_map(tmp_path / "fs.nii.gz")
+    with pytest.raises(ValueError, match="frac.nii.gz: 3D tissue map has non-integer values"):
+        read_tissue_map(_save(tmp_path / "frac.nii.gz", np.full((3, 3, 3), 0.5, np.float32), np.eye(4)))
+    with pytest.raises(ValueError, match="nan.nii.gz: label map has NaN"):
+        read_tissue_map(_save(tmp_path / "nan.nii.gz", np.full((3, 3, 3), np.nan, np.float32), np.eye(4)))
+    with pytest.raises(ValueError, match="neg.nii.gz: label map has negative labels"):
+        read_tissue_map(_save(tmp_path / "neg.nii.gz", np.full((3, 3, 3), -1, np.int16), np.eye(4)))
+    with pytest.raises(ValueError, match="five.nii.gz: a tissue map must be 3D"):
+        read_tissue_map(_save(tmp_path / "five.nii.gz", np.zeros((3, 3, 3, 2, 2), np.float32), np.eye(4)))
+
+
+def test_read_mask_and_scan(tmp_path):
+    m = np.zeros((5, 5, 5), np.float32)
+    m[2, 2, 2] = 1
+    mask, _ = read_mask(_save(tmp_path / "m.nii.gz", m, np.eye(4)))
+    assert mask.dtype == np.uint8 and mask.sum() == 1
+    soft = m * 0.7
+    with pytest.raises(ValueError, match=r"s.nii.gz: mask must be binary"):
+        read_mask(_save(tmp_path / "s.nii.gz", soft, np.eye(4)))
+    assert read_mask(tmp_path / "s.nii.gz", threshold=0.5)[0].sum() == 1
+    with pytest.raises(ValueError, match="m4.nii.gz: a mask must be 3D"):
+        read_mask(_save(tmp_path / "m4.nii.gz", np.zeros((3, 3, 3, 2), np.uint8), np.eye(4)))
+    with pytest.raises(ValueError, match="mn.nii.gz: mask has NaN"):
+        read_mask(_save(tmp_path / "mn.nii.gz", np.full((3, 3, 3), np.nan, np.float32), np.eye(4)))
+    bad = np.ones((3, 3, 3), np.float32)
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="inf.nii.gz: scan has 1 NaN or Inf"):
+        read_scan(_save(tmp_path / "inf.nii.gz", bad, np.eye(4)))
+    with pytest.raises(ValueError, match="s4.nii.gz: a scan must be 3D"):
+        read_scan(_save(tmp_path / "s4.nii.gz", np.zeros((3, 3, 3, 2), np.float32), np.eye(4)))
+
+
+def test_freesurfer_mapping_covers_synthseg_maps(shared_data):
+    path = sorted((shared_data / "synthseg_label_maps").glob("training_seg_*.nii.gz"))[0]
+    values = np.unique(np.asanyarray(nib.load(str(path)).dataobj)).astype(int)
+    assert freesurfer_mapping().unmapped(values) == []
