@@ -38,7 +38,10 @@ def atomic_torch_save(obj, path) -> Path:
 
 def rng_state(device: torch.device) -> dict:
     """The global random states this process uses (torch CPU, the CUDA device's, and Python/numpy for safety)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # plain types and tensors only, so that ``torch.load(weights_only=True)`` reads the checkpoint
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -48,7 +51,8 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -84,8 +88,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (nothing to resume)")
     try:
-        # rng states hold numpy arrays and Python tuples: full unpickling, only of files this program wrote
-        ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
+        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from err
     need = ("model", "optimizer", "scheduler", "step", "rng", "train_config")

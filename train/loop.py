@@ -374,7 +374,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
 
     step = 0
     if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")   # RNG states must stay CPU tensors
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -1,0 +1,230 @@
+"""Training loop: exact resume, signals, outputs, config and CLI errors (tiny model, 24^3 crops, CPU)."""
+import csv
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from train import checkpoint as ckpt_mod
+from train import run
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig, paper_preset, preset, quick_preset
+from train.loop import BlobLesions, TrainingData, amp_dtype, make_lesion_source, real_source, resolve_device, train
+from train.losses import DiceCE
+from train.model import load_checkpoint_model
+
+
+def tiny(out, steps=4, **kw) -> TrainConfig:
+    cfg = quick_preset()
+    cfg.out = str(out)
+    cfg.steps = steps
+    cfg.log_every = 1
+    cfg.val_every = kw.pop("val_every", 0)
+    cfg.val_samples = 2
+    cfg.ckpt_every = kw.pop("ckpt_every", 0)
+    cfg.model.channels = (4, 8, 8)
+    cfg.model.dropout = 0.2          # dropout draws from the torch RNG: resume must restore it
+    cfg.data.voxel_size = 4.0
+    cfg.generator.crop = (24, 24, 24)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def lesions():
+    return BlobLesions(radius=(2, 4)), BlobLesions(radius=(2, 4))
+
+
+def test_resume_is_bit_exact(tmp_path):
+    full = train(tiny(tmp_path / "full"), lesions=lesions(), progress=False)
+    part = train(tiny(tmp_path / "part"), stop_at=2, lesions=lesions(), progress=False)
+    assert part["step"] == 2 and load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 2
+    rest = train(tiny(tmp_path / "part"), resume=True, lesions=lesions(), progress=False)
+    assert rest["step"] == full["step"] == 4
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "part" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    # the losses logged after the resume are those of the uninterrupted run
+    rows = {r["step"]: r["loss"] for r in csv.DictReader(open(tmp_path / "full" / "metrics.csv")) if r["loss"]}
+    rows_b = {r["step"]: r["loss"] for r in csv.DictReader(open(tmp_path / "part" / "metrics.csv")) if r["loss"]}
+    assert rows == rows_b and len(rows) == 4
+
+
+def test_outputs_and_checkpoint_format(tmp_path):
+    cfg = tiny(tmp_path, steps=2, val_every=2, ckpt_every=1)
+    out = train(cfg, lesions=lesions(), progress=False)
+    assert {"val_dice_lesion", "val_lesion_dice", "loss", "samples_s", "synth_ms"} <= set(out)
+    for name in ("config.json", "last.pt", "metrics.csv", "curves.png", "val_samples.png"):
+        assert (tmp_path / name).is_file(), name
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temporary files left
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert TrainConfig.from_dict(saved).to_dict() == cfg.to_dict()
+    model, config = load_checkpoint_model(tmp_path / "last.pt")     # the inference loader reads it
+    assert config["model"]["out_channels"] == 6 and config["steps"] == 2
+    x = torch.zeros(1, 1, 24, 24, 24)
+    assert model(x).shape == (1, 6, 24, 24, 24)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [r["step"] for r in rows if r["val_dice_gm"]] == ["0", "2"]     # untrained, then at the end
+
+
+def test_sigint_finishes_step_saves_and_stops(tmp_path):
+    class Interrupting(BlobLesions):
+        calls = 0
+
+        def sample(self, tissue, keys):
+            Interrupting.calls += 1
+            if Interrupting.calls == 2:          # during the synthesis of the second step
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().sample(tissue, keys)
+
+    before = signal.getsignal(signal.SIGINT)
+    out = train(tiny(tmp_path, steps=10), lesions=(Interrupting(), None), progress=False)
+    assert out["step"] == 2
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_training_data_streams_and_real_alternation():
+    tissue = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
+    calls = []
+
+    def gen(t, seed, index, batch_size):
+        calls.append(("syn", seed, index))
+        return None
+
+    def real(seed, index, batch_size):
+        calls.append(("real", seed, index))
+        return None
+
+    TrainingData(gen, [tissue], seed=3, batch_size=2)(5)
+    assert calls == [("syn", 3, 10)]
+    calls.clear()
+    data = TrainingData(gen, [tissue], seed=3, batch_size=1, real=real)
+    for step in range(4):
+        data(step)
+    assert calls == [("syn", 3, 0), ("real", 3, 0), ("syn", 3, 1), ("real", 3, 1)]
+
+
+def test_dice_ce_loss_decreases_toward_the_target():
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    target[:, :2] = 1
+    good = torch.nn.functional.one_hot(target, 2).permute(0, 4, 1, 2, 3).float() * 10
+    loss = DiceCE()
+    assert float(loss(good, target)) < 0.05 < float(loss(-good, target))
+    with pytest.raises(ValueError, match="`target` must be"):
+        loss(good, target[:, :2])
+
+
+def test_presets():
+    assert paper_preset().steps == 600_000 and paper_preset().optim.grad_clip == 12.0
+    assert paper_preset().model_kwargs()["channels"] == [32, 64, 128, 256, 320, 320]
+    assert quick_preset().validate().data.voxel_size == 2.0
+    with pytest.raises(ValueError, match="`preset` must be one of"):
+        preset("huge")
+
+
+@pytest.mark.parametrize("path, value, match", [
+    ("preset", "huge", "`preset` must be one of"),
+    ("steps", 0, "`steps` must be a positive int"),
+    ("val_every", -1, "`val_every` must be a non-negative int"),
+    ("device", "tpu", "`device` must be"),
+    ("optim.lr", 0.0, "`optim.lr` must be > 0"),
+    ("optim.grad_clip", 0.0, "`optim.grad_clip` must be > 0"),
+    ("optim.poly_power", -1.0, "`optim.poly_power` must be >= 0"),
+    ("optim.ce_weight", -1.0, "`optim.dice_weight` and `optim.ce_weight`"),
+    ("optim.amp", "fp8", "`optim.amp` must be"),
+    ("data.voxel_size", 0.0, "`data.voxel_size` must be > 0"),
+    ("data.lesion_probability", 2.0, "`data.lesion_probability` must be in"),
+    ("baseline", True, "`baseline` trains on real scans only"),
+    ("generator.crop", (60, 64, 64), "multiples of the network stride 8"),
+])
+def test_config_errors(path, value, match):
+    cfg = quick_preset()
+    run._set(cfg, path, value)
+    with pytest.raises(ValueError, match=match):
+        cfg.validate()
+
+
+def test_device_and_amp_errors(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="`device` must be available"):
+        resolve_device("cuda")
+    assert amp_dtype(quick_preset(), torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "old card")
+    cfg = quick_preset()
+    assert amp_dtype(cfg, torch.device("cuda")) is None        # auto -> fp32 without bf16
+    cfg.optim.amp = "bf16"
+    with pytest.raises(ValueError, match="`optim.amp` must be 'auto' or 'off'.*old card"):
+        amp_dtype(cfg, torch.device("cuda"))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: cannot be read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    ckpt_mod.atomic_torch_save({"model": {}}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"weights.pt: not a resumable.*optimizer"):
+        load_checkpoint(tmp_path / "weights.pt")
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(tiny(tmp_path / "new"), resume=True, lesions=lesions(), progress=False)
+
+
+def test_user_folder_problems_fail_before_training(tmp_path):
+    pytest.importorskip("synthgen.data.check")
+    empty = tmp_path / "maps"
+    empty.mkdir()
+    (empty / "broken.nii.gz").write_bytes(b"garbage")
+    cfg = tiny(tmp_path / "out")
+    cfg.data.tissue_maps = str(empty)
+    with pytest.raises(ValueError, match="training data have problems:(.|\n)*broken.nii.gz"):
+        train(cfg, lesions=lesions(), progress=False)
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_modules_not_landed_yet_fail_clearly(tmp_path):
+    cfg = tiny(tmp_path)
+    cfg.data.real = str(tmp_path)
+    try:
+        import synthgen.real as real_mod
+        landed = hasattr(real_mod, "RealSource")
+    except ImportError:
+        landed = False
+    if not landed:
+        with pytest.raises(NotImplementedError, match="not available yet"):
+            real_source(cfg, torch.device("cpu"))
+    cfg.data.lesions = str(tmp_path)
+    try:
+        from synthgen.lesions import LesionSource
+        landed = hasattr(LesionSource, "from_folder")
+    except ImportError:
+        landed = False
+    if not landed:
+        with pytest.raises(NotImplementedError, match="not available yet"):
+            make_lesion_source(cfg, "train")
+
+
+def test_cli_resume_keeps_recipe(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(tiny(out).to_dict()))
+    args = run.parser().parse_args(["--out", str(out), "--resume", "--val-every", "5"])
+    cfg = run.resolve_config(args)
+    assert cfg.val_every == 5 and cfg.model.channels == (4, 8, 8)
+    args = run.parser().parse_args(["--out", str(out), "--resume", "--lr", "0.1"])
+    with pytest.raises(ValueError, match=r"`--resume` must keep the saved recipe.*optim.lr"):
+        run.resolve_config(args)
+    with pytest.raises(SystemExit):
+        run.parser().parse_args(["--crop", "1,2"])
+    args = run.parser().parse_args(["--preset", "quick", "--crop", "32", "--baseline", "--real", "x"])
+    cfg = run.resolve_config(args)
+    assert cfg.generator.crop == (32, 32, 32) and cfg.num_classes == 2 and cfg.class_names[-1] == "lesion"
