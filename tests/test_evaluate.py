@@ -157,3 +157,25 @@ def test_cli_script_runs(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "lesion_f1" in res.stdout and (tmp_path / "o_boxplots.png").exists()
+
+
+DATA = ROOT.parent / "shared" / "data" / "lesions_soop_mni"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared real data not available")
+def test_real_soop_masks_native_equals_paper_protocol_on_1mm_grid(tmp_path):
+    """SOOP masks are 1 mm LAS: the paper protocol (RAS reorientation, 256^3 pad) must not change scores."""
+    files = sorted(DATA.glob("bwsrsub-*_lesion.nii.gz"))[:2]
+    for f in files:
+        img = nib.load(str(f))
+        t = np.asarray(img.dataobj) > 0
+        save(tmp_path / "t" / f.name, t.astype(np.uint8), img.affine)
+        save(tmp_path / "p" / f.name, np.roll(t, 2, axis=1).astype(np.uint8), img.affine)
+    native, _ = E.evaluate_dirs(tmp_path / "p", tmp_path / "t", tmp_path / "n.csv", progress=False)
+    paper, _ = E.evaluate_dirs(tmp_path / "p", tmp_path / "t", tmp_path / "q.csv", paper_protocol=True,
+                               progress=False)
+    for a, b in zip(native, paper):
+        assert a["error"] == b["error"] == ""
+        for metric in E.METRICS:
+            assert a[metric] == pytest.approx(b[metric]), (a["case"], metric)
+        assert 0.0 < a["dice"] < 1.0 and a["hd95_mm"] == pytest.approx(2.0)

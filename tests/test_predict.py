@@ -50,6 +50,9 @@ def test_histogram_normalise_and_zscore():
     z = P.zscore(out)
     assert z.mean() == pytest.approx(0, abs=1e-5) and z.std() == pytest.approx(1, abs=1e-5)
     assert np.all(P.zscore(np.ones((3, 3, 3))) == 0)
+    vol[0, 0, 0] = np.nan
+    pre, aff = P.preprocess(vol, np.diag([-1.0, 1.0, 2.0, 1.0]), histnorm=False)
+    assert np.all(np.isfinite(pre)) and pre.shape == (20, 21, 43) and np.allclose(np.diag(aff), 1.0)
 
 
 def test_tta_equals_mean_of_eight_flipped_passes(model):

@@ -70,7 +70,9 @@ def zscore(volume: np.ndarray) -> np.ndarray:
 
 def preprocess(data: np.ndarray, affine: np.ndarray, histnorm: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """RAS 1 mm reslice (trilinear), histogram normalisation (optional), z-score: ``(volume, affine_1mm)``."""
-    vol, aff = to_ras_1mm(np.asarray(data, dtype=np.float32), affine, order=1)
+    # NaN/Inf (masked-out voxels in some pipelines) would spread through the trilinear reslice
+    data = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    vol, aff = to_ras_1mm(data, affine, order=1)
     if histnorm:
         vol = histogram_normalise(vol)
     return zscore(vol), aff
