@@ -1,0 +1,373 @@
+"""Lesions: morphology, Soft-CP, fading, mask banks and LesionSource (synthgen.lesions)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from synthgen.config import FadingConfig, LesionConfig, ProceduralLesionConfig, SoftCPConfig
+from synthgen.lesions import (LesionSource, dilate, erode, fading_coefficients, fading_field, holdout_bucket,
+                              list_mask_files, load_mask_bank, masks_from_tensor, soft_cp)
+
+CUBE = np.ones((3, 3, 3), dtype=bool)
+
+
+def tissue_map(shape=(40, 40, 40)) -> torch.Tensor:
+    """(1, 1, D, H, W) uint8 ellipsoid brain: GM shell, WM core, CSF ventricles, non-brain rim."""
+    axes = [torch.linspace(-1, 1, n) for n in shape]
+    x, y, z = torch.meshgrid(*axes, indexing="ij")
+    r = (x ** 2 + (y / 1.1) ** 2 + z ** 2).sqrt()
+    t = torch.zeros(shape, dtype=torch.uint8)
+    t[r < 0.97] = 5
+    t[r < 0.88] = 4
+    t[r < 0.82] = 1
+    t[r < 0.62] = 2
+    t[(r > 0.6) & (r < 0.64)] = 3
+    t[(r < 0.3) & (x.abs() > 0.1) & (x.abs() < 0.3)] = 4
+    return t[None, None]
+
+
+def ball(shape, centre, radius) -> torch.Tensor:
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"), -1).float()
+    return ((idx - torch.tensor(centre, dtype=torch.float32)).norm(dim=-1) <= radius)
+
+
+def no_fading(**kw) -> LesionConfig:
+    return LesionConfig(healthy_probability=0.0, fading=FadingConfig(probability=0.0), **kw)
+
+
+# ---- morphology -------------------------------------------------------------------------------------------
+def test_dilate_erode_match_scipy_with_border():
+    g = torch.Generator().manual_seed(0)
+    m = (torch.rand(7, 9, 11, generator=g) > 0.6)
+    ref_d = ndimage.binary_dilation(m.numpy(), CUBE, iterations=2)
+    ref_e = ndimage.binary_erosion(m.numpy(), CUBE, iterations=1, border_value=1)
+    f = m.float()[None, None]
+    assert np.array_equal(dilate(f, 2)[0, 0].numpy() > 0.5, ref_d)
+    assert np.array_equal(erode(f, 1)[0, 0].numpy() > 0.5, ref_e)
+
+
+def test_soft_cp_core_one_and_monotone_decay():
+    m = ball((31, 31, 31), (15, 15, 15), 9)[None, None]
+    w = soft_cp(m, alpha=0.9, erode_steps=3, dilate_steps=5)[0, 0]
+    core = ndimage.binary_erosion(m[0, 0].numpy(), CUBE, iterations=3, border_value=1)
+    assert torch.all(w[torch.from_numpy(core)] == 1)
+    # ring j around the core has weight alpha^j (inside the mask at least alpha^3)
+    for j in range(1, 6):
+        ring = ndimage.binary_dilation(core, CUBE, iterations=j) & ~ndimage.binary_dilation(core, CUBE, iterations=j - 1)
+        expected = max(0.9 ** j, 0.9 ** 3)
+        assert torch.allclose(w[torch.from_numpy(ring & m[0, 0].numpy())], torch.tensor(expected), atol=1e-6) \
+            or not (ring & m[0, 0].numpy()).any()
+        assert torch.allclose(w[torch.from_numpy(ring & ~m[0, 0].numpy())], torch.tensor(0.9 ** j), atol=1e-6)
+    # along every ray from the centre the weight never increases
+    for ray in (w[15, 15, 15:], w[15, 15:, 15], w[15:, 15, 15], torch.stack([w[15 + i, 15 + i, 15] for i in range(16)])):
+        assert torch.all(ray[1:] <= ray[:-1] + 1e-7)
+    assert float(w[0, 0, 0]) == 0.0
+
+
+def test_soft_cp_default_target_equals_mask_thin_parts_kept():
+    m = ball((25, 25, 25), (12, 12, 12), 6)
+    m[12, 12, :] = True                                 # a 1-voxel-thin spur that erosion removes
+    w = soft_cp(m[None, None], **{"alpha": 0.9, "erode_steps": 2, "dilate_steps": 2})[0, 0]
+    assert torch.equal(w > 0.5, m)
+    assert float(w[12, 12, 0]) == pytest.approx(0.81)
+
+
+def test_soft_cp_at_volume_border_not_eroded_by_border():
+    m = torch.zeros(12, 12, 12, dtype=torch.bool)
+    m[:5, 3:9, 3:9] = True                              # cut by the field of view at index 0
+    w = soft_cp(m[None, None], 0.9, 2, 2)[0, 0]
+    assert float(w[0, 5, 5]) == 1.0 and float(w[4, 5, 5]) < 1.0
+    assert torch.equal(w > 0.5, m)
+
+
+# ---- fading -----------------------------------------------------------------------------------------------
+FADE_SHAPE = (40, 40, 40)
+
+
+def _fade_stats(n_draws=40):
+    """Per-draw min/max/mean of the default fading field over a 10-voxel-radius ball (a ~4 mL lesion)."""
+    lesion = ball(FADE_SHAPE, (20, 20, 20), 10)
+    cfg = FadingConfig()
+    stats = []
+    for k in range(n_draws):
+        c = fading_coefficients(torch.Generator().manual_seed(k), FADE_SHAPE, cfg.control_spacing)
+        f = fading_field(c, FADE_SHAPE, cfg.range, cfg.gain)[0, 0][lesion]
+        stats.append((float(f.min()), float(f.max()), float(f.mean())))
+    return np.array(stats)
+
+
+def test_fading_spans_configured_range_without_saturating():
+    s = _fade_stats()
+    lo, hi = FadingConfig().range
+    assert s[:, 0].min() >= lo and s[:, 1].max() <= hi
+    assert s[:, 0].min() < lo + 0.1 * (hi - lo) and s[:, 1].max() > hi - 0.1 * (hi - lo)
+    span = s[:, 1] - s[:, 0]
+    assert np.median(span) > 0.25 * (hi - lo)            # not a constant over the lesion in most draws
+    assert (span < 0.02).mean() < 0.1
+    # documented in synthgen.lesions.morphology.fading_field
+    assert 0.35 < np.median(s[:, 2]) < 0.85
+
+
+def test_fading_deterministic_for_generator():
+    a = fading_coefficients(torch.Generator().manual_seed(3), (9, 10, 11), 4.0)
+    b = fading_coefficients(torch.Generator().manual_seed(3), (9, 10, 11), 4.0)
+    assert torch.equal(a, b) and a.shape == (1, 1, 4, 4, 4)
+
+
+# ---- LesionSource from masks ------------------------------------------------------------------------------
+def test_target_volume_equals_source_mask_volume():
+    t = tissue_map()
+    m = ball(t.shape[2:], (20, 16, 22), 6) & (t[0, 0] == 2)
+    src = LesionSource.from_tensor(m[None], config=no_fading())
+    iw, lw = src.sample(t, [1])
+    assert iw.shape == lw.shape == (1, 1, 40, 40, 40) and iw.dtype == lw.dtype == torch.float32
+    # tolerance: exact for dilate <= erode (the default), see SoftCPConfig
+    assert int((lw > 0.5).sum()) == int(m.sum())
+    assert torch.equal(iw, lw)                             # fading off
+    assert float(lw.min()) >= 0 and float(lw.max()) <= 1
+
+
+def test_soft_cp_wider_halo_grows_target_by_stated_amount():
+    t = torch.full((1, 1, 30, 30, 30), 2, dtype=torch.uint8)
+    m = ball((30, 30, 30), (15, 15, 15), 7)
+    cfg = no_fading(softcp=SoftCPConfig(alpha=0.9, erode=1, dilate=2))
+    _, lw = LesionSource.from_tensor(m[None], config=cfg).sample(t, [0])
+    grown = ndimage.binary_dilation(ndimage.binary_erosion(m.numpy(), CUBE, border_value=1), CUBE, iterations=2)
+    assert int((lw > 0.5).sum()) == int((grown | m.numpy()).sum())
+
+
+def test_lesion_clipped_to_parenchyma_and_probabilities_match_labels():
+    t = tissue_map()
+    m = ball(t.shape[2:], (20, 20, 20), 12)             # covers the ventricles (CSF)
+    src = LesionSource.from_tensor(m[None], config=LesionConfig(healthy_probability=0.0))
+    iw, lw = src.sample(t, [5])
+    assert not bool((lw[0, 0][t[0, 0] == 4] > 0).any())
+    probs = torch.nn.functional.one_hot(t[:, 0].long(), 6).permute(0, 4, 1, 2, 3).float()
+    iw2, lw2 = src.sample(probs, [5])
+    assert torch.allclose(lw, lw2) and torch.allclose(iw, iw2)
+    assert bool((iw <= lw + 1e-7).all()) and float(iw[lw > 0].min()) >= 0.2 * float(lw[lw > 0].min()) - 1e-6
+
+
+def test_empty_mask_gives_healthy_sample():
+    t = tissue_map()
+    src = LesionSource.from_tensor(torch.zeros(1, 40, 40, 40), config=LesionConfig(healthy_probability=0.0))
+    iw, lw = src.sample(t, [7])
+    assert not iw.any() and not lw.any()
+
+
+def test_healthy_probability_one_gives_zeros():
+    t = tissue_map()
+    src = LesionSource.from_tensor(ball((40, 40, 40), (20, 20, 20), 5)[None],
+                                   config=LesionConfig(healthy_probability=1.0))
+    iw, lw = src.sample(t.expand(3, -1, -1, -1, -1), [1, 2, 3])
+    assert not iw.any() and not lw.any()
+
+
+def test_mask_reproducible_per_key_and_differs_between_keys():
+    t = tissue_map().expand(2, -1, -1, -1, -1)
+    masks = torch.stack([ball((40, 40, 40), c, 4) for c in ((14, 14, 20), (26, 26, 20), (20, 14, 26))])
+    src = LesionSource.from_tensor(masks, config=LesionConfig(healthy_probability=0.0))
+    a = src.sample(t, [11, 12])
+    b = src.sample(t, [11, 12])
+    c = src.sample(t[:1], [11])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a[0][:1], c[0])                     # a sample does not depend on its batch
+    outs = {src.sample(t[:1], [k])[0].numpy().tobytes() for k in range(8)}
+    assert len(outs) > 1
+
+
+def test_mask_on_other_grid_resampled_by_affine_or_error():
+    # masks on a 2 mm grid, tissue on 1 mm: both cover the same world box
+    m2 = torch.zeros(1, 10, 10, 10)
+    m2[0, 3:6, 3:6, 3:6] = 1
+    aff2 = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff1 = np.eye(4)
+    aff1[:3, 3] = 0.25                                   # off the half-voxel ties of nearest neighbour
+    bank = masks_from_tensor(m2, like_shape=(20, 20, 20), like_affine=aff1, masks_affine=aff2)
+    assert bank.shape == (20, 20, 20)
+    assert bank.volumes_ml[0] == pytest.approx(27 * 8 / 1000)
+    with pytest.raises(ValueError, match="differs from the tissue grid"):
+        masks_from_tensor(m2, like_shape=(20, 20, 20))
+    src = LesionSource.from_tensor(m2)
+    with pytest.raises(ValueError, match="grid the lesion masks were resampled to"):
+        src.sample(tissue_map(), [0])
+
+
+def test_multiple_masks_per_sample():
+    t = tissue_map()
+    masks = torch.stack([ball((40, 40, 40), c, 3) for c in ((14, 14, 20), (26, 26, 20))])
+    cfg = no_fading(count=(2, 2))
+    vols = {int((LesionSource.from_tensor(masks, config=cfg).sample(t, [k])[1] > 0.5).sum()) for k in range(6)}
+    both = int(((masks[0] | masks[1]) & (t[0, 0] >= 1) & (t[0, 0] <= 3)).sum())
+    assert max(vols) == both                               # two distinct masks pasted in some sample
+
+
+# ---- folders, splits, filters -----------------------------------------------------------------------------
+def _write(path, data, affine):
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+    return path
+
+
+def test_from_folder_las_masks_resampled_onto_ras_grid(tmp_path):
+    ras = np.eye(4)
+    ras[:3, 3] = [-10, -10, -10]
+    las = ras.copy()
+    las[0, 0] = -1
+    las[0, 3] = 10                                        # x world = 10 - i: same box, flipped
+    data = np.zeros((21, 21, 21), dtype=np.uint8)
+    data[2:6, 8:12, 8:12] = 1                             # world x in [5, 8] (right)
+    _write(tmp_path / "a_lesion.nii.gz", data, las)
+    _write(tmp_path / "b_lesion.nii.gz", np.zeros((21, 21, 21), np.uint8), las)
+    with pytest.warns(UserWarning, match="empty"):
+        src = LesionSource.from_folder(tmp_path, (21, 21, 21), ras, progress=False)
+    assert src.bank.names == ["a_lesion.nii.gz"] and src.bank.dropped["empty"] == ["b_lesion.nii.gz"]
+    dense = torch.zeros(21, 21, 21, dtype=torch.bool)
+    src.bank.paste(0, dense)
+    expected = np.zeros((21, 21, 21), bool)
+    expected[15:19, 8:12, 8:12] = True                    # i_ras = x + 10
+    assert np.array_equal(dense.numpy(), expected)
+
+
+def test_filters_and_clear_errors(tmp_path):
+    aff = np.eye(4)
+    big = np.zeros((20, 20, 20), np.float32)
+    big[2:18, 2:18, 2:18] = 1.0                           # 4.1 mL
+    small = np.zeros((20, 20, 20), np.float32)
+    small[0:3, 0:3, 0:3] = 0.7                            # in the corner, outside the "brain"
+    _write(tmp_path / "big.nii.gz", big, aff)
+    _write(tmp_path / "small.nii.gz", small, aff)
+    brain = np.zeros((20, 20, 20), bool)
+    brain[4:16, 4:16, 4:16] = True
+    bank = load_mask_bank(list_mask_files(tmp_path), (20, 20, 20), aff, max_volume_ml=1.0, progress=False)
+    assert bank.names == ["small.nii.gz"] and bank.dropped == {"too_large": ["big.nii.gz"]}
+    with pytest.raises(ValueError, match=r"no lesion mask left out of 2 files.*too_large.*outside_brain"):
+        load_mask_bank(list_mask_files(tmp_path), (20, 20, 20), aff, max_volume_ml=1.0, brain_mask=brain,
+                       max_outside_fraction=0.2, progress=False)
+    with pytest.raises(ValueError, match="binarised|binary"):
+        _write(tmp_path / "x.nii.gz", big * 3, aff)
+        load_mask_bank([tmp_path / "x.nii.gz"], (20, 20, 20), aff, progress=False)
+    with pytest.raises(ValueError, match="must be 3D"):
+        _write(tmp_path / "four.nii.gz", np.zeros((4, 4, 4, 2), np.uint8), aff)
+        load_mask_bank([tmp_path / "four.nii.gz"], (20, 20, 20), aff, progress=False)
+    with pytest.raises(ValueError, match="`brain_mask` must have shape"):
+        load_mask_bank([tmp_path / "big.nii.gz"], (20, 20, 20), aff, brain_mask=np.ones((3, 3, 3)), progress=False)
+    with pytest.raises(ValueError, match="`split` must be one of"):
+        load_mask_bank([tmp_path / "big.nii.gz"], (20, 20, 20), aff, split="test", progress=False)
+    with pytest.raises(ValueError, match="`threshold` must be in"):
+        load_mask_bank([tmp_path / "big.nii.gz"], (20, 20, 20), aff, threshold=1.5, progress=False)
+    with pytest.raises(FileNotFoundError, match="no NIfTI lesion masks matching"):
+        list_mask_files(tmp_path, "*.mgz")
+    with pytest.raises(FileNotFoundError, match="folder does not exist"):
+        list_mask_files(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="lesion mask files not found"):
+        list_mask_files([tmp_path / "nope.nii.gz"])
+
+
+def test_mask_bank_outside_grid_reported(tmp_path):
+    aff = np.eye(4)
+    far = aff.copy()
+    far[:3, 3] = 500.0
+    m = np.zeros((8, 8, 8), np.uint8)
+    m[2:4, 2:4, 2:4] = 1
+    _write(tmp_path / "far.nii.gz", m, far)
+    _write(tmp_path / "near.nii.gz", m, aff)
+    with pytest.warns(UserWarning, match="outside_grid"):
+        bank = load_mask_bank(list_mask_files(tmp_path), (8, 8, 8), aff, progress=False)
+    assert bank.names == ["near.nii.gz"] and bank.dropped["outside_grid"] == ["far.nii.gz"]
+
+
+def test_holdout_split_deterministic_and_disjoint(tmp_path):
+    aff = np.eye(4)
+    m = np.zeros((6, 6, 6), np.uint8)
+    m[2:4, 2:4, 2:4] = 1
+    for i in range(12):
+        _write(tmp_path / f"s{i:02d}.nii.gz", m, aff)
+    files = list_mask_files(tmp_path)
+    train = load_mask_bank(files, (6, 6, 6), aff, split="train", holdout_fraction=0.4, progress=False).names
+    hold = load_mask_bank(files, (6, 6, 6), aff, split="holdout", holdout_fraction=0.4, progress=False).names
+    assert set(train).isdisjoint(hold) and sorted(train + hold) == [f.name for f in files]
+    assert hold == [f.name for f in files if holdout_bucket(f.name) < 0.4]
+    # a file's split does not depend on the other files present
+    assert load_mask_bank(files[:6], (6, 6, 6), aff, split="train", holdout_fraction=0.4,
+                          progress=False).names == [n for n in train if n in {f.name for f in files[:6]}]
+
+
+def test_source_input_errors():
+    src = LesionSource.procedural()
+    with pytest.raises(ValueError, match=r"`tissue` must be a \(B, C, D, H, W\) tensor"):
+        src.sample(torch.zeros(4, 4, 4), [0])
+    with pytest.raises(ValueError, match="`keys` must hold one key per sample"):
+        src.sample(torch.zeros(2, 1, 4, 4, 4, dtype=torch.uint8), [0])
+    with pytest.raises(ValueError, match="`masks` must be a"):
+        LesionSource.from_tensor(torch.zeros(4, 4))
+
+
+# ---- config -----------------------------------------------------------------------------------------------
+BAD = [
+    (FadingConfig, "probability", 1.5, "lesion.fading.probability"),
+    (FadingConfig, "range", (0.5, 0.2), "lesion.fading.range"),
+    (FadingConfig, "range", (0.0, 1.5), "lesion.fading.range"),
+    (FadingConfig, "control_spacing", 0.5, "lesion.fading.control_spacing"),
+    (FadingConfig, "gain", 0.0, "lesion.fading.gain"),
+    (SoftCPConfig, "alpha", 0.0, "lesion.softcp.alpha"),
+    (SoftCPConfig, "erode", -1, "lesion.softcp.erode"),
+    (SoftCPConfig, "dilate", 1.5, "lesion.softcp.dilate"),
+    (ProceduralLesionConfig, "volume_quantiles_ml", (3.0, 1.0), "volume_quantiles_ml"),
+    (ProceduralLesionConfig, "max_volume_ml", 0.0, "max_volume_ml"),
+    (ProceduralLesionConfig, "component_count_pmf", (0.5, 0.1), "component_count_pmf"),
+    (ProceduralLesionConfig, "component_count_max", 3, "component_count_max"),
+    (ProceduralLesionConfig, "largest_component_share_quantiles", (0.9, 0.5), "largest_component_share"),
+    (ProceduralLesionConfig, "satellite_distance_mm", 0.0, "satellite_distance_mm"),
+    (ProceduralLesionConfig, "left_probability", -0.1, "left_probability"),
+    (ProceduralLesionConfig, "bilateral_probability", 2.0, "bilateral_probability"),
+    (ProceduralLesionConfig, "territory_probabilities", (1.0,), "territory_probabilities"),
+    (ProceduralLesionConfig, "territory_mean_mm", ((0, 0, 0),), "territory_mean_mm"),
+    (ProceduralLesionConfig, "territory_std_mm", ((1, 1, 0),) * 5, "territory_std_mm"),
+    (ProceduralLesionConfig, "elongation", 0.5, "elongation"),
+    (ProceduralLesionConfig, "roughness", -1.0, "roughness"),
+    (ProceduralLesionConfig, "noise_scale", 0.0, "noise_scale"),
+    (LesionConfig, "mask_threshold", 1.0, "lesion.mask_threshold"),
+    (LesionConfig, "max_volume_ml", -1.0, "lesion.max_volume_ml"),
+    (LesionConfig, "max_outside_fraction", 1.2, "lesion.max_outside_fraction"),
+    (LesionConfig, "holdout_fraction", -0.5, "lesion.holdout_fraction"),
+    (LesionConfig, "count", (2, 1), "lesion.count"),
+    (LesionConfig, "healthy_probability", 1.1, "lesion.healthy_probability"),
+    (LesionConfig, "clip_to", "csf", "lesion.clip_to"),
+]
+
+
+@pytest.mark.parametrize("cls,name,value,match", BAD)
+def test_config_validate_names_field(cls, name, value, match):
+    cfg = dataclasses.replace(cls(), **{name: value})
+    with pytest.raises(ValueError, match=match):
+        cfg.validate()
+
+
+def test_lesion_config_nested_validate_and_defaults_valid():
+    assert LesionConfig().validate() is not None
+    with pytest.raises(ValueError, match="lesion.softcp.alpha"):
+        LesionConfig(softcp=SoftCPConfig(alpha=2.0)).validate()
+
+
+# ---- real data (skipped without ../shared/data) -----------------------------------------------------------
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "lesions_soop_mni").is_dir(), reason="shared data absent")
+def test_real_soop_masks_resampled_to_2mm_ras_keep_volume():
+    folder = DATA / "lesions_soop_mni"
+    files = sorted(folder.glob("*_lesion.nii.gz"))[:3]
+    like = np.diag([2.0, 2.0, 2.0, 1.0])
+    like[:3, 3] = [-96, -132, -78]
+    bank = load_mask_bank(files, (97, 115, 97), like, progress=False)
+    for f, vol in zip(files, bank.volumes_ml):
+        ref = float((nib.load(str(f)).get_fdata() > 0.5).sum()) / 1000.0
+        assert vol == pytest.approx(ref, rel=0.25, abs=0.05)
+    with pytest.raises(ValueError, match="values must lie in"):
+        LesionSource.from_folder(folder, (97, 115, 97), like, pattern="ArterialAtlas136.nii.gz", progress=False)
