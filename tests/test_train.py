@@ -11,7 +11,7 @@ from train import checkpoint as ckpt_mod
 from train import run
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig, paper_preset, preset, quick_preset
-from train.loop import BlobLesions, TrainingData, amp_dtype, make_lesion_source, real_source, resolve_device, train
+from train.loop import TrainingData, amp_dtype, make_lesion_source, real_source, resolve_device, train
 from train.losses import DiceCE
 from train.model import load_checkpoint_model
 
@@ -31,6 +31,24 @@ def tiny(out, steps=4, **kw) -> TrainConfig:
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
+
+
+class BlobLesions:
+    """A fast stand-in lesion source (a ball in the map, from the key) so these tests do not time the real one."""
+
+    def __init__(self, radius=(2, 4)):
+        self.radius = radius
+
+    def sample(self, tissue, keys):
+        out = torch.zeros(tissue.shape[0], 1, *tissue.shape[2:])
+        grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in tissue.shape[2:]],
+                                          indexing="ij"), -1)
+        for b, key in enumerate(keys):
+            u = torch.rand(4, generator=torch.Generator().manual_seed(int(key)))
+            centre = torch.tensor(tissue.shape[2:]) * (0.3 + 0.4 * u[:3])
+            r = self.radius[0] + (self.radius[1] - self.radius[0]) * u[3]
+            out[b, 0] = (((grid - centre) ** 2).sum(-1) < r * r).float() * (tissue[b, 0] > 0)
+        return out, out
 
 
 def lesions():
@@ -65,7 +83,7 @@ def test_outputs_and_checkpoint_format(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temporary files left
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert TrainConfig.from_dict(saved).to_dict() == cfg.to_dict()
+    assert json.loads(json.dumps(TrainConfig.from_dict(saved).to_dict())) == json.loads(json.dumps(cfg.to_dict()))
     model, config = load_checkpoint_model(tmp_path / "last.pt")     # the inference loader reads it
     assert config["model"]["out_channels"] == 6 and config["steps"] == 2
     x = torch.zeros(1, 1, 24, 24, 24)
@@ -141,7 +159,7 @@ def test_presets():
     ("optim.ce_weight", -1.0, "`optim.dice_weight` and `optim.ce_weight`"),
     ("optim.amp", "fp8", "`optim.amp` must be"),
     ("data.voxel_size", 0.0, "`data.voxel_size` must be > 0"),
-    ("data.lesion_probability", 2.0, "`data.lesion_probability` must be in"),
+    ("data.lesion.healthy_probability", 2.0, "`lesion.healthy_probability` must be"),
     ("baseline", True, "`baseline` trains on real scans only"),
     ("generator.crop", (60, 64, 64), "multiples of the network stride 8"),
 ])
@@ -202,15 +220,29 @@ def test_modules_not_landed_yet_fail_clearly(tmp_path):
     if not landed:
         with pytest.raises(NotImplementedError, match="not available yet"):
             real_source(cfg, torch.device("cpu"))
-    cfg.data.lesions = str(tmp_path)
-    try:
-        from synthgen.lesions import LesionSource
-        landed = hasattr(LesionSource, "from_folder")
-    except ImportError:
-        landed = False
-    if not landed:
-        with pytest.raises(NotImplementedError, match="not available yet"):
-            make_lesion_source(cfg, "train")
+
+
+def test_procedural_and_folder_lesion_sources(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    cfg = tiny(tmp_path)
+    tissue = torch.zeros(1, 1, 20, 24, 20, dtype=torch.uint8)
+    tissue[:, :, 4:16, 4:20, 4:16] = 2
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = [-40, -60, -40]
+    src = make_lesion_source(cfg, "train", tissue, affine)
+    assert src.bank is None                                         # procedural by default
+    folder = tmp_path / "lesions"
+    folder.mkdir()
+    for i in range(8):
+        mask = np.zeros((20, 24, 20), np.uint8)
+        mask[8:11, 8 + i:11 + i, 8:11] = 1
+        nib.save(nib.Nifti1Image(mask, affine), str(folder / f"les{i}.nii.gz"))
+    cfg.data.lesions = str(folder)
+    cfg.data.lesion.holdout_fraction = 0.5
+    train_src = make_lesion_source(cfg, "train", tissue, affine)
+    val_src = make_lesion_source(cfg, "holdout", tissue, affine)
+    assert len(train_src.bank) + len(val_src.bank) == 8 and len(val_src.bank) >= 1
 
 
 def test_cli_resume_keeps_recipe(tmp_path):

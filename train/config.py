@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from synthgen.config import TARGET_CLASSES, GeneratorConfig, _from_dict
+from synthgen.config import TARGET_CLASSES, GeneratorConfig, LesionConfig, ProceduralLesionConfig, _from_dict
 
 PRESETS = ("paper", "quick")
 
@@ -42,12 +42,12 @@ class DataConfig:
     """Where training samples come from."""
     tissue_maps: str | None = None    # folder of tissue maps; None: the bundled MNI152 map
     label_map: str | None = None      # label mapping for tissue maps with other label sets ("freesurfer", JSON)
-    lesions: str | None = None        # folder of lesion masks; None: procedural lesions
+    lesions: str | None = None        # folder of lesion masks (MNI); None: lesion.mask_dir, else procedural
     real: str | None = None           # folder of real scans + masks, alternated 1:1 with synthetic samples
     real_val: str | None = None       # folder of real validation scans + masks
     voxel_size: float = 1.0           # mm of the training grid (maps are resliced to it); paper: 1
-    lesion_probability: float = 1.0   # share of synthetic samples that get a lesion
-    lesion_options: dict = field(default_factory=dict)   # keyword arguments of the procedural lesion source
+    lesion: LesionConfig = field(default_factory=LesionConfig)   # synthgen.lesions.LesionSource settings;
+                                      # validation uses its "holdout" split of a lesion folder
 
 
 @dataclass
@@ -117,8 +117,7 @@ class TrainConfig:
             raise ValueError(f"`optim.amp` must be 'auto', 'bf16' or 'off', got {o.amp!r}")
         if not self.data.voxel_size > 0:
             raise ValueError(f"`data.voxel_size` must be > 0 mm, got {self.data.voxel_size}")
-        if not 0 <= self.data.lesion_probability <= 1:
-            raise ValueError(f"`data.lesion_probability` must be in [0, 1], got {self.data.lesion_probability}")
+        self.data.lesion.validate()
         if self.baseline and not self.data.real:
             raise ValueError("`baseline` trains on real scans only: it needs `data.real` (--real DIR), got None")
         self.generator.validate()
@@ -151,6 +150,12 @@ def paper_preset() -> TrainConfig:
     return TrainConfig(preset="paper")
 
 
+def _large_lesions() -> ProceduralLesionConfig:
+    # SOOP volumes x 3, at least 10 mL: a 2 mm grid shows a lesion of 10 mL as ~1250 voxels
+    base = ProceduralLesionConfig()
+    return ProceduralLesionConfig(volume_quantiles_ml=tuple(max(10.0, 3 * q) for q in base.volume_quantiles_ml))
+
+
 def quick_preset() -> TrainConfig:
     """A CPU-sized run (minutes on 2 cores) that still shows lesion Dice rising.
 
@@ -163,7 +168,7 @@ def quick_preset() -> TrainConfig:
         ckpt_every=100, plot_samples=3,
         model=ModelConfig(channels=(8, 16, 32, 64), dropout=0.0),
         optim=OptimConfig(lr=1e-3),
-        data=DataConfig(voxel_size=2.0),
+        data=DataConfig(voxel_size=2.0, lesion=LesionConfig(healthy_probability=0.0, procedural=_large_lesions())),
         generator=GeneratorConfig(crop=(64, 64, 64)),
     )
 

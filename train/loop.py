@@ -35,9 +35,6 @@ from train.losses import DiceCE
 from train.model import build_unet, n_params
 from train.validate import evaluate, synthetic_val_set
 
-PARENCHYMA = (1, 2, 3)   # GM, WM, PV: where the fallback lesions may sit
-
-
 # ----------------------------------------------------------------------------------------------- devices
 
 
@@ -109,8 +106,8 @@ def _resample_labels(labels: np.ndarray, affine: np.ndarray, voxel_size: float):
     return io.to_ras_1mm(labels, affine, order=0, voxel_size=voxel_size)
 
 
-def load_tissues(cfg: TrainConfig, device: torch.device) -> tuple[list, np.ndarray]:
-    """The tissue maps on ``device`` at ``data.voxel_size`` mm, and the (first map's) voxel -> MNI affine."""
+def load_tissues(cfg: TrainConfig, device: torch.device) -> tuple[list, list]:
+    """The tissue maps on ``device`` at ``data.voxel_size`` mm, and their voxel -> MNI affines."""
     d = cfg.data
     if d.tissue_maps is None:
         try:
@@ -119,71 +116,24 @@ def load_tissues(cfg: TrainConfig, device: torch.device) -> tuple[list, np.ndarr
             from synthgen.data.default_map import default_tissue_map
         labels, affine = default_tissue_map(with_affine=True)
         data, affine = _resample_labels(labels[0, 0].numpy(), affine, d.voxel_size)
-        return [torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)], affine
+        return [torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)], [affine]
     from synthgen.data import check
     from synthgen.data.tissue import read_tissue_map
     files, _ = check.list_nifti(d.tissue_maps)
     maps = [read_tissue_map(f, label_map=d.label_map, voxel_size=d.voxel_size) for f in files]
-    return [m.to_tensor(device) for m in maps], maps[0].affine
+    return [m.to_tensor(device) for m in maps], [m.affine for m in maps]
 
 
-class BlobLesions:
-    """Stand-in procedural lesion source: a rough ellipsoid in parenchyma per sample, from the lesion key.
-
-    Used only while ``synthgen.lesions`` offers no lesion source; same interface
-    (``sample(tissue, keys) -> (intensity_weight, label_weight)``, both ``(B, 1, D, H, W)`` float in [0, 1]).
-
-    Args:
-        radius: (low, high) semi-axis range in voxels.
-        probability: share of samples that get a lesion.
-    """
-
-    def __init__(self, radius=(3.0, 10.0), probability: float = 1.0):
-        self.radius, self.probability = tuple(radius), float(probability)
-
-    def sample(self, tissue: torch.Tensor, keys):
-        labels = tissue.argmax(1) if tissue.is_floating_point() else tissue[:, 0].long()
-        out = torch.zeros(labels.shape[0], 1, *labels.shape[1:], device=tissue.device)
-        grid = torch.stack(torch.meshgrid(*[torch.arange(n, device=tissue.device, dtype=torch.float32)
-                                            for n in labels.shape[1:]], indexing="ij"), -1)
-        for b, key in enumerate(keys):
-            g = torch.Generator().manual_seed(int(key))
-            u = torch.rand(5, generator=g)
-            if float(u[0]) >= self.probability:
-                continue
-            allowed = torch.isin(labels[b], torch.tensor(PARENCHYMA, device=tissue.device))
-            idx = allowed.flatten().nonzero()
-            if idx.numel() == 0:
-                continue
-            centre = grid.reshape(-1, 3)[idx[int(u[1] * idx.numel())]][0]
-            radii = self.radius[0] + (self.radius[1] - self.radius[0]) * u[2:5].to(tissue.device)
-            rho = (((grid - centre) / radii) ** 2).sum(-1)
-            out[b, 0] = ((rho < 1) & allowed).float()
-        return out, out
-
-
-def make_lesion_source(cfg: TrainConfig, split: str):
-    """The lesion source for ``split`` ("train" or "val"): folder masks (held-out split for "val") or procedural.
-
-    Raises:
-        NotImplementedError: ``--lesions`` given but ``synthgen.lesions`` cannot read folders yet.
-    """
+def make_lesion_source(cfg: TrainConfig, split: str, tissue: torch.Tensor, affine: np.ndarray):
+    """The lesion source of one tissue map for ``split`` ("train" or "holdout"): masks from the lesion folder
+    resampled onto the map's grid (the held-out files for "holdout"), or procedural lesions."""
+    from synthgen.lesions import LesionSource
     d = cfg.data
-    try:
-        from synthgen.lesions import LesionSource
-    except ImportError:
-        LesionSource = None
-    if d.lesions:
-        if LesionSource is None or not hasattr(LesionSource, "from_folder"):
-            raise NotImplementedError("--lesions: lesion folders need synthgen.lesions.LesionSource.from_folder, "
-                                      "which is not available yet")
-        return LesionSource.from_folder(d.lesions, split=split, probability=d.lesion_probability,
-                                        voxel_size=d.voxel_size)
-    if LesionSource is not None and hasattr(LesionSource, "procedural"):
-        return LesionSource.procedural(probability=d.lesion_probability, voxel_size=d.voxel_size,
-                                       **d.lesion_options)
-    opts = {"radius": d.lesion_options.get("radius", (3.0, 10.0))}
-    return BlobLesions(probability=d.lesion_probability, **opts)
+    folder = d.lesions or d.lesion.mask_dir
+    if folder:
+        return LesionSource.from_folder(folder, tuple(tissue.shape[2:]), affine, split=split, config=d.lesion,
+                                        device=tissue.device, progress=False)
+    return LesionSource.procedural(affine=affine, config=d.lesion)
 
 
 def real_source(cfg: TrainConfig, device: torch.device):
@@ -228,11 +178,16 @@ def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
 
 
 class TrainingData:
-    """The batch of step ``n``: synthetic, or (with a real source) real on odd steps, exactly 1:1."""
+    """The batch of step ``n``: synthetic, or (with a real source) real on odd steps, exactly 1:1.
 
-    def __init__(self, generator, tissues: list, seed: int, batch_size: int, real=None, real_only: bool = False):
+    The tissue map of a synthetic step is drawn from ``(seed, step)``; ``lesions[i]`` (if given) is the lesion
+    source of map ``i`` (sources hold masks resampled onto their map's grid).
+    """
+
+    def __init__(self, generator, tissues: list, seed: int, batch_size: int, real=None, real_only: bool = False,
+                 lesions: list | None = None):
         self.generator, self.tissues, self.seed, self.batch = generator, tissues, seed, batch_size
-        self.real, self.real_only = real, real_only
+        self.real, self.real_only, self.lesions = real, real_only, lesions
 
     @torch.no_grad()
     def __call__(self, step: int):
@@ -240,8 +195,10 @@ class TrainingData:
             index = step if self.real_only else step // 2
             return self.real(seed=self.seed, index=index * self.batch, batch_size=self.batch)
         index = step if self.real is None else step // 2
-        tissue = self.tissues[sample_key(self.seed, index, "tissue") % len(self.tissues)]
-        return self.generator(tissue, seed=self.seed, index=index * self.batch, batch_size=self.batch)
+        which = sample_key(self.seed, index, "tissue") % len(self.tissues)
+        if self.lesions is not None:
+            self.generator.lesions = self.lesions[which]
+        return self.generator(self.tissues[which], seed=self.seed, index=index * self.batch, batch_size=self.batch)
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -356,12 +313,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
 
     # data: on the training device, in this process
     real = real_source(cfg, device) if cfg.data.real else None
-    tissues, affine = ([], None) if cfg.baseline else load_tissues(cfg, device)
-    train_lesions, val_lesions = lesions if lesions is not None else (
-        (None, None) if cfg.baseline else (make_lesion_source(cfg, "train"), make_lesion_source(cfg, "val")))
+    tissues, affines = ([], []) if cfg.baseline else load_tissues(cfg, device)
+    if lesions is not None:
+        train_lesions, val_lesions = [lesions[0]] * len(tissues), [lesions[1]] * len(tissues)
+    else:
+        train_lesions = [make_lesion_source(cfg, "train", t, a) for t, a in zip(tissues, affines)]
+        val_lesions = [make_lesion_source(cfg, "holdout", t, a) for t, a in zip(tissues, affines)]
     gen_cfg = cfg.generator
-    generator = synthgen.SynthGenerator(gen_cfg, lesions=train_lesions)
-    data = TrainingData(generator, tissues, seed, cfg.batch_size, real, real_only=cfg.baseline)
+    generator = synthgen.SynthGenerator(gen_cfg)
+    data = TrainingData(generator, tissues, seed, cfg.batch_size, real, real_only=cfg.baseline,
+                        lesions=train_lesions)
 
     # model and optimiser
     model_kwargs = cfg.model_kwargs()
@@ -393,8 +354,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     # validation set: its own stream, held-out lesions; built once, kept on the device (rank 0 only)
     val_set, real_val = [], []
     if is_main and cfg.val_every and cfg.val_samples and tissues:
-        val_gen = synthgen.SynthGenerator(gen_cfg, lesions=val_lesions)
-        val_set = synthetic_val_set(val_gen, tissues, cfg.seed + cfg.val_seed_offset, cfg.val_samples)
+        val_set = synthetic_val_set(synthgen.SynthGenerator(gen_cfg), tissues, cfg.seed + cfg.val_seed_offset,
+                                    cfg.val_samples, lesions=val_lesions)
     if is_main and cfg.val_every and cfg.data.real_val:
         real_val = load_real_val(cfg, device)
 

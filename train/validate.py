@@ -16,19 +16,22 @@ import torch
 from train.metrics import dice
 
 
-def synthetic_val_set(generator, tissues: list, seed: int, n: int, batch_size: int = 1) -> list:
+def synthetic_val_set(generator, tissues: list, seed: int, n: int, lesions: list | None = None) -> list:
     """Draw ``n`` fixed validation samples: sample ``i`` uses tissue map ``i % len(tissues)``.
 
     Args:
-        generator: a ``synthgen.SynthGenerator`` (with the held-out lesion source).
+        generator: a ``synthgen.SynthGenerator``.
         tissues: tissue-map tensors on the training device.
         seed: the validation stream (keep it apart from every training stream).
+        lesions: the held-out lesion source of each tissue map (None: the generator's own).
 
     Returns:
         A list of ``(image (1, 1, *crop) float32, target (1, *crop) uint8)`` on the tissue maps' device.
     """
     out = []
     for i in range(n):
+        if lesions is not None:
+            generator.lesions = lesions[i % len(tissues)]
         image, target = generator(tissues[i % len(tissues)], seed=seed, index=i, batch_size=1)
         out.append((image, target))
     return out
