@@ -1,0 +1,252 @@
+"""The real-scan branch: augmentation of real labelled scans on the device, alternated 1:1 with synthetic ones.
+
+Paper (Chalcroft et al., "Synthetic Data for Robust Stroke Segmentation") section 2: real MPRAGE scans are randomly cropped to 192^3, deformed
+(random affine + elastic), histogram-normalised, randomly histogram-shifted, multiplied by a bias field,
+gamma-adjusted, flipped on every axis and z-normalised; the real and synthetic loaders alternate 1:1.
+
+Geometry and intensity steps are the synthetic generator's own (:mod:`synthgen.ops`, parameters from
+:func:`synthgen.sampling.sample_params` with the same :class:`~synthgen.config.GeneratorConfig` ranges): one
+warp driven by the output grid does crop + affine + elastic for scan (trilinear) and mask (nearest). Each
+sample's randomness comes from ``(seed, index)`` only, on a stream of its own (``"real"``), so real sample ``i``
+is not correlated with synthetic sample ``i``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from .config import GeneratorConfig
+from .sampling import SampleParams, generator_for, sample_key, sample_params
+
+
+@dataclass
+class HistogramConfig:
+    """Histogram normalisation and random histogram shift (MONAI ``HistogramNormalize``/``RandHistogramShift``)."""
+    bins: int = 256                   # histogram equalisation bins; MONAI HistogramNormalize num_bins=256
+    shift_probability: float = 0.5    # no source in the paper; MONAI's default is 0.1
+    shift_control_points: int = 10    # knots of the random monotone intensity curve; MONAI default 10
+
+    def validate(self) -> "HistogramConfig":
+        if self.bins < 2:
+            raise ValueError(f"`histogram.bins` must be >= 2, got {self.bins}")
+        if not 0.0 <= self.shift_probability <= 1.0:
+            raise ValueError(f"`histogram.shift_probability` must be in [0, 1], got {self.shift_probability}")
+        if self.shift_control_points < 3:
+            raise ValueError(f"`histogram.shift_control_points` must be >= 3, got {self.shift_control_points}")
+        return self
+
+
+@dataclass
+class RealParams:
+    """Everything random about a batch of real samples (replayable)."""
+    geometry: SampleParams        # matrix, center, elastic, bias, gamma, flip (other fields unused)
+    shift_on: torch.Tensor        # (B,) bool
+    shift_knots: torch.Tensor     # (B, K) monotone knot values in [0, 1] at K equispaced positions
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+
+def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation like ``numpy.interp`` (``xp`` increasing, ends clamped), on any device."""
+    n = xp.numel()
+    idx = torch.searchsorted(xp.contiguous(), x.contiguous(), right=True).clamp(1, n - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    w = ((x - x0) / (x1 - x0).clamp(min=torch.finfo(x.dtype).tiny)).clamp(0, 1)
+    return fp[idx - 1] + w * (fp[idx] - fp[idx - 1])
+
+
+def histogram_normalise(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Histogram equalisation per sample onto [0, 1] (MONAI ``HistogramNormalize`` with min 0, max 1).
+
+    Each voxel goes through the normalised cumulative histogram (``bins`` bins between the sample's minimum
+    and maximum, interpolated at the left bin edges); the minimum maps to 0, so a zero background stays 0.
+
+    Shape:
+        x: ``(B, C, ...)``; returns the same shape, float32.
+    """
+    out = torch.empty_like(x, dtype=torch.float32)
+    for b in range(x.shape[0]):
+        v = x[b].reshape(-1).float()
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            out[b] = 0.0
+            continue
+        hist = torch.histc(v, bins=bins, min=lo, max=hi)
+        cdf = hist.cumsum(0)
+        cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0]).clamp(min=1.0)
+        edges = torch.linspace(lo, hi, bins + 1, device=v.device, dtype=torch.float32)[:-1]
+        out[b] = interp(v, edges, cdf).reshape(x[b].shape)
+    return out
+
+
+def histogram_shift(x: torch.Tensor, knots: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Map each sample's intensities through a monotone piecewise-linear curve (MONAI ``RandHistogramShift``).
+
+    Args:
+        x: ``(B, C, ...)``.
+        knots: ``(B, K)`` curve values in [0, 1] (relative to the sample's [min, max]) at K equispaced positions.
+        apply: ``(B,)`` bool; samples where it is False are returned unchanged.
+    """
+    out = x.clone()
+    for b in range(x.shape[0]):
+        if not bool(apply[b]):
+            continue
+        v = x[b].float()
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            continue
+        k = knots[b].to(v.device, torch.float32)
+        ref = torch.linspace(lo, hi, k.numel(), device=v.device, dtype=torch.float32)
+        out[b] = interp(v.reshape(-1), ref, lo + (hi - lo) * k).reshape(v.shape).to(x.dtype)
+    return out
+
+
+def _shift_knots(g: torch.Generator, n: int) -> torch.Tensor:
+    """MONAI's recipe: endpoints fixed, each inner knot uniform between its left neighbour and its reference
+    right neighbour, left to right (monotone by construction)."""
+    ref = torch.linspace(0, 1, n, dtype=torch.float64)
+    knots = ref.clone()
+    for i in range(1, n - 1):
+        u = torch.rand(1, generator=g, dtype=torch.float64)
+        knots[i] = knots[i - 1] + (ref[i + 1] - knots[i - 1]) * u
+    return knots.float()
+
+
+class RealAugmenter:
+    """Augment real scans with lesion masks on their device: crop 192^3, affine + elastic, histogram
+    normalisation and shift, bias field, gamma, flips, z-normalisation.
+
+    Example::
+
+        aug = RealAugmenter()
+        image, target = aug(scan, mask, seed=0, index=7)   # scan (1, 1, X, Y, Z), mask (1, 1, X, Y, Z)
+
+    Args:
+        config: geometry, bias, gamma and flip ranges, shared with the synthetic generator (crop size too).
+        histogram: histogram normalisation / shift settings.
+    """
+
+    def __init__(self, config: GeneratorConfig | None = None, histogram: HistogramConfig | None = None):
+        self.config = (config or GeneratorConfig()).validate()
+        self.histogram = (histogram or HistogramConfig()).validate()
+
+    def sample_params(self, in_shape, seed: int = 0, index: int = 0, batch: int = 1) -> RealParams:
+        """Parameters of real samples ``index .. index + batch - 1`` of stream ``seed`` (CPU tensors)."""
+        real_seed = sample_key(seed, 0, "real")   # a stream of its own: not the synthetic sample's draws
+        geometry = sample_params(self.config, tuple(in_shape[-3:]), real_seed, index, batch)
+        on, knots = [], []
+        for i in range(batch):
+            g = generator_for(sample_key(seed, index + i, "real-histogram"))
+            on.append(bool(torch.rand(1, generator=g) < self.histogram.shift_probability))
+            knots.append(_shift_knots(g, self.histogram.shift_control_points))
+        return RealParams(geometry, torch.tensor(on), torch.stack(knots))
+
+    @torch.no_grad()
+    def __call__(self, scan: torch.Tensor, mask: torch.Tensor, seed: int = 0, index: int = 0,
+                 params: RealParams | None = None, return_params: bool = False):
+        """Augment a batch.
+
+        Args:
+            scan: ``(B, 1, X, Y, Z)`` float (any float dtype, e.g. fp16 from a packed store), RAS 1 mm.
+            mask: ``(B, 1, X, Y, Z)`` lesion mask (0/1, any dtype), same grid.
+            seed, index: sample ``i`` of the batch is real sample ``index + i`` of stream ``seed``.
+            params: replay these parameters.
+
+        Returns:
+            ``image`` ``(B, 1, *crop)`` float32 z-normalised and ``target`` ``(B, *crop)`` uint8 lesion mask
+            {0, 1} [and ``params``].
+
+        Raises:
+            TypeError / ValueError: wrong types, shapes, or scan and mask on different grids or devices.
+        """
+        if not isinstance(scan, torch.Tensor) or not isinstance(mask, torch.Tensor):
+            raise TypeError(f"`scan` and `mask` must be torch.Tensors, got {type(scan).__name__} and "
+                            f"{type(mask).__name__}")
+        if scan.ndim != 5 or scan.shape[1] != 1 or not scan.is_floating_point():
+            raise ValueError(f"`scan` must be a float (B, 1, X, Y, Z) tensor, got shape {tuple(scan.shape)} "
+                             f"dtype {scan.dtype}")
+        if mask.shape != scan.shape or mask.device != scan.device:
+            raise ValueError(f"`mask` must match `scan` in shape and device, got {tuple(mask.shape)} on {mask.device}"
+                             f" vs {tuple(scan.shape)} on {scan.device}")
+        n = scan.shape[0]
+        if params is None:
+            params = self.sample_params(scan.shape, seed, index, n)
+        elif not isinstance(params, RealParams):
+            raise TypeError(f"`params` must be RealParams, got {type(params).__name__}")
+        if len(params) != n:
+            raise ValueError(f"`params` must hold {n} samples, got {len(params)}")
+        dev = scan.device
+        p = params.geometry.to(dev)
+        crop = tuple(int(c) for c in self.config.crop)
+        coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
+        image = ops.grid_pull(scan.float(), coords, "linear")
+        target = ops.grid_pull(mask.to(torch.uint8), coords, "nearest")
+        image = histogram_normalise(image, self.histogram.bins)
+        image = histogram_shift(image, params.shift_knots, params.shift_on)
+        image = ops.bias_field(image, p.bias)
+        image = ops.gamma_transform(image, p.gamma)
+        image = ops.flip(image, p.flip)
+        target = ops.flip(target, p.flip)
+        image = ops.z_normalise(image)
+        target = (target[:, 0] > 0).to(torch.uint8)
+        return (image, target, params) if return_params else (image, target)
+
+
+def mixed_source(step: int, first: str = "synthetic") -> tuple[str, int]:
+    """Which branch training step ``step`` draws from, and that branch's own sample index: exactly 1:1.
+
+    Even steps go to ``first``, odd steps to the other; the index counts that branch's samples, so
+    ``(seed, index)`` seeding stays reproducible and a resumed run continues the same sequence.
+
+    Raises:
+        ValueError: ``step`` < 0 or ``first`` not "synthetic"/"real".
+    """
+    if first not in ("synthetic", "real"):
+        raise ValueError(f"`first` must be 'synthetic' or 'real', got {first!r}")
+    if int(step) < 0:
+        raise ValueError(f"`step` must be >= 0, got {step}")
+    other = "real" if first == "synthetic" else "synthetic"
+    return (first if step % 2 == 0 else other), int(step) // 2
+
+
+def real_item(seed: int, index: int, num_items: int) -> int:
+    """Which real item real sample ``index`` uses: a fresh permutation every ``num_items`` samples (epochs).
+
+    Raises:
+        ValueError: ``num_items`` < 1.
+    """
+    if num_items < 1:
+        raise ValueError(f"`num_items` must be >= 1, got {num_items}")
+    epoch, pos = divmod(int(index), num_items)
+    perm = torch.randperm(num_items, generator=generator_for(sample_key(seed, epoch, "real-epoch")))
+    return int(perm[pos])
+
+
+class AlternatingSampler:
+    """Iterate training samples alternating exactly 1:1 between synthetic and real, from step ``start``.
+
+    Args:
+        synthetic: ``index -> sample`` for synthetic sample ``index`` (e.g. a generator call).
+        real: ``index -> sample`` for real sample ``index`` (e.g. :class:`RealAugmenter` on ``real_item``).
+        first: the branch of step 0.
+        start: first step (resume).
+
+    Yields:
+        ``(source, sample)`` with ``source`` "synthetic" or "real".
+    """
+
+    def __init__(self, synthetic, real, first: str = "synthetic", start: int = 0):
+        mixed_source(start, first)   # validates
+        self.synthetic, self.real, self.first, self.step = synthetic, real, first, int(start)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        source, index = mixed_source(self.step, self.first)
+        self.step += 1
+        return source, (self.synthetic if source == "synthetic" else self.real)(index)
+

@@ -1,0 +1,148 @@
+"""Real-scan branch: geometry shared with the generator's ops, histogram steps, reproducibility, 1:1 sampler."""
+import numpy as np
+import pytest
+import torch
+
+from synthgen.config import GeneratorConfig
+from synthgen.real import (AlternatingSampler, HistogramConfig, RealAugmenter, histogram_normalise,
+                           histogram_shift, interp, mixed_source, real_item)
+
+CROP = (9, 11, 13)
+
+
+def _pair(shape=(17, 24, 31), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scan = torch.rand((1, 1) + shape, generator=g) * 500 + 100
+    scan[..., :3] = 0                          # a zero background, as in skull-stripped scans
+    mask = torch.zeros((1, 1) + shape, dtype=torch.uint8)
+    mask[:, :, 6:12, 8:16, 10:20] = 1
+    return scan, mask
+
+
+def _aug(**kw):
+    return RealAugmenter(GeneratorConfig(crop=CROP, **kw))
+
+
+def test_output_shapes_normalised_and_reproducible():
+    scan, mask = _pair()
+    aug = _aug()
+    img, tgt, params = aug(scan, mask, seed=1, index=5, return_params=True)
+    assert img.shape == (1, 1) + CROP and img.dtype == torch.float32
+    assert tgt.shape == (1,) + CROP and tgt.dtype == torch.uint8 and set(tgt.unique().tolist()) <= {0, 1}
+    assert abs(float(img.mean())) < 1e-4 and abs(float(img.std()) - 1) < 1e-2
+    img2, tgt2 = aug(scan, mask, seed=1, index=5)
+    assert torch.equal(img, img2) and torch.equal(tgt, tgt2)
+    img3, _ = aug(scan, mask, params=params)
+    assert torch.equal(img, img3)
+    img4, _ = aug(scan, mask, seed=1, index=6)
+    assert not torch.equal(img, img4)
+    img16, _ = aug(scan.half(), mask, seed=1, index=5)   # fp16 as stored in a packed store
+    assert torch.allclose(img16, img, atol=0.05)
+
+
+def test_geometry_is_the_generators_warp():
+    # no deformation, no flip, no bias, no gamma: the target is the crop of the mask around the sampled centre
+    cfg = dict(elastic={"max_std": 0.0}, affine={"rotation": 0.0, "shear": 0.0, "zoom": 0.0}, flip_probability=0.0,
+               bias={"max_std": 0.0}, gamma={"log_std": 0.0})
+    aug = RealAugmenter(GeneratorConfig.from_dict({"crop": CROP, **cfg}))
+    scan, mask = _pair()
+    p = aug.sample_params(scan.shape, seed=3, index=0)
+    _, tgt = aug(scan, mask, params=p)
+    c = p.geometry.center[0].round().long().tolist()
+    lo = [ci - (s - 1) // 2 for ci, s in zip(c, CROP)]
+    expect = mask[0, 0, lo[0]:lo[0] + CROP[0], lo[1]:lo[1] + CROP[1], lo[2]:lo[2] + CROP[2]]
+    assert torch.equal(tgt[0], expect)
+
+
+def test_real_and_synthetic_streams_differ():
+    from synthgen.sampling import sample_params
+    aug = _aug()
+    real = aug.sample_params((17, 24, 31), seed=0, index=0).geometry
+    synth = sample_params(aug.config, (17, 24, 31), 0, 0, 1)
+    assert not torch.equal(real.matrix, synth.matrix)
+
+
+def test_interp_matches_numpy_and_histogram_normalise_matches_equalisation():
+    xp = torch.tensor([0.0, 1.0, 3.0, 4.0])
+    fp = torch.tensor([0.0, 2.0, 2.5, 5.0])
+    x = torch.linspace(-1, 5, 37)
+    assert np.allclose(interp(x, xp, fp).numpy(), np.interp(x.numpy(), xp.numpy(), fp.numpy()), atol=1e-6)
+    v = torch.rand(1, 1, 6, 7, 8, generator=torch.Generator().manual_seed(0)) ** 3 * 100
+    out = histogram_normalise(v, bins=64)
+    hist, edges = np.histogram(v.numpy().ravel(), bins=64)
+    cdf = hist.cumsum().astype(np.float64)
+    cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
+    ref = np.interp(v.numpy().ravel(), edges[:-1], cdf)
+    assert np.allclose(out.numpy().ravel(), ref, atol=1e-4)
+    assert float(out.min()) == 0.0 and float(out.max()) <= 1.0
+    # equalised: the skewed input (median at 12.5 % of its range) has its median near the middle
+    assert 0.3 < float(out.median()) < 0.6 and float((v / 100).median()) < 0.15
+    order = v.flatten().argsort()
+    assert bool((out.flatten()[order].diff() >= 0).all())   # monotone
+    assert torch.equal(histogram_normalise(torch.ones(1, 1, 2, 2, 2)), torch.zeros(1, 1, 2, 2, 2))
+
+
+def test_histogram_shift_is_monotone_and_optional():
+    x = torch.linspace(0, 1, 101).reshape(1, 1, 101, 1, 1).repeat(2, 1, 1, 1, 1)
+    knots = torch.tensor([[0.0, 0.6, 0.8, 1.0], [0.0, 0.6, 0.8, 1.0]])
+    out = histogram_shift(x, knots, torch.tensor([True, False]))
+    assert torch.equal(out[1], x[1])
+    y = out[0].flatten()
+    assert bool((y[1:] >= y[:-1]).all()) and abs(float(y[50]) - 0.7) < 1e-5
+    aug = RealAugmenter(GeneratorConfig(crop=CROP), HistogramConfig(shift_probability=1.0))
+    k = aug.sample_params((17, 24, 31), seed=0, index=0, batch=3).shift_knots
+    assert bool((k[:, 1:] >= k[:, :-1]).all()) and torch.all(k[:, 0] == 0) and torch.all(k[:, -1] == 1)
+
+
+def test_errors():
+    scan, mask = _pair()
+    aug = _aug()
+    with pytest.raises(TypeError, match="`scan` and `mask` must be torch.Tensors"):
+        aug(scan.numpy(), mask)
+    with pytest.raises(ValueError, match="`scan` must be a float"):
+        aug(scan[0], mask)
+    with pytest.raises(ValueError, match="`mask` must match `scan`"):
+        aug(scan, mask[..., :-1])
+    with pytest.raises(TypeError, match="`params` must be RealParams"):
+        aug(scan, mask, params={})
+    with pytest.raises(ValueError, match="`params` must hold 2 samples, got 1"):
+        aug(scan.repeat(2, 1, 1, 1, 1), mask.repeat(2, 1, 1, 1, 1), params=aug.sample_params(scan.shape))
+    with pytest.raises(ValueError, match="`histogram.bins` must be >= 2"):
+        HistogramConfig(bins=1).validate()
+    with pytest.raises(ValueError, match=r"`histogram.shift_probability` must be in \[0, 1\]"):
+        HistogramConfig(shift_probability=2).validate()
+    with pytest.raises(ValueError, match="`histogram.shift_control_points` must be >= 3"):
+        HistogramConfig(shift_control_points=2).validate()
+
+
+def test_sampler_alternates_exactly_one_to_one_and_resumes():
+    sampler = AlternatingSampler(lambda i: ("s", i), lambda i: ("r", i))
+    got = [next(sampler) for _ in range(10)]
+    assert [s for s, _ in got] == ["synthetic", "real"] * 5
+    assert [v for _, v in got] == [("s", 0), ("r", 0), ("s", 1), ("r", 1), ("s", 2), ("r", 2), ("s", 3), ("r", 3),
+                                   ("s", 4), ("r", 4)]
+    resumed = AlternatingSampler(lambda i: ("s", i), lambda i: ("r", i), start=7)
+    assert [next(resumed) for _ in range(3)] == got[7:10]
+    assert mixed_source(0, first="real") == ("real", 0)
+    with pytest.raises(ValueError, match="`first` must be 'synthetic' or 'real'"):
+        mixed_source(0, first="both")
+    with pytest.raises(ValueError, match="`step` must be >= 0"):
+        AlternatingSampler(None, None, start=-1)
+
+
+def test_real_item_visits_every_item_once_per_epoch():
+    picks = [real_item(5, i, 7) for i in range(21)]
+    for e in range(3):
+        assert sorted(picks[7 * e:7 * e + 7]) == list(range(7))
+    assert picks == [real_item(5, i, 7) for i in range(21)]
+    with pytest.raises(ValueError, match="`num_items` must be >= 1"):
+        real_item(0, 0, 0)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    scan, mask = _pair()
+    aug = RealAugmenter(GeneratorConfig(crop=(32, 32, 32)))
+    a, ta = aug(scan, mask, seed=0, index=1)
+    b, tb = aug(scan.cuda(), mask.cuda(), seed=0, index=1)
+    assert torch.allclose(a, b.cpu(), atol=1e-3) and (ta != tb.cpu()).float().mean() < 1e-3
