@@ -1,0 +1,116 @@
+"""Per-item load time: NIfTI decode (+ RAS 1 mm reslice) versus a packed store (memory map + full read).
+
+    python benchmarks/data_loading.py [--data ../shared/data] [--items 5] [--repeats 3] [--out results.json]
+
+Uses the real files in ``<repo>/../shared/data`` (lesion masks, FreeSurfer label maps); skips when absent.
+Packs them into a temporary store first. Times are medians over repeats, warm page cache (the store was just
+written, the NIfTI files were just read): the difference is decoding and reslicing, not disk speed.
+Never pass/fail: prints a markdown table and writes JSON rows with the machine and versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from synthgen.data import open_store, pack, read_mask, read_tissue_map  # noqa: E402
+
+CASES = {
+    # name: (folder, glob, section, reader for the NIfTI path, pack kwargs)
+    "lesion mask (SOOP, 157x189x136 LAS)": ("lesions_soop_mni", "bwsrsub-*_lesion.nii.gz", "lesions",
+                                           lambda p: read_mask(p), {}),
+    "lesion mask (SOOP, --crop-masks store)": ("lesions_soop_mni", "bwsrsub-*_lesion.nii.gz", "lesions",
+                                               lambda p: read_mask(p), {"crop_masks": True}),
+    "lesion mask (LESYMAP, 181x217x181 f32)": ("lesions_lesymap_mni", "Subject_*.nii.gz", "lesions",
+                                              lambda p: read_mask(p), {}),
+    "label map (SynthSeg 256^3 LIA, mapped)": ("synthseg_label_maps", "training_seg_*.nii.gz", "tissue_maps",
+                                              lambda p: read_tissue_map(p, "freesurfer").data,
+                                              {"label_map": "freesurfer"}),
+}
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="shared data folder")
+    ap.add_argument("--items", type=int, default=5, help="files per case")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None, help="JSON output path")
+    args = ap.parse_args(argv)
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"skipped: {data} is absent")
+        return 0
+    rows = []
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "python": platform.python_version(), "numpy": np.__version__, "nibabel": nib.__version__,
+               "git": _git_sha()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, (folder, pattern, section, reader, kw) in CASES.items():
+            files = sorted((data / folder).glob(pattern))[: args.items]
+            if not files:
+                continue
+            src = Path(tmp) / f"src_{section}_{folder}_{len(kw)}"
+            src.mkdir()
+            for f in files:   # symlinks: pack only these files, read in place
+                (src / f.name).symlink_to(f)
+            store_dir = Path(tmp) / f"store_{folder}_{len(kw)}"
+            t0 = time.perf_counter()
+            pack(store_dir, **{section: src}, progress=False, check=False, **kw)
+            pack_s = time.perf_counter() - t0
+            store = open_store(store_dir)[section]
+            for i, f in enumerate(files):
+                raw = _median_ms(lambda: np.asanyarray(nib.load(str(f)).dataobj), args.repeats)
+                full = _median_ms(lambda: reader(f), args.repeats)
+                mm = _median_ms(lambda: np.array(store[i].data), args.repeats)
+                rows.append({"case": case, "file": f.name, "nifti_decode_ms": raw, "nifti_ras_1mm_ms": full,
+                             "store_ms": mm, "nifti_bytes": f.stat().st_size,
+                             "store_bytes": (store_dir / store[i].meta["files"]["data"]).stat().st_size,
+                             "pack_s_per_item": pack_s / len(files), **machine})
+    print(f"machine: {machine}")
+    print("| case | NIfTI decode ms | NIfTI -> RAS 1 mm ms | store read ms | speed-up | NIfTI MB | store MB |")
+    print("|---|---|---|---|---|---|---|")
+    for case in dict.fromkeys(r["case"] for r in rows):
+        rs = [r for r in rows if r["case"] == case]
+        dec = statistics.median(r["nifti_decode_ms"] for r in rs)
+        full = statistics.median(r["nifti_ras_1mm_ms"] for r in rs)
+        st = statistics.median(r["store_ms"] for r in rs)
+        nb = statistics.median(r["nifti_bytes"] for r in rs) / 1e6
+        sb = statistics.median(r["store_bytes"] for r in rs) / 1e6
+        print(f"| {case} | {dec:.1f} | {full:.1f} | {st:.2f} | {full / max(st, 1e-9):.0f}x | {nb:.2f} | {sb:.2f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
