@@ -24,7 +24,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["synthgen", "synthgen.*"]),
-    package_data={"synthgen": ["data/default/*"]},
+    package_data={"synthgen": ["data/default/*", "data/mappings/*.json"]},
     include_package_data=True,
     install_requires=install_requires,
     extras_require={

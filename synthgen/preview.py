@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     if args.n < 1:
         parser.error(f"-n must be >= 1, got {args.n}")
 
-    from .data.default_map import default_tissue_map
+    from .data import default_tissue_map
     tissue, affine = default_tissue_map(device=args.device, with_affine=True)
     config = GeneratorConfig(crop=tuple(args.crop), target=args.target)
     source = _lesion_source(args.lesions, tissue, affine)
