@@ -121,6 +121,8 @@ def summarise(per_mask: list[dict]) -> dict:
         "component_count_pmf_1_to_10plus": pmf,
         "component_count_quantiles": q(counts.astype(float)),
         "largest_component_share_quantiles": q(largest_share),
+        "largest_component_share_multifocal_deciles": np.quantile(largest_share[counts > 1], np.linspace(0, 1, 11)
+                                                                  ).round(4).tolist() if (counts > 1).any() else [],
         "satellite_relative_volume_quantiles": q(sat_rel),
         "satellite_distance_mm_quantiles": q(sat_dist),
         "hemisphere": {

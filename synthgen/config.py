@@ -268,24 +268,28 @@ class SoftCPConfig:
 @dataclass
 class ProceduralLesionConfig:
     """Procedural ischaemic stroke masks (beyond the paper), calibrated on SOOP (see the section comment)."""
-    volume_quantiles_ml: tuple = (0.004, 0.079, 0.55, 1.17, 2.08, 3.49, 5.09, 7.09, 9.36, 12.7, 12.7,
-                                  17.0, 22.2, 29.7, 39.4, 52.0, 69.6, 94.0, 123.0, 185.0, 860.0)
+    volume_quantiles_ml: tuple = (0.004, 0.299, 0.551, 0.949, 1.36, 2.01, 2.99, 4.20, 5.81, 8.67, 12.7,
+                                  17.4, 23.8, 30.9, 39.9, 51.9, 68.8, 93.1, 122.7, 196.9, 860.2)
                                     # mL, total lesion volume at quantiles 0, 5, ..., 100 %; SOOP
     max_volume_ml: float = 300.0    # mL, draws above are clipped; ~5 % of SOOP masks exceed 200 mL
-    component_count_pmf: tuple = (0.318, 0.2, 0.12, 0.08, 0.06, 0.04, 0.03, 0.025, 0.02, 0.107)
+    component_count_pmf: tuple = (0.318, 0.191, 0.109, 0.084, 0.046, 0.052, 0.033, 0.031, 0.030, 0.106)
                                     # P(1), ..., P(9), P(>= 10) components (26-connectivity); SOOP
-    component_count_max: int = 30   # components drawn uniformly in [10, max] for the ">= 10" bucket; SOOP
-    largest_component_share_quantiles: tuple = (0.2, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.95, 0.97)
+    component_count_max: int = 20   # components drawn uniformly in [10, max] for the ">= 10" bucket; SOOP
+                                    # p95 is 14 components (max 96: specks of spatial normalisation)
+    largest_component_share_quantiles: tuple = (0.147, 0.46, 0.56, 0.65, 0.77, 0.855, 0.915, 0.958, 0.985,
+                                                0.996, 0.999)
                                     # share of the volume in the largest component of a multifocal lesion at
-                                    # quantiles 0, 10, ..., 100 %; SOOP
-    satellite_distance_mm: float = 20.0   # mm, std of the Gaussian offset of satellite centres from the
-                                          # main component's; SOOP median satellite distance
-    left_probability: float = 0.5   # share of lesions mostly in the left hemisphere; SOOP
-    bilateral_probability: float = 0.1    # share of multifocal lesions with a component in the other
-                                          # hemisphere; SOOP (>= 5 % of the volume on the minority side)
+                                    # deciles 0..100 %; SOOP (satellites are small: median 0.6 % of the volume)
+    satellite_distance_mm: float = 34.0   # mm, std of the isotropic Gaussian offset of satellite centres from
+                                          # the main component's: median distance 1.54 x 34 = 53 mm; SOOP
+    left_probability: float = 0.5   # share of lesions mostly in the left hemisphere; SOOP 0.498
+    bilateral_probability: float = 0.31   # share of multifocal lesions with a component in the other
+                                          # hemisphere; SOOP: 21 % of all (68 % multifocal) lesions hold
+                                          # >= 5 % of their volume on the minority side
     cross_midline: bool = False     # components may spill over the midline (world x = 0)
     territory_names: tuple = ("aca", "mca", "pca", "deep", "vb")   # JHU arterial atlas groups (calibrate script)
-    territory_probabilities: tuple = (0.05, 0.55, 0.12, 0.18, 0.10)  # dominant territory shares; SOOP
+    territory_probabilities: tuple = (0.067, 0.530, 0.082, 0.186, 0.135)  # territory holding most of the
+                                    # lesion; SOOP (0.5 % outside the atlas or in a ventricle left out)
     territory_mean_mm: tuple = ((12.0, 3.5, 34.0), (43.3, -13.1, 13.6), (21.7, -70.8, 3.2), (17.7, -9.9, 3.8),
                                 (20.8, -58.7, -32.8))
                                     # MNI mm (|x|, y, z) centroid of each territory; JHU atlas
