@@ -1,0 +1,220 @@
+"""Fused, batched generation on the GPU: the reference pipeline of :mod:`synthgen.generator` in few passes.
+
+Passes over the batch (each a kernel with the batch in its launch grid, per-sample parameters from small device
+tensors): [texture: Philox normals + 3 blur passes] -> fused warp/sample/GMM/bias/target -> min/max -> per
+axis: motion blur (gamma folded into the first pass), slice-profile blur, thick-slice resample -> noise ->
+smoothing -> min/max -> 2-level histogram quantiles -> clip/strip statistics -> one final pass (clip, skull-strip,
+flip, z-normalise, output dtype, binary target). Axis passes run only when some sample in the batch needs them.
+
+Same parameters and the same texture/noise volumes give the reference's output to float tolerance; the
+percentile clip uses histogram quantiles (error bound in :mod:`synthgen.kernels.triton_reduce`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import torch
+
+from .config import GeneratorConfig
+from .ops.blur import gaussian_kernel1d
+from .sampling import SampleParams
+
+# "cuda" swaps in the CUDA C++ warp (csrc/synth_warp.cu); the other passes are Triton in both backends
+AVAILABLE = ("torch", "triton", "cuda") if importlib.util.find_spec("triton") else ("torch",)
+OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernel_table(fwhms, device, active=None):
+    """Per-sample Gaussian taps ``(B, kmax)`` float32 (zero-padded), radii ``(B,)`` int32 and the max radius."""
+    ks = []
+    for i, f in enumerate(fwhms):
+        on = active is None or active[i]
+        ks.append(gaussian_kernel1d(float(f)) if on else torch.ones(1))
+    kmax = max(k.numel() for k in ks)
+    table = torch.zeros(len(ks), kmax)
+    for i, k in enumerate(ks):
+        table[i, :k.numel()] = k
+    radius = torch.tensor([k.numel() // 2 for k in ks], dtype=torch.int32)
+    return table.to(device), radius.to(device), kmax // 2
+
+
+def _blur3(x, tmp, fwhm_rows, device, blur_axis, gamma=None):
+    """Blur ``x`` along the three axes with per-sample FWHM rows (B, 3); returns the buffer holding the result."""
+    for axis in range(3):
+        table, radius, rmax = _kernel_table(fwhm_rows[:, axis].tolist(), device)
+        if rmax == 0 and gamma is None:
+            continue
+        blur_axis(x, tmp, table, radius, axis, gamma)
+        x, tmp, gamma = tmp, x, None
+    return x, tmp
+
+
+def hist_quantiles(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qs, levels: int = 2) -> torch.Tensor:
+    """Per-sample quantiles ``(B, len(qs))`` of ``x`` ``(B, ...)`` from histograms (torch.quantile's definition).
+
+    Args:
+        lo, hi: ``(B,)`` per-sample min and max of ``x``.
+        levels: 1 (error <= (max - min) / 4096) or 2 (error <= 4 (max - min) / 4096**2).
+    """
+    from .kernels import triton_reduce as tr
+    B, N, NB = x.shape[0], x[0].numel(), tr.NBINS
+    span = (hi - lo).double()
+    scale = torch.where(span > 0, NB / span.clamp(min=1e-300), torch.zeros_like(span)).float()
+    ranks, weights = [], []
+    for q in qs:
+        pos = float(q) * (N - 1)
+        k0 = math.floor(pos)
+        ranks += [k0, min(k0 + 1, N - 1)]
+        weights.append(pos - k0)
+    ranks_t = torch.tensor(ranks, device=x.device, dtype=torch.int64).expand(B, -1).contiguous()
+    h1 = tr.histogram(x, lo, scale).long()
+    c1 = h1.cumsum(1)
+    bin1 = torch.searchsorted(c1, ranks_t, right=True).clamp(max=NB - 1)
+    below = c1.gather(1, bin1) - h1.gather(1, bin1)
+    if levels == 1:
+        pos_in_bin = bin1.double() + (ranks_t - below + 0.5).double() / h1.gather(1, bin1).clamp(min=1).double()
+    else:
+        h2 = tr.histogram(x, lo, scale, select=bin1.int().contiguous()).long()
+        c2 = h2.cumsum(2)
+        r2 = (ranks_t - below).unsqueeze(-1)
+        sub = torch.searchsorted(c2, r2, right=True).clamp(max=NB - 1)
+        below2 = c2.gather(2, sub) - h2.gather(2, sub)
+        frac = (r2 - below2 + 0.5).double() / h2.gather(2, sub).clamp(min=1).double()
+        pos_in_bin = bin1.double() + (sub.double() + frac).squeeze(-1) / NB
+    vals = lo.double().unsqueeze(1) + pos_in_bin * (span / NB).unsqueeze(1)
+    vals = torch.minimum(torch.maximum(vals, lo.double().unsqueeze(1)), hi.double().unsqueeze(1))
+    w = torch.tensor(weights, device=x.device, dtype=torch.float64)
+    return (vals[:, 0::2] * (1 - w) + vals[:, 1::2] * w).float()
+
+
+def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels, out_dtype):
+    if not isinstance(config, GeneratorConfig):
+        raise TypeError(f"`config` must be a GeneratorConfig, got {type(config).__name__}")
+    if not isinstance(params, SampleParams):
+        raise TypeError(f"`params` must be SampleParams, got {type(params).__name__}")
+    if backend not in ("triton", "cuda"):
+        raise ValueError(f"`backend` must be 'triton' or 'cuda', got {backend!r}")
+    if clip_levels not in (1, 2):
+        raise ValueError(f"`clip_levels` must be 1 or 2, got {clip_levels!r}")
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"`out_dtype` must be one of {OUT_DTYPES}, got {out_dtype}")
+    B, crop = len(params), tuple(int(c) for c in config.crop)
+    if tissue.ndim != 5 or tissue.shape[0] not in (1, B):
+        raise ValueError(f"`tissue` must be (1 or {B}, C, X, Y, Z), got shape {tuple(tissue.shape)}")
+    if texture is not None and texture.numel() != B * math.prod(crop):
+        raise ValueError(f"`texture` must be ({B}, 1, *{crop}), got shape {tuple(texture.shape)}")
+    if noise is not None and (len(noise) != 2 or any(n.numel() != B * math.prod(crop) for n in noise)):
+        raise ValueError(f"`noise` must be two ({B}, 1, *{crop}) standard-normal volumes")
+    if lesion is not None and (len(lesion) != 2 or lesion[0].shape[2:] != tissue.shape[2:]):
+        raise ValueError(f"`lesion` must be (intensity_weight, label_weight) on the tissue grid "
+                         f"{tuple(tissue.shape[2:])}")
+
+
+@torch.no_grad()
+def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleParams, lesion=None,
+                  backend: str = "triton", *, texture: torch.Tensor | None = None, noise=None,
+                  clip_levels: int = 2, out_dtype: torch.dtype = torch.float32):
+    """The generator's batch through the fast kernels.
+
+    Args:
+        config: validated generator config (crop, clip, noise kind, lesion threshold, target).
+        tissue: ``(1 | B, 1, X, Y, Z)`` integer labels or ``(1 | B, K, X, Y, Z)`` float probabilities.
+        params: the batch's :class:`SampleParams` (CPU or device).
+        lesion: ``(intensity_weight, label_weight)``, each ``(B, 1, X, Y, Z)``, or None.
+        backend: "triton", or "cuda" (CUDA C++ warp, Triton elsewhere).
+        texture: unit-variance within-class texture ``(B, 1, *crop)`` to use instead of drawing it (tests).
+        noise: two standard-normal volumes ``(B, 1, *crop)`` to use instead of Philox (tests).
+        clip_levels: histogram levels of the percentile clip (see :func:`hist_quantiles`).
+        out_dtype: image dtype (float32, float16, bfloat16); the target stays uint8.
+
+    Returns:
+        ``image`` ``(B, 1, *crop)`` and ``target`` ``(B, *crop)`` uint8, as :class:`SynthGenerator`.
+
+    Raises:
+        TypeError / ValueError: bad argument types, shapes, backend, clip levels or dtype.
+    """
+    _check(config, tissue, params, lesion, backend, texture, noise, clip_levels, out_dtype)
+    from .kernels import triton_blur, triton_noise, triton_reduce
+    dev = tissue.device
+    B, crop = len(params), tuple(int(c) for c in config.crop)
+    pc = params.to("cpu")                       # host copies for kernel tables and launch decisions
+    p = params.to(dev)
+    f32 = dict(device=dev, dtype=torch.float32)
+
+    labels = not tissue.is_floating_point()
+    tis = tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue
+    tis = (tis.to(torch.uint8) if labels else tis.to(torch.float32)).contiguous()
+    tis_bstride = 0 if tis.shape[0] == 1 else tis[0].numel()
+    les, les_bstride = None, 0
+    if lesion is not None:
+        les = torch.cat([lesion[0], lesion[1]], 1).to(**f32).contiguous()
+        les_bstride = 0 if les.shape[0] == 1 else les[0].numel()
+
+    a = torch.empty(B, *crop, **f32)
+    tmp = torch.empty_like(a)
+    if texture is not None:
+        tex = texture.reshape(B, *crop).to(**f32).contiguous()
+        tscale = torch.ones(B, **f32)
+        image, spare = a, tmp
+    else:
+        triton_noise.randn(a, p.noise_key.contiguous(), 0)
+        fw = pc.gmm_fwhm.reshape(B, 1).expand(B, 3)
+        tex, tmp = _blur3(a, tmp, fw, dev, triton_blur.blur_axis)
+        tscale = torch.tensor([1.0 / float(gaussian_kernel1d(float(f), dtype=torch.float64).pow(2).sum().sqrt() ** 3)
+                               for f in pc.gmm_fwhm], **f32)
+        image, spare = tmp, tex                 # the texture buffer is free once the warp has read it
+    target = torch.empty(B, *crop, device=dev, dtype=torch.uint8)
+    flip = p.flip.to(torch.uint8).contiguous()
+    warp_args = (tis, tis_bstride, les, les_bstride, config.lesion_threshold,
+                 p.matrix.to(**f32).reshape(B, 9).contiguous(), p.center.to(**f32).contiguous(),
+                 p.elastic.to(**f32).contiguous(), p.bias.to(**f32).contiguous(),
+                 p.gmm_mu.to(**f32).contiguous(), p.gmm_sigma.to(**f32).contiguous(), tex, tscale, flip, crop,
+                 image, target)
+    if backend == "cuda":
+        from .kernels import cuda_loader
+        cuda_loader.warp_sample(*warp_args)
+    else:
+        from .kernels import triton_warp
+        triton_warp.warp_sample(*warp_args)
+    x, y = image, spare
+
+    lo, hi = triton_reduce.minmax(x)
+    span = (hi - lo).clamp(min=1e-6)
+    gamma = torch.stack([lo, span, p.gamma.to(**f32)], 1).contiguous()
+    for axis in range(3):
+        table, radius, rmax = _kernel_table(pc.motion_fwhm[:, axis].tolist(), dev)
+        if rmax > 0 or gamma is not None:
+            triton_blur.blur_axis(x, y, table, radius, axis, gamma)
+            x, y, gamma = y, x, None
+        r = pc.spacing[:, axis]
+        if bool((r > 1).any()):
+            table, radius, _ = _kernel_table(r.tolist(), dev, active=(r > 1).tolist())
+            triton_blur.blur_axis(x, y, table, radius, axis)
+            n = crop[axis]
+            n_low = torch.tensor([len(torch.arange(0, n - 1 + 1e-6, float(ri), dtype=torch.float64))
+                                  for ri in r.tolist()], dtype=torch.int32, device=dev)
+            triton_blur.resample_axis(y, x, r.to(**f32).contiguous(), n_low, axis)
+
+    normals = None if noise is None else tuple(v.reshape(B, *crop).to(**f32).contiguous() for v in noise)
+    triton_noise.add_noise(x, y, p.noise_std.to(**f32).contiguous(), p.noise_key.contiguous(), normals,
+                           rician=config.noise.kind == "rician")
+    x, y = y, x
+    smooth = pc.smooth_fwhm.reshape(B, 1).expand(B, 3)
+    x, y = _blur3(x, y, smooth, dev, triton_blur.blur_axis)
+
+    lo, hi = triton_reduce.minmax(x)
+    q = hist_quantiles(x, lo, hi, config.clip, clip_levels).contiguous()
+    strip = p.skull_strip.to(torch.uint8).contiguous()
+    psum, pm2 = triton_reduce.clip_strip_stats(x, target, q, strip, flip, crop)
+    N = math.prod(crop)
+    counts = torch.full((psum.shape[1],), float(triton_reduce.BLOCK), device=dev, dtype=torch.float64)
+    counts[-1] = N - triton_reduce.BLOCK * (psum.shape[1] - 1)
+    psum, pm2 = psum.double(), pm2.double()
+    mean = psum.sum(1) / N
+    m2 = pm2.sum(1) + (counts * (psum / counts - mean[:, None]) ** 2).sum(1)
+    std = (m2 / N).sqrt()
+    ms = torch.stack([mean, 1.0 / std.clamp(min=1e-6)], 1).float().contiguous()
+    out = torch.empty(B, 1, *crop, device=dev, dtype=out_dtype)
+    triton_reduce.finalise(x, target, out, q, strip, flip, ms, crop, config.target == "lesion")
+    return out, target

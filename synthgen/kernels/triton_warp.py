@@ -1,0 +1,248 @@
+"""Fused warp + sampling + GMM + bias (Triton): one pass from coarse grids and the tissue map to image and target.
+
+Per output voxel ``x`` (batch index from the launch grid, parameters read from small per-sample tensors):
+
+    c      = M (x - (S - 1) / 2) + center + sum_{64 taps} beta3 beta3 beta3 * elastic      (input voxels)
+    p      = nearest(labels, c) one-hot | trilinear(probs, c) with the outside mass added to background
+    I      = sum_k p_k (mu_k + sigma_k t)          t = texture * tex_scale (unit-variance texture)
+    I      = I (1 - w) + (mu_L + sigma_L t) w      w = clamp(trilinear(lesion_int, c), 0, 1)
+    I      = I * exp(sum_{64 taps} beta3 beta3 beta3 * bias)
+    target = class(argmax p) (5 where trilinear(lesion_lab, c) > threshold), written at the flipped voxel
+
+The B-spline taps follow :mod:`synthgen.fields` (control point 0 on voxel 0, n-1 on voxel N-1, no prefilter,
+half-sample-symmetric mirror), evaluated from the coarse coefficients instead of a dense field.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+BLOCK = 256
+
+
+@triton.jit
+def _mirror(i, n):
+    # dct2 boundary; taps only reach -1 .. n + 1, so one reflection per side is enough
+    i = tl.where(i < 0, -i - 1, i)
+    i = tl.where(i >= n, 2 * n - 1 - i, i)
+    return tl.where(n == 1, 0 * i, i)
+
+
+@triton.jit
+def _bspline_taps(x, scale, n):
+    """Cubic B-spline weights and mirrored control indices of dense coordinate ``x`` (scale = (n-1)/(N-1))."""
+    xc = x * scale
+    base = tl.floor(xc)
+    f = xc - base
+    g = 1.0 - f
+    w0 = g * g * g * (1.0 / 6.0)
+    w1 = 2.0 / 3.0 - f * f + 0.5 * f * f * f
+    w2 = 2.0 / 3.0 - g * g + 0.5 * g * g * g
+    w3 = f * f * f * (1.0 / 6.0)
+    bi = base.to(tl.int32)
+    return (w0, w1, w2, w3), (_mirror(bi - 1, n), _mirror(bi, n), _mirror(bi + 1, n), _mirror(bi + 2, n))
+
+
+@triton.jit
+def _corner(cx, cy, cz, X, Y, Z, dx: tl.constexpr, dy: tl.constexpr, dz: tl.constexpr, mask):
+    """Offset, weight and in-bounds mask of one trilinear corner (zero padding)."""
+    x0 = tl.floor(cx)
+    y0 = tl.floor(cy)
+    z0 = tl.floor(cz)
+    fx = cx - x0
+    fy = cy - y0
+    fz = cz - z0
+    ix = x0.to(tl.int32) + dx
+    iy = y0.to(tl.int32) + dy
+    iz = z0.to(tl.int32) + dz
+    wx = fx if dx == 1 else 1.0 - fx
+    wy = fy if dy == 1 else 1.0 - fy
+    wz = fz if dz == 1 else 1.0 - fz
+    inb = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z) & mask
+    return (ix * Y + iy) * Z + iz, wx * wy * wz, inb
+
+
+@triton.jit
+def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
+                 les_ptr, les_bstride, threshold,
+                 mat_ptr, ctr_ptr,
+                 el_ptr, n1, n2, n3, es1, es2, es3,
+                 bias_ptr, m1, m2, m3, bs1, bs2, bs3,
+                 mu_ptr, sig_ptr, L,
+                 tex_ptr, tscale_ptr, flip_ptr,
+                 D, H, W,
+                 img_ptr, tgt_ptr,
+                 K: tl.constexpr, LABELS: tl.constexpr, LESION: tl.constexpr, BIAS: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    N = D * H * W
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    o = tl.minimum(offs, N - 1)            # masked lanes still index inside every table
+    d = o // (H * W)
+    h = (o // W) % H
+    w = o % W
+    fd = d.to(tl.float32)
+    fh = h.to(tl.float32)
+    fw = w.to(tl.float32)
+    od = fd - (D - 1) * 0.5
+    oh = fh - (H - 1) * 0.5
+    ow = fw - (W - 1) * 0.5
+    mb = mat_ptr + b * 9
+    cb = ctr_ptr + b * 3
+    cx = tl.load(mb + 0) * od + tl.load(mb + 1) * oh + tl.load(mb + 2) * ow + tl.load(cb + 0)
+    cy = tl.load(mb + 3) * od + tl.load(mb + 4) * oh + tl.load(mb + 5) * ow + tl.load(cb + 1)
+    cz = tl.load(mb + 6) * od + tl.load(mb + 7) * oh + tl.load(mb + 8) * ow + tl.load(cb + 2)
+
+    # elastic displacement: 64 taps of the coarse grid, 3 components
+    wa, ia = _bspline_taps(fd, es1, n1)
+    wb, ib = _bspline_taps(fh, es2, n2)
+    wc, ic = _bspline_taps(fw, es3, n3)
+    nn = n1 * n2 * n3
+    eb = el_ptr + b * 3 * nn
+    ux = tl.zeros([BLOCK], tl.float32)
+    uy = tl.zeros([BLOCK], tl.float32)
+    uz = tl.zeros([BLOCK], tl.float32)
+    for i in tl.static_range(4):
+        for j in tl.static_range(4):
+            wij = wa[i] * wb[j]
+            row = (ia[i] * n2 + ib[j]) * n3
+            for k in tl.static_range(4):
+                wt = wij * wc[k]
+                off = row + ic[k]
+                ux += wt * tl.load(eb + off)
+                uy += wt * tl.load(eb + nn + off)
+                uz += wt * tl.load(eb + 2 * nn + off)
+    cx += ux
+    cy += uy
+    cz += uz
+
+    tb = tis_ptr + b.to(tl.int64) * tis_bstride
+    mub = mu_ptr + b * L
+    sgb = sig_ptr + b * L
+    if LABELS:
+        ix = tl.floor(cx + 0.5).to(tl.int32)
+        iy = tl.floor(cy + 0.5).to(tl.int32)
+        iz = tl.floor(cz + 0.5).to(tl.int32)
+        inb = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z) & mask
+        lab = tl.load(tb + (ix * Y + iy) * Z + iz, mask=inb, other=0).to(tl.int32)
+        mean = tl.load(mub + lab, mask=mask, other=0.0)
+        std = tl.load(sgb + lab, mask=mask, other=0.0)
+        cls = tl.where(lab < 5, lab, 0)
+    else:
+        XYZ = X * Y * Z
+        o000, w000, m000 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 0, mask)
+        o001, w001, m001 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 1, mask)
+        o010, w010, m010 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 0, mask)
+        o011, w011, m011 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 1, mask)
+        o100, w100, m100 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 0, mask)
+        o101, w101, m101 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 1, mask)
+        o110, w110, m110 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 0, mask)
+        o111, w111, m111 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 1, mask)
+        p0 = tl.zeros([BLOCK], tl.float32)
+        total = tl.zeros([BLOCK], tl.float32)
+        mean = tl.zeros([BLOCK], tl.float32)
+        std = tl.zeros([BLOCK], tl.float32)
+        best = tl.full([BLOCK], -1.0, tl.float32)
+        cls = tl.zeros([BLOCK], tl.int32)
+        for k in tl.static_range(K):
+            ck = tb + k * XYZ
+            pk = (w000 * tl.load(ck + o000, mask=m000, other=0.0).to(tl.float32)
+                  + w001 * tl.load(ck + o001, mask=m001, other=0.0).to(tl.float32)
+                  + w010 * tl.load(ck + o010, mask=m010, other=0.0).to(tl.float32)
+                  + w011 * tl.load(ck + o011, mask=m011, other=0.0).to(tl.float32)
+                  + w100 * tl.load(ck + o100, mask=m100, other=0.0).to(tl.float32)
+                  + w101 * tl.load(ck + o101, mask=m101, other=0.0).to(tl.float32)
+                  + w110 * tl.load(ck + o110, mask=m110, other=0.0).to(tl.float32)
+                  + w111 * tl.load(ck + o111, mask=m111, other=0.0).to(tl.float32))
+            total += pk
+            if k == 0:
+                p0 = pk
+            else:
+                mean += pk * tl.load(mub + k)
+                std += pk * tl.load(sgb + k)
+                better = pk > best                      # strict: the first maximum wins, as torch.argmax
+                cls = tl.where(better, k, cls)
+                best = tl.where(better, pk, best)
+        p0 = p0 + tl.maximum(1.0 - total, 0.0)          # outside the map is background
+        mean += p0 * tl.load(mub)
+        std += p0 * tl.load(sgb)
+        cls = tl.where(p0 >= best, 0, cls)
+        cls = tl.where(cls < 5, cls, 0)
+
+    t = tl.load(tex_ptr + b.to(tl.int64) * N + o, mask=mask, other=0.0) * tl.load(tscale_ptr + b)
+    img = mean + std * t
+    if LESION:
+        lb = les_ptr + b.to(tl.int64) * les_bstride
+        XYZl = X * Y * Z
+        o000, w000, m000 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 0, mask)
+        o001, w001, m001 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 1, mask)
+        o010, w010, m010 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 0, mask)
+        o011, w011, m011 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 1, mask)
+        o100, w100, m100 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 0, mask)
+        o101, w101, m101 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 1, mask)
+        o110, w110, m110 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 0, mask)
+        o111, w111, m111 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 1, mask)
+        wi = (w000 * tl.load(lb + o000, mask=m000, other=0.0) + w001 * tl.load(lb + o001, mask=m001, other=0.0)
+              + w010 * tl.load(lb + o010, mask=m010, other=0.0) + w011 * tl.load(lb + o011, mask=m011, other=0.0)
+              + w100 * tl.load(lb + o100, mask=m100, other=0.0) + w101 * tl.load(lb + o101, mask=m101, other=0.0)
+              + w110 * tl.load(lb + o110, mask=m110, other=0.0) + w111 * tl.load(lb + o111, mask=m111, other=0.0))
+        ll = lb + XYZl
+        wl = (w000 * tl.load(ll + o000, mask=m000, other=0.0) + w001 * tl.load(ll + o001, mask=m001, other=0.0)
+              + w010 * tl.load(ll + o010, mask=m010, other=0.0) + w011 * tl.load(ll + o011, mask=m011, other=0.0)
+              + w100 * tl.load(ll + o100, mask=m100, other=0.0) + w101 * tl.load(ll + o101, mask=m101, other=0.0)
+              + w110 * tl.load(ll + o110, mask=m110, other=0.0) + w111 * tl.load(ll + o111, mask=m111, other=0.0))
+        wi = tl.minimum(tl.maximum(wi, 0.0), 1.0)
+        les = tl.load(mub + L - 1) + tl.load(sgb + L - 1) * t
+        img = img * (1.0 - wi) + les * wi
+        cls = tl.where(wl > threshold, 5, cls)
+
+    if BIAS:
+        wa, ia = _bspline_taps(fd, bs1, m1)
+        wb, ib = _bspline_taps(fh, bs2, m2)
+        wc, ic = _bspline_taps(fw, bs3, m3)
+        bb = bias_ptr + b * (m1 * m2 * m3)
+        field = tl.zeros([BLOCK], tl.float32)
+        for i in tl.static_range(4):
+            for j in tl.static_range(4):
+                wij = wa[i] * wb[j]
+                row = (ia[i] * m2 + ib[j]) * m3
+                for k in tl.static_range(4):
+                    field += wij * wc[k] * tl.load(bb + row + ic[k])
+        img = img * tl.exp(field)
+
+    tl.store(img_ptr + b.to(tl.int64) * N + o, img, mask=mask)
+    fb = flip_ptr + b * 3
+    td = tl.where(tl.load(fb) != 0, D - 1 - d, d)
+    th = tl.where(tl.load(fb + 1) != 0, H - 1 - h, h)
+    tw = tl.where(tl.load(fb + 2) != 0, W - 1 - w, w)
+    tl.store(tgt_ptr + b.to(tl.int64) * N + (td * H + th) * W + tw, cls.to(tl.uint8), mask=mask)
+
+
+def spline_scale(n_ctrl: int, n_out: int) -> float:
+    """Control-grid units per dense voxel, as in :func:`synthgen.fields.bspline_matrix`."""
+    return (n_ctrl - 1) / (n_out - 1) if n_out > 1 else 0.0
+
+
+def warp_sample(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matrix, center, elastic, bias,
+                mu, sigma, texture, tex_scale, flip, crop, image, target):
+    """Launch the fused warp over a batch (all tensors prepared by :mod:`synthgen.fast`)."""
+    B = image.shape[0]
+    D, H, W = crop
+    labels = not tissue.is_floating_point()
+    n1, n2, n3 = elastic.shape[2:]
+    m1, m2, m3 = bias.shape[2:] if bias is not None else (1, 1, 1)
+    grid = (triton.cdiv(D * H * W, BLOCK), B)
+    _warp_kernel[grid](
+        tissue, tissue_bstride, *tissue.shape[2:],
+        lesion if lesion is not None else image, lesion_bstride, float(threshold),
+        matrix, center,
+        elastic, n1, n2, n3, spline_scale(n1, D), spline_scale(n2, H), spline_scale(n3, W),
+        bias if bias is not None else elastic, m1, m2, m3,
+        spline_scale(m1, D), spline_scale(m2, H), spline_scale(m3, W),
+        mu, sigma, mu.shape[1],
+        texture, tex_scale, flip,
+        D, H, W, image, target,
+        K=1 if labels else tissue.shape[1], LABELS=labels, LESION=lesion is not None, BIAS=bias is not None,
+        BLOCK=BLOCK)
