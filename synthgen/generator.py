@@ -12,7 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
-from . import ops
+from . import fast, ops
+from .backend import select_backend
 from .config import LESION_CLASS, GeneratorConfig
 from .sampling import MAX_TISSUE_CHANNELS, SampleParams, generator_for, sample_params
 
@@ -117,6 +118,10 @@ class SynthGenerator:
 
         with self._stage("lesion", dev):
             lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key]) if self.lesions else None
+        backend = select_backend(dev, available=fast.AVAILABLE)
+        if backend != "torch":      # fused kernels (synthgen.fast); same parameters, same maths
+            image, target = fast.generate_fast(cfg, tissue, params, lesion, backend)
+            return (image, target, params) if return_params else (image, target)
         with self._stage("warp", dev):
             coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
             if tissue.is_floating_point():
