@@ -1,0 +1,25 @@
+// Host build of the CUDA kernels: the same source compiles as plain C++, with the launch grid replaced by a loop
+// (no shared memory, no __syncthreads: every kernel here is one independent thread per voxel).
+#pragma once
+#include <math.h>
+
+struct sg_dim3 { unsigned x, y, z; };
+static thread_local sg_dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+
+// run kernel(args...) for every (block, thread) of a 2D grid of 1D blocks
+template <class... P, class... A>
+void sg_launch(void (*kernel)(P...), unsigned gx, unsigned gy, unsigned bx, A... args) {
+    gridDim = {gx, gy, 1};
+    blockDim = {bx, 1, 1};
+    for (unsigned y = 0; y < gy; ++y)
+        for (unsigned x = 0; x < gx; ++x)
+            for (unsigned t = 0; t < bx; ++t) {
+                blockIdx = {x, y, 0};
+                threadIdx = {t, 0, 0};
+                kernel(args...);
+            }
+}

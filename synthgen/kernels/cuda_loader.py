@@ -1,0 +1,70 @@
+"""CUDA C++ kernels (``csrc/*.cu``) compiled at run time with CuPy (NVRTC); the only module that imports CuPy.
+
+Nothing is compiled at install: the first launch reads ``csrc/synth_warp.cu`` and builds it for the current
+device (cached by CuPy). The same source builds as host C++ (``csrc/host_shim.cpp``) so tests run its logic on CPU
+through :func:`warp_args` + ctypes.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+WARP_SOURCE = CSRC / "synth_warp.cu"
+THREADS = 256
+
+
+def spline_scale(n_ctrl: int, n_out: int) -> float:
+    """Control-grid units per dense voxel, as in :func:`synthgen.fields.bspline_matrix`."""
+    return (n_ctrl - 1) / (n_out - 1) if n_out > 1 else 0.0
+
+
+def warp_args(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matrix, center, elastic, bias, mu, sigma,
+              texture, tex_scale, flip, crop, image, target):
+    """Arguments of ``synth_warp_kernel`` as ``(kind, value)``: kind "p" pointer, "i" int32, "q" int64, "f" float32.
+
+    Tensors as prepared by :func:`synthgen.fast.generate_fast` (float32 / uint8, contiguous); ``tissue`` uint8
+    labels or float32 probabilities.
+    """
+    D, H, W = crop
+    labels = not tissue.is_floating_point()
+    n1, n2, n3 = elastic.shape[2:]
+    m1, m2, m3 = bias.shape[2:]
+    ptr = lambda t: ("p", t.data_ptr() if t is not None else 0)   # noqa: E731
+    return [ptr(tissue if labels else None), ptr(None if labels else tissue), ("i", 1 if labels else tissue.shape[1]),
+            ("q", tissue_bstride), *[("i", s) for s in tissue.shape[2:]],
+            ptr(lesion), ("q", lesion_bstride), ("f", threshold), ptr(matrix), ptr(center),
+            ptr(elastic), ("i", n1), ("i", n2), ("i", n3),
+            ("f", spline_scale(n1, D)), ("f", spline_scale(n2, H)), ("f", spline_scale(n3, W)),
+            ptr(bias), ("i", m1), ("i", m2), ("i", m3),
+            ("f", spline_scale(m1, D)), ("f", spline_scale(m2, H)), ("f", spline_scale(m3, W)),
+            ptr(mu), ptr(sigma), ("i", mu.shape[1]), ptr(texture), ptr(tex_scale), ptr(flip),
+            ("i", D), ("i", H), ("i", W), ptr(image), ptr(target)]
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str):
+    try:
+        import cupy
+    except ImportError as err:
+        raise RuntimeError("the cuda backend needs CuPy (pip install cupy-cuda12x or cupy-cuda13x); "
+                           "or set SYNTHGEN_BACKEND=triton") from err
+    if not WARP_SOURCE.is_file():
+        raise FileNotFoundError(f"CUDA source {WARP_SOURCE} is missing (the cuda backend runs from a source tree)")
+    module = cupy.RawModule(code=WARP_SOURCE.read_text(), options=("-std=c++17",))
+    return module.get_function(name)
+
+
+def warp_sample(*args):
+    """Launch ``synth_warp_kernel`` on the current torch CUDA stream (arguments as :func:`warp_args`)."""
+    import numpy as np
+    import torch
+    kernel = _kernel("synth_warp_kernel")
+    image = args[-2]
+    B, N = image.shape[0], image[0].numel()
+    cast = {"p": np.uint64, "i": np.int32, "q": np.int64, "f": np.float32}
+    values = tuple(cast[k](v) for k, v in warp_args(*args))
+    import cupy
+    with cupy.cuda.Device(image.device.index):
+        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(image.device).cuda_stream)
+        kernel(((N + THREADS - 1) // THREADS, B), (THREADS,), values, stream=stream)
