@@ -143,7 +143,7 @@ def test_dice_ce_loss_decreases_toward_the_target():
 def test_presets():
     assert paper_preset().steps == 600_000 and paper_preset().optim.grad_clip == 12.0
     assert paper_preset().model_kwargs()["channels"] == [32, 64, 128, 256, 320, 320]
-    assert quick_preset().validate().data.voxel_size == 2.0
+    assert quick_preset().validate().data.voxel_size == 3.0
     with pytest.raises(ValueError, match="`preset` must be one of"):
         preset("huge")
 
@@ -161,7 +161,7 @@ def test_presets():
     ("data.voxel_size", 0.0, "`data.voxel_size` must be > 0"),
     ("data.lesion.healthy_probability", 2.0, "`lesion.healthy_probability` must be"),
     ("baseline", True, "`baseline` trains on real scans only"),
-    ("generator.crop", (60, 64, 64), "multiples of the network stride 8"),
+    ("generator.crop", (44, 48, 48), "multiples of the network stride 8"),
 ])
 def test_config_errors(path, value, match):
     cfg = quick_preset()

@@ -407,7 +407,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
         bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
 
     def _write(msg: str) -> None:
-        (bar.write if bar is not None else print)(msg)
+        if bar is not None:
+            bar.write(msg)
+        else:
+            print(msg, flush=True)
 
     if not resume and step == 0:
         validate(0)
