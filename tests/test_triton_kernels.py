@@ -1,0 +1,221 @@
+"""Every Triton kernel against the reference ops, on CPU under TRITON_INTERPRET=1 (odd sizes, batch 2)."""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"          # before any triton kernel is defined
+
+import importlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+import synthgen  # noqa: E402
+from synthgen import fast, ops  # noqa: E402
+from synthgen.config import GeneratorConfig  # noqa: E402
+from synthgen.kernels import triton_blur, triton_noise, triton_reduce, triton_warp  # noqa: E402
+
+from conftest import phantom_labels  # noqa: E402
+from test_cuda_warp import CROP, make_case, prepared_args, reference_warp  # noqa: E402
+
+for _m in (triton_warp, triton_blur, triton_noise, triton_reduce):
+    _k = next(v for k, v in vars(_m).items() if k.endswith("_kernel"))
+    if not type(_k).__name__.startswith("Interpreted"):
+        importlib.reload(_m)                  # defined earlier without the interpreter: redefine
+
+SHAPE = (17, 12, 13)
+
+
+@pytest.mark.parametrize("kind, tissue_dtype", [("labels", None), ("labels", torch.int64), ("probs", None),
+                                                 ("probs", torch.float16), ("probs-lesion", None)])
+def test_warp_matches_reference(kind, tissue_dtype):
+    tissue, lesion, params, texture = make_case(kind)
+    if tissue_dtype is not None:
+        tissue = tissue.to(tissue_dtype)
+    args = list(prepared_args(tissue, lesion, params, texture))
+    if tissue_dtype == torch.float16:
+        args[0] = tissue.contiguous()                    # the kernel reads fp16 probabilities directly
+    triton_warp.warp_sample(*args)
+    ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture)
+    assert torch.equal(args[-1], ref_tgt)
+    torch.testing.assert_close(args[-2], ref_img, atol=2e-4, rtol=2e-6)
+
+
+def test_warp_reads_a_batch_of_maps_with_its_own_stride():
+    tissue, _, params, texture = make_case("labels")
+    both = torch.cat([tissue, torch.flip(tissue, [2])])              # two different maps
+    args = list(prepared_args(both, None, params, texture))
+    triton_warp.warp_sample(*args)
+    ref_img, ref_tgt = reference_warp(both, None, params, texture)
+    assert torch.equal(args[-1], ref_tgt)
+    torch.testing.assert_close(args[-2], ref_img, atol=2e-4, rtol=2e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_blur_axis_matches_reference_per_sample(axis):
+    g = torch.Generator().manual_seed(axis)
+    x = torch.randn(2, *SHAPE, generator=g) * 10 + 50
+    fwhm = torch.zeros(2, 3)
+    fwhm[0, axis], fwhm[1, axis] = 2.7, 0.9                           # different kernels in one launch
+    table, radius, _ = fast._kernel_table(fwhm[:, axis].tolist(), "cpu")
+    y = triton_blur.blur_axis(x, torch.empty_like(x), table, radius, axis)
+    ref = ops.gaussian_blur(x[:, None], fwhm)[:, 0]
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-6)
+
+
+def test_blur_applies_the_folded_gamma_on_every_tap():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, *SHAPE, generator=g) * 100
+    gamma_exp = torch.tensor([0.6, 1.8])
+    lo, hi = x.flatten(1).amin(1), x.flatten(1).amax(1)
+    gam = torch.stack([lo, (hi - lo).clamp(min=1e-6), gamma_exp], 1).contiguous()
+    fwhm = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    table, radius, _ = fast._kernel_table(fwhm[:, 1].tolist(), "cpu")
+    y = triton_blur.blur_axis(x, torch.empty_like(x), table, radius, 1, gam)
+    ref = ops.gaussian_blur(ops.gamma_transform(x[:, None], gamma_exp), fwhm)[:, 0]
+    torch.testing.assert_close(y, ref, atol=2e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_thick_slices_match_reference(axis):
+    g = torch.Generator().manual_seed(10 + axis)
+    x = torch.randn(2, *SHAPE, generator=g)
+    spacing = torch.ones(2, 3)
+    spacing[0, axis], spacing[1, axis] = 3.3, 1.0                     # sample 1 passes through
+    r = spacing[:, axis]
+    table, radius, _ = fast._kernel_table(r.tolist(), "cpu", active=(r > 1).tolist())
+    blurred = triton_blur.blur_axis(x, torch.empty_like(x), table, radius, axis)
+    n = SHAPE[axis]
+    n_low = torch.tensor([len(torch.arange(0, n - 1 + 1e-6, float(v), dtype=torch.float64)) for v in r],
+                         dtype=torch.int32)
+    y = triton_blur.resample_axis(blurred, torch.empty_like(x), r.contiguous(), n_low, axis)
+    ref = ops.thick_slices(x[:, None], spacing)[:, 0]
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(y[1], x[1])
+
+
+@pytest.mark.parametrize("rician", [True, False])
+def test_noise_from_given_normals_matches_reference(rician):
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, *SHAPE, generator=g) * 100
+    n1, n2 = torch.randn(2, *SHAPE, generator=g), torch.randn(2, *SHAPE, generator=g)
+    std = torch.tensor([3.0, 0.0])
+    y = triton_noise.add_noise(x, torch.empty_like(x), std, normals=(n1, n2), rician=rician)
+    s = std.view(-1, 1, 1, 1)
+    ref = torch.sqrt((x + n1 * s) ** 2 + (n2 * s) ** 2) if rician else x + n1 * s
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-6)
+
+
+def test_philox_noise_is_reproducible_and_seeded_per_sample():
+    x = torch.zeros(2, *SHAPE)
+    seeds = torch.tensor([123, 2 ** 61 + 7])
+    a = triton_noise.randn(torch.empty_like(x), seeds, 0)
+    b = triton_noise.randn(torch.empty_like(x), seeds, 0)
+    c = triton_noise.randn(torch.empty(1, *SHAPE), seeds[1:], 0)
+    d = triton_noise.randn(torch.empty_like(x), seeds, 1)
+    assert torch.equal(a, b)                                          # same seed -> same bytes
+    assert torch.equal(a[1], c[0])                                    # independent of the batch
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a, d)      # other seed / stream -> other noise
+
+
+def test_philox_texture_statistics():
+    """Blurred Philox texture: mean 0, variance 1 after the L2 scaling, lag-1 correlation of the kernel."""
+    shape = (40, 40, 40)
+    seeds = torch.tensor([1, 2])
+    z = triton_noise.randn(torch.empty(2, *shape), seeds, 0)
+    assert abs(float(z.mean())) < 4 / (z.numel() ** 0.5) and abs(float(z.var()) - 1) < 0.03
+    fw = torch.tensor([[1.5] * 3, [1.5] * 3])
+    t, _ = fast._blur3(z, torch.empty_like(z), fw, "cpu", triton_blur.blur_axis)
+    k = ops.gaussian_kernel1d(1.5, dtype=torch.float64)
+    t = t / float(k.pow(2).sum().sqrt() ** 3)
+    inner = t[:, 8:-8, 8:-8, 8:-8]                                    # away from replicate borders
+    rho = float((k[1:] * k[:-1]).sum() / k.pow(2).sum())              # expected lag-1 correlation per axis
+    # ~2 * 24^3 effective samples / kernel correlation volume: 5 sigma ~ 0.05
+    assert abs(float(inner.mean())) < 0.1 and abs(float(inner.var()) - 1) < 0.1
+    for dim in (1, 2, 3):
+        a, b = inner.narrow(dim, 0, inner.shape[dim] - 1), inner.narrow(dim, 1, inner.shape[dim] - 1)
+        lag1 = float(((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std()))
+        assert abs(lag1 - rho) < 0.05, (dim, lag1, rho)
+
+
+def test_minmax_and_histogram_quantiles_bound():
+    g = torch.Generator().manual_seed(8)
+    x = torch.cat([torch.randn(1, *SHAPE, generator=g) * 30 + 100,
+                   torch.rand(1, *SHAPE, generator=g) ** 4 * 1e3])      # skewed second sample
+    lo, hi = triton_reduce.minmax(x)
+    assert torch.equal(lo, x.flatten(1).amin(1)) and torch.equal(hi, x.flatten(1).amax(1))
+    qs = (0.0, 0.01, 0.5, 0.99, 1.0)
+    ref = ops.quantiles(x, qs)
+    span = (hi - lo).view(-1, 1)
+    q1 = fast.hist_quantiles(x, lo, hi, qs, levels=1)
+    q2 = fast.hist_quantiles(x, lo, hi, qs, levels=2)
+    assert ((q1 - ref).abs() <= span / 4096 * 1.001).all()
+    assert ((q2 - ref).abs() <= 4 * span / 4096 ** 2).all()
+
+
+def test_constant_image_quantiles_are_the_constant():
+    x = torch.full((2, *SHAPE), 7.5)
+    lo, hi = triton_reduce.minmax(x)
+    assert torch.equal(fast.hist_quantiles(x, lo, hi, (0.01, 0.99)), torch.full((2, 2), 7.5))
+
+
+@pytest.fixture(scope="module")
+def philox_sample():
+    cfg = GeneratorConfig(crop=CROP)
+    tissue, _, params, _ = make_case("labels")
+    return cfg, tissue, params, fast.generate_fast(cfg, tissue, params)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
+def test_mixed_precision_output(philox_sample, out_dtype):
+    cfg, tissue, params, (img32, t32) = philox_sample
+    img, t = fast.generate_fast(cfg, tissue, params, out_dtype=out_dtype)
+    assert img.dtype == out_dtype and t.dtype == torch.uint8 and torch.equal(t, t32)
+    # fp16: half an ulp (round to nearest); bf16: one ulp (the interpreter's cast truncates, the GPU's rounds)
+    tol = 2 ** -11 if out_dtype == torch.float16 else 2 ** -7
+    assert ((img.float() - img32).abs() <= tol * img32.abs() + 1e-7).all()
+
+
+def test_in_kernel_noise_path_is_reproducible_and_normalised(philox_sample):
+    cfg, tissue, params, (a, ta) = philox_sample
+    b, tb = fast.generate_fast(cfg, tissue, params)
+    assert torch.equal(a, b) and torch.equal(ta, tb)
+    mean, std = a.flatten(1).mean(1), a.flatten(1).std(1, unbiased=False)
+    torch.testing.assert_close(mean, torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(std, torch.ones(2), atol=1e-4, rtol=0)
+
+
+def test_generator_dispatches_to_the_fast_path(monkeypatch):
+    import synthgen.backend as backend
+    monkeypatch.setattr(backend, "backend_status", lambda device: {"torch": None, "triton": None, "cuda": None})
+    monkeypatch.setenv("SYNTHGEN_BACKEND", "triton")
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=CROP, target="lesion"))
+    tissue = phantom_labels((13, 12, 14))
+    image, target, params = gen(tissue, seed=2, batch_size=2, return_params=True)
+    monkeypatch.setenv("SYNTHGEN_BACKEND", "torch")
+    ref_image, ref_target = gen(tissue, params=params)
+    assert torch.equal(target, ref_target)                            # the target does not depend on noise
+    assert image.shape == ref_image.shape and not torch.equal(image, ref_image)   # Philox, not torch.randn
+
+
+def test_generate_fast_rejects_bad_arguments():
+    cfg = GeneratorConfig(crop=CROP)
+    tissue, _, params, _ = make_case("labels")
+    with pytest.raises(ValueError, match="`backend` must be 'triton' or 'cuda'"):
+        fast.generate_fast(cfg, tissue, params, backend="torch")
+    with pytest.raises(ValueError, match="`clip_levels` must be 1 or 2"):
+        fast.generate_fast(cfg, tissue, params, clip_levels=3)
+    with pytest.raises(ValueError, match="`out_dtype` must be one of"):
+        fast.generate_fast(cfg, tissue, params, out_dtype=torch.int8)
+    with pytest.raises(TypeError, match="`config` must be a GeneratorConfig"):
+        fast.generate_fast({}, tissue, params)
+    with pytest.raises(TypeError, match="`params` must be SampleParams"):
+        fast.generate_fast(cfg, tissue, {})
+    with pytest.raises(ValueError, match="`tissue` must be"):
+        fast.generate_fast(cfg, tissue[0], params)
+    with pytest.raises(ValueError, match="`texture` must be"):
+        fast.generate_fast(cfg, tissue, params, texture=torch.zeros(3))
+    with pytest.raises(ValueError, match="`noise` must be two"):
+        fast.generate_fast(cfg, tissue, params, noise=(torch.zeros(3),))
+    with pytest.raises(ValueError, match="`lesion` must be"):
+        fast.generate_fast(cfg, tissue, params, lesion=(torch.zeros(2, 1, 3, 3, 3),) * 2)
