@@ -209,17 +209,45 @@ def test_user_folder_problems_fail_before_training(tmp_path):
     assert not (tmp_path / "out" / "last.pt").exists()
 
 
-def test_modules_not_landed_yet_fail_clearly(tmp_path):
-    cfg = tiny(tmp_path)
-    cfg.data.real = str(tmp_path)
-    try:
-        import synthgen.real as real_mod
-        landed = hasattr(real_mod, "RealSource")
-    except ImportError:
-        landed = False
-    if not landed:
-        with pytest.raises(NotImplementedError, match="not available yet"):
-            real_source(cfg, torch.device("cpu"))
+def _real_folder(folder):
+    import nibabel as nib
+    import numpy as np
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    for i in range(2):
+        scan = rng.normal(100, 10, (28, 28, 28)).astype(np.float32)
+        mask = np.zeros((28, 28, 28), np.uint8)
+        mask[10:16, 10:16, 10 + i:16 + i] = 1
+        scan[mask > 0] += 50
+        nib.save(nib.Nifti1Image(scan, affine), str(folder / f"case{i}_T1w.nii.gz"))
+        nib.save(nib.Nifti1Image(mask, affine), str(folder / f"case{i}_mask.nii.gz"))
+    return folder
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_real_scans_mixed_and_baseline(tmp_path, baseline):
+    real = _real_folder(tmp_path / "real")
+    cfg = tiny(tmp_path / "out", steps=2, val_every=2)
+    cfg.data.real = cfg.data.real_val = str(real)
+    if baseline:
+        cfg.baseline, cfg.generator.target = True, "lesion"
+    out = train(cfg, lesions=lesions(), progress=False)
+    assert out["step"] == 2 and out["loss"] == out["loss"]          # finite
+    assert "real_lesion_dice" in out and ("val_lesion_dice" in out) != baseline   # no synthetic val set
+    model, config = load_checkpoint_model(tmp_path / "out" / "last.pt")
+    assert config["model"]["out_channels"] == (2 if baseline else 6)
+    src = real_source(cfg, torch.device("cpu"))
+    image, target = src(seed=0, index=0, batch_size=2)
+    assert image.shape == (2, 1, 24, 24, 24) and set(target.unique().tolist()) <= {0, 1}
+
+
+def test_lesion_vs_rest_marginalises_tissue_classes():
+    from train.loop import lesion_vs_rest
+    logits = torch.randn(2, 6, 3, 3, 3)
+    p = logits.softmax(1)
+    q = lesion_vs_rest(logits).softmax(1)
+    assert torch.allclose(q[:, 1], p[:, 5], atol=1e-6) and torch.allclose(q[:, 0], p[:, :5].sum(1), atol=1e-6)
 
 
 def test_procedural_and_folder_lesion_sources(tmp_path):

@@ -136,21 +136,65 @@ def make_lesion_source(cfg: TrainConfig, split: str, tissue: torch.Tensor, affin
     return LesionSource.procedural(affine=affine, config=d.lesion)
 
 
+class RealSource:
+    """Real labelled scans augmented on the device (``synthgen.real.RealAugmenter``), one item per sample.
+
+    Scans and masks are read once (RAS, ``data.voxel_size`` mm) and kept in host memory (fp16 / uint8); each
+    sample moves its item to the device. Real sample ``i`` of stream ``seed`` uses item
+    ``synthgen.real.real_item(seed, i, n)`` (a fresh permutation per pass). Targets are lesion masks {0, 1}.
+    """
+
+    def __init__(self, folder, generator_config, voxel_size: float, device: torch.device):
+        from synthgen.data import check
+        from synthgen.data.tissue import read_mask, read_scan
+        from synthgen.real import RealAugmenter, real_item
+        files, _ = check.list_nifti(folder)
+        pairs, _ = check.pair_real_files(files)
+        self.items = []
+        for pair in pairs:
+            scan, _ = read_scan(pair.scan, voxel_size=voxel_size)
+            mask, _ = read_mask(pair.mask, voxel_size=voxel_size)
+            self.items.append((torch.from_numpy(scan).half(), torch.from_numpy(mask)))
+        self.augment, self.item_of, self.device = RealAugmenter(generator_config), real_item, device
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @torch.no_grad()
+    def __call__(self, seed: int, index: int, batch_size: int):
+        images, targets = [], []
+        for i in range(index, index + batch_size):
+            scan, mask = self.items[self.item_of(seed, i, len(self.items))]
+            image, target = self.augment(scan.to(self.device)[None, None], mask.to(self.device)[None, None],
+                                         seed=seed, index=i)
+            images.append(image)
+            targets.append(target)
+        return torch.cat(images), torch.cat(targets)
+
+
 def real_source(cfg: TrainConfig, device: torch.device):
     """The real-scan branch (``synthgen.real``), alternated 1:1 with synthetic samples.
 
     Raises:
-        NotImplementedError: ``synthgen/real.py`` has not landed yet.
+        NotImplementedError: ``synthgen/real.py`` is not available.
     """
     try:
         from synthgen import real
     except ImportError:
         real = None
-    if real is None or not hasattr(real, "RealSource"):
+    if real is None or not hasattr(real, "RealAugmenter"):
         raise NotImplementedError("--real: real-scan training needs synthgen/real.py (real-scan augmentation), "
                                   "which is not available yet")
-    return real.RealSource(cfg.data.real, crop=cfg.generator.crop, voxel_size=cfg.data.voxel_size,
-                           target="lesion" if cfg.num_classes == 2 else "tissue", device=device)
+    return RealSource(cfg.data.real, cfg.generator, cfg.data.voxel_size, device)
+
+
+def lesion_vs_rest(logits: torch.Tensor) -> torch.Tensor:
+    """Collapse C-class logits to [not lesion, lesion] (log-sum-exp of the non-lesion classes).
+
+    A real scan's target knows only lesion vs the rest, so a 6-class network is scored on that marginal: the
+    probability of "not lesion" is the sum of the tissue classes' probabilities, whatever their split.
+    """
+    return torch.stack([torch.logsumexp(logits[:, :-1].float(), 1), logits[:, -1].float()], 1)
 
 
 def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
@@ -189,10 +233,13 @@ class TrainingData:
         self.generator, self.tissues, self.seed, self.batch = generator, tissues, seed, batch_size
         self.real, self.real_only, self.lesions = real, real_only, lesions
 
+    def is_real(self, step: int) -> bool:
+        return self.real is not None and (self.real_only or step % 2 == 1)
+
     @torch.no_grad()
     def __call__(self, step: int):
-        if self.real is not None and (self.real_only or step % 2 == 1):
-            index = step if self.real_only else step // 2
+        if self.is_real(step):
+            index = step if self.real_only else step // 2    # synthgen.real.mixed_source: even synthetic, odd real
             return self.real(seed=self.seed, index=index * self.batch, batch_size=self.batch)
         index = step if self.real is None else step // 2
         which = sample_key(self.seed, index, "tissue") % len(self.tissues)
@@ -433,6 +480,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
                 window["synth"].append(1e3 * (time.perf_counter() - t_synth))
             with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
                 logits = model(image)
+            if cfg.num_classes > 2 and data.is_real(step):
+                logits = lesion_vs_rest(logits)
             loss = loss_fn(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
