@@ -133,11 +133,13 @@ def test_lesion_touching_volume_border():
     touched = 0
     for key in range(10):
         m = procedural_lesion(t[0, 0] == 2, key, cfg, None)
-        assert int(m.sum()) == 1000                       # 1 mL at 1 mm, exactly
+        assert abs(int(m.sum()) - 1000) <= 150            # 1 mL at 1 mm; regrowth after dropping fragments
+        assert ndimage.label(m.numpy(), CUBE)[1] == 1     # one component stays one component
         touched += bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any()
                         or m[:, :, -1].any())
     assert touched > 0
     src = LesionSource.procedural(None, LesionConfig(healthy_probability=0.0,
                                                      procedural=cfg))
     _, lw = src.sample(t, [1])
-    assert int((lw > 0.5).sum()) == 1000
+    masks, _ = src.sample_masks(t, [1])
+    assert torch.equal(lw > 0.5, masks)                   # Soft-CP keeps the target equal to the mask

@@ -10,7 +10,9 @@ Beyond the paper (which pastes real ATLAS masks). One lesion is one vascular eve
    atlas territory, MNI mm);
 3. grow each component as the ``n`` highest-scoring allowed voxels of ``1 - rho + roughness * noise``:
    ``rho`` the radius in a randomly rotated, elongated ellipsoid and ``noise`` a smooth random field, so
-   the volume is exact, the outline irregular, and the shape follows the tissue it may occupy;
+   the outline is irregular and the shape follows the tissue it may occupy; only the part 26-connected to
+   the peak is kept (grown once more by what fragments took), so a component stays one component and its
+   volume is ``n`` up to what the tissue around it allows;
 4. satellites (the other components) share the remaining volume and sit around the main one (Gaussian
    offset, same hemisphere unless the lesion is bilateral).
 
@@ -136,10 +138,29 @@ def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Genera
     score = torch.where(box, 1.0 - rho + config.roughness * noise, torch.full_like(rho, -float("inf")))
     available = int(box.sum())
     if available <= n_voxels:
-        return lo, hi, box.clone()
+        return lo, hi, _connected_to_peak(box, score)
     flat = score.reshape(-1)
-    threshold = torch.kthvalue(-flat, n_voxels).values
-    return lo, hi, score >= -threshold
+    blob = _connected_to_peak(score >= -torch.kthvalue(-flat, n_voxels).values, score)
+    lost = n_voxels - int(blob.sum())
+    if lost > 0:          # noise peaks and tissue gaps split off fragments: grow the main body by as much
+        k = min(n_voxels + lost, available)
+        blob = _connected_to_peak(score >= -torch.kthvalue(-flat, k).values, score)
+    return lo, hi, blob
+
+
+def _connected_to_peak(selected: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """The 26-connected part of ``selected`` holding its highest-scoring voxel (geodesic reconstruction)."""
+    sel = selected.to(torch.float32)[None, None]
+    seed = torch.zeros_like(sel).reshape(-1)
+    seed[int(torch.argmax(torch.where(selected, score, torch.full_like(score, -float("inf")))))] = 1.0
+    region = seed.reshape(sel.shape)
+    while True:
+        for _ in range(8):      # check convergence every 8 steps: fewer host syncs
+            region = torch.nn.functional.max_pool3d(region, 3, 1, 1) * sel
+        grown = torch.nn.functional.max_pool3d(region, 3, 1, 1) * sel
+        if torch.equal(grown, region):
+            return region[0, 0] > 0
+        region = grown
 
 
 def _interp_quantile(quantiles, u: float, log: bool) -> float:
@@ -164,7 +185,8 @@ def draw_lesion_plan(g: torch.Generator, config: ProceduralLesionConfig) -> dict
                                       generator=g))
     main_share = 1.0 if count == 1 else _interp_quantile(config.largest_component_share_quantiles, u[2], log=False)
     shares = -torch.log(torch.rand(max(count - 1, 0), generator=g, dtype=torch.float64).clamp(min=1e-12))
-    shares = (shares / shares.sum() * (1.0 - main_share)).tolist() if count > 1 else []
+    # largest satellite first: it is the one a bilateral lesion puts across the midline
+    shares = sorted((shares / shares.sum() * (1.0 - main_share)).tolist(), reverse=True) if count > 1 else []
     return {"count": count, "volume_ml": volume, "left": u[3] < config.left_probability,
             "bilateral": count > 1 and u[4] < config.bilateral_probability, "territory": territory,
             "main_share": main_share, "satellite_shares": shares, "u_centre": u[5]}
