@@ -102,6 +102,18 @@ def fading_field(coeffs: torch.Tensor, shape, value_range=(0.2, 1.0), gain: floa
     voxel, so with ``gain = 2`` the field's values spread over the whole range (10-90 % of draws of a single
     voxel fall in ``lo + (hi - lo) * [0.07, 0.93]``) and it is not a saturated constant.
 
+    A typical draw with the defaults (range (0.2, 1.0), gain 2, 12-voxel spacing) over a 10-voxel-radius
+    ball (4 mL), quantiles over 40 draws (measured by ``tests/test_lesions.py::_fade_stats``):
+
+    ========  =====  =====  =====
+    over ball  p10    p50    p90
+    ========  =====  =====  =====
+    min        0.20   0.23   0.33
+    max        0.83   0.96   0.99
+    mean       0.34   0.55   0.83
+    max - min  0.57   0.71   0.77
+    ========  =====  =====  =====
+
     Args:
         coeffs: ``(B, 1, n1, n2, n3)`` coefficients.
         shape: dense output size ``(D, H, W)``.
