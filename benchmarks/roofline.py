@@ -1,0 +1,136 @@
+"""Roofline of the fused generator (synthgen.fast): bytes and flop per voxel per pass, and the time floor.
+
+    python benchmarks/roofline.py --size 192 --batch 64 [--device cuda] [--peak-tflops 67] [--time] [--json out.json]
+
+The model follows the passes synthgen.fast launches for a batch drawn from the default config (an axis pass runs
+when any sample of the batch needs it, so large batches run them all). Bandwidth is measured with a device copy
+(read + write); ``--peak-tflops`` is the fp32 non-tensor peak (H100 SXM: 67). Floor = max(bytes / bandwidth,
+flop / peak) per sample. ``--time`` also times generate_fast on a CUDA device (needs Triton) and reports the
+ratio to the floor. Standalone: benchmarks/throughput.py does not import it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import synthgen  # noqa: E402
+from synthgen.config import GeneratorConfig  # noqa: E402
+from synthgen.ops.blur import gaussian_kernel1d  # noqa: E402
+
+F32 = 4
+
+
+def _taps(fwhms) -> int:
+    return max(gaussian_kernel1d(float(f)).numel() for f in fwhms)
+
+
+def passes(params, crop, labels_channels: int = 1, lesion: bool = True, lesion_target: bool = False):
+    """(name, bytes per voxel, flop per voxel) of every pass synthgen.fast runs for this batch."""
+    rows = [("texture randn (Philox)", F32, 40)]
+    for axis in range(3):
+        k = _taps(params.gmm_fwhm.tolist())
+        if k > 1:
+            rows.append((f"texture blur axis {axis} ({k} taps)", 2 * F32, 2 * k))
+    tissue_bytes = 1 if labels_channels == 1 else 8 * labels_channels * F32 / 8   # gathers mostly hit cache
+    warp_flop = 30 + 64 * 3 * 2 + 64 * 2 + 40 + (8 * 2 * labels_channels if labels_channels > 1 else 4)
+    rows.append(("warp+sample+GMM+bias+target", F32 + tissue_bytes + (2 * F32 if lesion else 0) + F32 + 1,
+                 warp_flop + (40 if lesion else 0)))
+    rows.append(("min/max (gamma)", F32, 2))
+    for axis in range(3):
+        k = _taps(params.motion_fwhm[:, axis].tolist())
+        if k > 1 or axis == 0:
+            rows.append((f"motion blur axis {axis} ({k} taps{', gamma' if axis == 0 else ''})", 2 * F32,
+                         2 * k + (20 * k if axis == 0 else 0)))
+        r = params.spacing[:, axis]
+        if bool((r > 1).any()):
+            k = _taps([float(v) for v in r if v > 1])
+            rows.append((f"slice profile axis {axis} ({k} taps)", 2 * F32, 2 * k))
+            rows.append((f"thick-slice resample axis {axis}", 2 * F32, 20))
+    rows.append(("noise (Philox, Rician)", 2 * F32, 2 * 40 + 8))
+    for axis in range(3):
+        k = _taps(params.smooth_fwhm.tolist())
+        if k > 1:
+            rows.append((f"smoothing axis {axis} ({k} taps)", 2 * F32, 2 * k))
+    rows += [("min/max (clip)", F32, 2), ("histogram level 1", F32, 6), ("histogram level 2", F32, 8),
+             ("clip/strip statistics", F32 + 1, 8),
+             ("final: clip, strip, flip, z-norm", F32 + 1 + F32 + (1 if lesion_target else 0), 8)]
+    return rows
+
+
+def bandwidth(device, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Copy bandwidth in bytes/s (read + write counted)."""
+    a = torch.empty(nbytes // 4, device=device)
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(repeats + 1):
+        if a.is_cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        b.copy_(a)
+        if a.is_cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(times[1:])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=192)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak of the device (H100 SXM: 67)")
+    ap.add_argument("--channels", type=int, default=1, help="1: label map; K: K probability channels")
+    ap.add_argument("--time", action="store_true", help="time synthgen.fast.generate_fast (CUDA only)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    crop = (args.size,) * 3
+    cfg = GeneratorConfig(crop=crop)
+    params = synthgen.SynthGenerator(cfg).sample_params((1, 1, 197, 233, 189), seed=0, batch=args.batch)
+    rows = passes(params, crop, args.channels)
+    n = args.size ** 3
+    total_b = sum(r[1] for r in rows)
+    total_f = sum(r[2] for r in rows)
+    bw = bandwidth(args.device)
+    t_bytes, t_flop = n * total_b / bw, n * total_f / (args.peak_tflops * 1e12)
+    floor = max(t_bytes, t_flop)
+    print("| pass | bytes/voxel | flop/voxel |\n|---|---|---|")
+    for name, b, f in rows:
+        print(f"| {name} | {b:.0f} | {f:.0f} |")
+    print(f"| **total ({len(rows)} passes)** | **{total_b:.0f}** | **{total_f:.0f}** |\n")
+    print(f"device {args.device}: copy bandwidth {bw / 1e9:.0f} GB/s, peak {args.peak_tflops} TFLOP/s (given)")
+    print(f"per sample at {args.size}^3: bytes {1e3 * t_bytes:.3f} ms, flop {1e3 * t_flop:.3f} ms, "
+          f"floor {1e3 * floor:.3f} ms = {1 / floor:.0f} samples/s")
+    out = {"size": args.size, "batch": args.batch, "device": args.device, "bandwidth_gbs": bw / 1e9,
+           "peak_tflops": args.peak_tflops, "bytes_per_voxel": total_b, "flop_per_voxel": total_f,
+           "floor_ms": 1e3 * floor, "passes": rows}
+    if args.time:
+        from synthgen import fast
+        from synthgen.data.default_map import default_tissue_map
+        tissue = default_tissue_map(device=args.device)
+        fast.generate_fast(cfg, tissue, params, None, "triton")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            fast.generate_fast(cfg, tissue, params, None, "triton")
+        torch.cuda.synchronize()
+        per = (time.perf_counter() - t0) / 5 / args.batch
+        out.update(measured_ms=1e3 * per, ratio_to_floor=per / floor)
+        print(f"measured {1e3 * per:.3f} ms/sample ({1 / per:.0f} samples/s), {per / floor:.1f}x the floor")
+    if args.json:
+        path = Path(args.json)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2))
+        os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
