@@ -28,6 +28,7 @@ def tiny(out, steps=4, **kw) -> TrainConfig:
     cfg.model.dropout = 0.2          # dropout draws from the torch RNG: resume must restore it
     cfg.data.voxel_size = 4.0
     cfg.generator.crop = (24, 24, 24)
+    cfg.generator.target = "tissue"
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
