@@ -49,15 +49,16 @@ def bspline_matrix(n_ctrl: int, n_out: int, device=None, dtype=torch.float32) ->
     return _bspline_matrix_cpu(int(n_ctrl), int(n_out)).to(device=device, dtype=dtype)
 
 
-def smooth_field(coeffs: torch.Tensor, shape) -> torch.Tensor:
-    """Evaluate cubic B-spline coefficients on a dense grid.
+def smooth_field(coeffs: torch.Tensor, shape, region=None) -> torch.Tensor:
+    """Evaluate cubic B-spline coefficients on a dense grid, or on a box of it.
 
     Args:
         coeffs: ``(B, C, n1, n2, n3)`` control-grid coefficients (each ``n >= 1``).
-        shape: output spatial size ``(D, H, W)``.
+        shape: spatial size ``(D, H, W)`` of the grid the control points span.
+        region: optional ``((lo, hi), (lo, hi), (lo, hi))`` voxel box: only it is evaluated.
 
     Returns:
-        ``(B, C, D, H, W)`` field, same dtype and device as ``coeffs``.
+        ``(B, C, D, H, W)`` field (or the box's size), same dtype and device as ``coeffs``.
     """
     if coeffs.ndim != 5:
         raise ValueError(f"`coeffs` must be (B, C, n1, n2, n3), got shape {tuple(coeffs.shape)}")
@@ -65,6 +66,8 @@ def smooth_field(coeffs: torch.Tensor, shape) -> torch.Tensor:
         raise ValueError(f"`shape` must be 3 positive sizes, got {tuple(shape)}")
     dev, dt = coeffs.device, coeffs.dtype
     w1, w2, w3 = (bspline_matrix(n, s, dev, dt) for n, s in zip(coeffs.shape[2:], shape))
+    if region is not None:
+        w1, w2, w3 = (w[lo:hi] for w, (lo, hi) in zip((w1, w2, w3), region))
     # contract the smallest axes first: cost ~ N*n per output voxel along the last contraction
     out = torch.einsum("bcijk,zk->bcijz", coeffs, w3)
     out = torch.einsum("bcijz,yj->bciyz", out, w2)

@@ -38,3 +38,11 @@ def test_smooth_field_rejects_bad_shapes():
         smooth_field(torch.zeros(3, 4, 4, 4), (8, 8, 8))
     with pytest.raises(ValueError, match="shape"):
         smooth_field(torch.zeros(1, 1, 4, 4, 4), (8, 8))
+
+
+def test_smooth_field_on_a_region_equals_the_crop_of_the_full_field():
+    coeffs = torch.randn(2, 1, 5, 6, 4)
+    full = smooth_field(coeffs, (17, 24, 31))
+    box = ((3, 9), (0, 24), (30, 31))
+    part = smooth_field(coeffs, (17, 24, 31), region=box)
+    assert torch.allclose(part, full[..., 3:9, 0:24, 30:31], atol=1e-6)

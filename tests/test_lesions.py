@@ -380,3 +380,30 @@ def test_real_soop_masks_resampled_to_2mm_ras_keep_volume():
         assert vol == pytest.approx(ref, rel=0.25, abs=0.05)
     with pytest.raises(ValueError, match="values must lie in"):
         LesionSource.from_folder(folder, (97, 115, 97), like, pattern="ArterialAtlas136.nii.gz", progress=False)
+
+
+def test_box_restricted_weights_equal_the_full_volume_formula():
+    """LesionSource works inside each lesion's bounding box; the result equals the whole-volume maths."""
+    from synthgen.lesions.morphology import fading_coefficients, fading_config, soft_cp_config
+    from synthgen.lesions.source import PARENCHYMA, tissue_share
+    from synthgen.sampling import generator_for
+
+    shape = (30, 34, 28)
+    tissue = torch.zeros(1, 1, *shape, dtype=torch.uint8)
+    tissue[..., 3:27, 3:31, 3:25] = 2
+    masks = torch.zeros(3, 1, *shape)
+    masks[0, 0, 0:6, 10:15, 12:20] = 1          # touches the border
+    masks[2, 0, 12:18, 14:22, 9:13] = 1         # sample 1 stays lesion-free
+    src = LesionSource.from_tensor(masks)
+    keys = [11, 12, 13]
+    intensity, label = src.sample(tissue.expand(3, -1, -1, -1, -1), keys)
+    drawn, gens = src.sample_masks(tissue.expand(3, -1, -1, -1, -1), keys)
+    cfg = src.config
+    for i, g in enumerate(gens):
+        coeffs = fading_coefficients(g, shape, cfg.fading.control_spacing)
+        faded = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability
+        full = soft_cp_config(drawn[i:i + 1], cfg.softcp) * tissue_share(tissue, PARENCHYMA)
+        fade = fading_config(coeffs, shape, cfg.fading) if faded else 1.0
+        assert torch.allclose(label[i:i + 1], full, atol=1e-6)
+        assert torch.allclose(intensity[i:i + 1], full * fade, atol=1e-6)
+    assert label[1].sum() == 0 or drawn[1].any()

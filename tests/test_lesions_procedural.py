@@ -143,3 +143,15 @@ def test_lesion_touching_volume_border():
     _, lw = src.sample(t, [1])
     masks, _ = src.sample_masks(t, [1])
     assert torch.equal(lw > 0.5, masks)                   # Soft-CP keeps the target equal to the mask
+
+
+def test_connected_component_paths_agree():
+    from synthgen.lesions.procedural import _connected_to_peak, _reconstruct
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        selected = torch.rand(17, 12, 13, generator=g) > 0.55
+        score = torch.rand(17, 12, 13, generator=g)
+        fast = _connected_to_peak(selected, score)
+        peak = int(torch.argmax(torch.where(selected, score, torch.full_like(score, -float("inf")))))
+        assert fast[tuple(int(i) for i in torch.unravel_index(torch.tensor(peak), selected.shape))]
+        assert torch.equal(fast, _reconstruct(selected, peak))

@@ -95,7 +95,8 @@ def fading_coefficients(generator: torch.Generator, shape, spacing: float) -> to
     return torch.randn((1, 1, *n), generator=generator, dtype=torch.float32) / _BSPLINE_FIELD_STD
 
 
-def fading_field(coeffs: torch.Tensor, shape, value_range=(0.2, 1.0), gain: float = 2.0) -> torch.Tensor:
+def fading_field(coeffs: torch.Tensor, shape, value_range=(0.2, 1.0), gain: float = 2.0,
+                 region=None) -> torch.Tensor:
     """Smooth multiplicative field in ``value_range``: ``lo + (hi - lo) * sigmoid(gain * f)``.
 
     ``f`` is the cubic B-spline of ``coeffs`` (see :func:`fading_coefficients`), roughly N(0, 1) at every
@@ -119,14 +120,15 @@ def fading_field(coeffs: torch.Tensor, shape, value_range=(0.2, 1.0), gain: floa
         shape: dense output size ``(D, H, W)``.
         value_range: ``(lo, hi)``, the field's bounds.
         gain: slope of the sigmoid, in units of the field's standard deviation.
+        region: optional voxel box ``((lo, hi),) * 3``: evaluate only there (see ``smooth_field``).
 
     Returns:
-        ``(B, 1, D, H, W)`` field, dtype and device of ``coeffs``.
+        ``(B, 1, D, H, W)`` field (or the box's size), dtype and device of ``coeffs``.
     """
     lo, hi = value_range
-    return lo + (hi - lo) * torch.sigmoid(gain * smooth_field(coeffs, shape))
+    return lo + (hi - lo) * torch.sigmoid(gain * smooth_field(coeffs, shape, region))
 
 
-def fading_config(coeffs: torch.Tensor, shape, config: FadingConfig) -> torch.Tensor:
+def fading_config(coeffs: torch.Tensor, shape, config: FadingConfig, region=None) -> torch.Tensor:
     """``fading_field`` with the parameters of a :class:`FadingConfig`."""
-    return fading_field(coeffs, shape, config.range, config.gain)
+    return fading_field(coeffs, shape, config.range, config.gain, region)

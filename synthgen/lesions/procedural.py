@@ -149,10 +149,21 @@ def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Genera
 
 
 def _connected_to_peak(selected: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """The 26-connected part of ``selected`` holding its highest-scoring voxel (geodesic reconstruction)."""
+    """The 26-connected part of ``selected`` holding its highest-scoring voxel."""
+    peak = int(torch.argmax(torch.where(selected, score, torch.full_like(score, -float("inf")))))
+    if selected.device.type == "cpu":     # one labelling pass beats ~diameter max-pool passes on a CPU
+        from scipy import ndimage
+        labels, _ = ndimage.label(selected.numpy(), structure=np.ones((3, 3, 3), dtype=bool))
+        return torch.from_numpy(labels == labels.reshape(-1)[peak])
+    return _reconstruct(selected, peak)
+
+
+def _reconstruct(selected: torch.Tensor, peak: int) -> torch.Tensor:
+    """Geodesic reconstruction of ``selected`` from the flat voxel index ``peak`` by 3x3x3 max-pooling
+    (stays on the device: no host round trip)."""
     sel = selected.to(torch.float32)[None, None]
     seed = torch.zeros_like(sel).reshape(-1)
-    seed[int(torch.argmax(torch.where(selected, score, torch.full_like(score, -float("inf")))))] = 1.0
+    seed[peak] = 1.0
     region = seed.reshape(sel.shape)
     while True:
         for _ in range(8):      # check convergence every 8 steps: fewer host syncs

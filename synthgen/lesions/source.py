@@ -144,14 +144,34 @@ class LesionSource:
         masks, gens = self.sample_masks(tissue, keys)
         cfg = self.config
         shape = tuple(tissue.shape[2:])
-        label = soft_cp_config(masks, cfg.softcp)
-        if cfg.clip_to != "none":
-            label = label * tissue_share(tissue, PARENCHYMA if cfg.clip_to == "parenchyma" else BRAIN)
-        coeffs, faded = [], []
-        for g in gens:
-            coeffs.append(fading_coefficients(g, shape, cfg.fading.control_spacing))
-            faded.append(float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability)
-        fade = fading_config(torch.cat(coeffs).to(tissue.device), shape, cfg.fading)
-        fade = torch.where(torch.tensor(faded, device=tissue.device).view(-1, 1, 1, 1, 1), fade,
-                           torch.ones_like(fade))
-        return (label * fade).contiguous(), label.contiguous()
+        label = torch.zeros(masks.shape, dtype=torch.float32, device=tissue.device)
+        intensity = torch.zeros_like(label)
+        classes = PARENCHYMA if cfg.clip_to == "parenchyma" else BRAIN
+        for i, g in enumerate(gens):
+            # drawn for every sample, lesioned or not, so each key's stream keeps one order
+            coeffs = fading_coefficients(g, shape, cfg.fading.control_spacing).to(tissue.device)
+            faded = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability
+            # Soft-CP rings reach cfg.softcp.dilate voxels beyond the mask: work inside that box only
+            region = _bounding_box(masks[i, 0], cfg.softcp.dilate + 1)
+            if region is None:
+                continue
+            box = (i, slice(None), *(slice(lo, hi) for lo, hi in region))
+            w = soft_cp_config(masks[box][None], cfg.softcp)
+            if cfg.clip_to != "none":
+                w = w * tissue_share(tissue[box][None], classes)
+            label[box] = w[0]
+            fade = fading_config(coeffs, shape, cfg.fading, region) if faded else 1.0
+            intensity[box] = (w * fade)[0]
+        return intensity, label
+
+
+def _bounding_box(mask: torch.Tensor, pad: int):
+    """``((lo, hi),) * 3`` around the true voxels of a 3D mask, grown by ``pad`` and clipped; None if empty."""
+    if not bool(mask.any()):
+        return None
+    box = []
+    for dim in range(3):
+        others = [d for d in range(3) if d != dim]
+        idx = torch.nonzero(mask.any(dim=others[1]).any(dim=others[0])).flatten()
+        box.append((max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, mask.shape[dim])))
+    return tuple(box)
