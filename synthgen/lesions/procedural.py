@@ -71,9 +71,29 @@ def _pick_voxel(weight: torch.Tensor, u: float):
                cdf.numel() - 1)
 
 
-def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float):
-    """A voxel of ``allowed`` drawn with a Gaussian(mean_mm, std_mm) weight; widen to all of it if empty."""
+def _x_world(shape, affine: np.ndarray, device) -> torch.Tensor:
+    """World x (mm) of every voxel, ``(D, H, W)`` float32, as a broadcast sum (x is linear in i, j, k)."""
+    axes = [torch.arange(n, device=device, dtype=torch.float32) * float(affine[0, a]) for a, n in enumerate(shape)]
+    return axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :] + float(affine[0, 3])
+
+
+def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tries: int = 256):
+    """A voxel of ``allowed`` drawn with a Gaussian(mean_mm, std_mm) weight; widen to all of it if empty.
+
+    Rejection first (a Gaussian point in world mm, rounded to its voxel, kept if allowed): a few lookups
+    instead of weighting a box that can span the whole volume. Falls back to the explicit weighting when
+    the allowed voxels sit far in the Gaussian's tail.
+    """
     std = np.maximum(np.asarray(std_mm, dtype=np.float64), 1e-3)
+    g = torch.Generator().manual_seed(int(u * 2 ** 53))
+    points = torch.randn(tries, 3, generator=g, dtype=torch.float64).numpy() * std + np.asarray(mean_mm)
+    vox = np.rint(np.c_[points, np.ones(tries)] @ np.linalg.inv(affine).T)[:, :3].astype(np.int64)
+    inside = np.all((vox >= 0) & (vox < np.asarray(allowed.shape)), axis=1)
+    if inside.any():
+        cand = torch.as_tensor(vox[inside], device=allowed.device)
+        hit = allowed[cand[:, 0], cand[:, 1], cand[:, 2]]
+        if bool(hit.any()):
+            return [int(v) for v in cand[int(torch.nonzero(hit)[0])]]
     lo, hi = _voxel_box(mean_mm, 3 * std, affine, allowed.shape)
     for lo, hi in ((lo, hi), ([0, 0, 0], list(allowed.shape))):
         sub = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
@@ -222,7 +242,7 @@ def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesi
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
     g = torch.Generator().manual_seed(int(key))
     plan = draw_lesion_plan(g, config)
-    x_world = _world_box([0, 0, 0], shape, affine, parenchyma.device)[..., 0]
+    x_world = _x_world(shape, affine, parenchyma.device)
     sides = {True: parenchyma & (x_world < 0), False: parenchyma & (x_world >= 0)}
     mask = torch.zeros(shape, dtype=torch.bool, device=parenchyma.device)
 
