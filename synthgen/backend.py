@@ -45,7 +45,8 @@ def select_backend(device, available=("torch",)) -> str:
             raise RuntimeError(f"SYNTHGEN_BACKEND={forced}: this op has no {forced} implementation "
                                f"(it has {', '.join(available)})")
         return forced
-    for name in ("cuda", "triton"):   # fastest first; reordered by measurement in the GPU issue
+    # preference order: Triton first until a GPU run measures the CUDA warp against it (benchmarks/throughput.py)
+    for name in ("triton", "cuda"):
         if name in available and status[name] is None:
             return name
     return "torch"
