@@ -9,6 +9,7 @@ import gzip
 import os
 import tempfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -72,26 +73,51 @@ def check_affine(affine: np.ndarray, name="affine") -> None:
         raise ValueError(f"{name}: affine is singular (det {np.linalg.det(affine[:3, :3]):.3g})")
 
 
-def save_nifti(path, data, affine, dtype=None) -> Path:
-    """Write ``data`` with ``affine`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+@contextmanager
+def atomic_path(path, suffix: str = ""):
+    """Yield a temporary name beside ``path``; on success rename it onto ``path``, on error remove it.
+
+    Readers never see a half-written file, and a killed writer leaves the previous version intact.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_png(fig, path, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def save_nifti(path, data, affine, dtype=None, header_scale=None) -> Path:
+    """Write ``data`` with ``affine`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    ``header_scale``: optional ``(slope, inter)`` stored in the header (e.g. uint16 probabilities).
+    """
+    path = Path(path)
     data = np.asarray(data)
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    if header_scale is not None:
+        img.header.set_slope_inter(*header_scale)
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".nii.gz" if str(path).endswith(".gz") else ".nii") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -6,9 +6,7 @@ target overlaid (GM dark blue, WM light blue, PV green, CSF amber, lesion red, a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 
 from .config import GeneratorConfig
 from .generator import SynthGenerator
+from .io import save_png
 
 CLASS_COLOURS = np.array([
     [0, 0, 0, 0],            # background: transparent
@@ -65,18 +64,7 @@ def save_montage(images: np.ndarray, targets: np.ndarray, path, title: str = "")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_png(fig, path, dpi=90)
 
 
 def _lesion_source(kind: str, tissue: torch.Tensor, affine):

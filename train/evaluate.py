@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import numpy as np
 if __package__ in (None, ""):                     # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.io import load_nifti, resample_to_grid, to_ras_1mm, voxel_sizes  # noqa: E402
+from synthgen.io import atomic_path, load_nifti, resample_to_grid, save_png, to_ras_1mm, voxel_sizes  # noqa: E402
 from train.metrics import METRICS, all_metrics  # noqa: E402
 
 COLUMNS = ("case",) + METRICS + ("n_truth_lesions", "n_pred_lesions", "truth_ml", "pred_ml", "error")
@@ -192,21 +190,12 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def write_csv(path, rows: list[dict], columns) -> Path:
     """Write ``rows`` (dicts) with ``columns`` to ``path`` atomically; inf is written as ``inf``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".csv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return Path(path)
 
 
 def plot_boxplots(rows: list[dict], path) -> Path:
@@ -226,18 +215,7 @@ def plot_boxplots(rows: list[dict], path) -> Path:
         ax.set_title(metric + (f"\n({n_inf} inf excluded)" if n_inf else ""), fontsize=10)
         ax.set_xticks([])
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def format_summary(summary: list[dict]) -> str:

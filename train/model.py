@@ -12,14 +12,14 @@ six channel entries there are five stride-2 steps, so input sizes must be multip
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 from monai.networks.nets import UNet
+
+from synthgen.io import atomic_path
 
 PAPER_CHANNELS = (32, 64, 128, 256, 320, 320)
 _BUILD_KEYS = ("out_channels", "in_channels", "channels", "strides", "dropout", "num_res_units")
@@ -87,15 +87,8 @@ def save_model_checkpoint(path, model: torch.nn.Module, model_cfg: dict, config:
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = dict(config or {})
     cfg["model"] = dict(model_cfg)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "config": cfg, **extra}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -5,8 +5,6 @@ Figures are written to a temporary name in the same folder and renamed, so a vie
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,26 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# background transparent, then GM, WM, PV, CSF, lesion (lesion always red); 2-class runs use lesion only
-_COLOURS = [(0, 0, 0, 0), (0.3, 0.5, 1, 0.5), (1, 1, 1, 0.4), (0.6, 0.8, 0.6, 0.5), (0.2, 0.9, 0.9, 0.5),
-            (1, 0, 0, 0.8)]
+from synthgen.io import save_png  # noqa: E402
+from synthgen.preview import CLASS_COLOURS  # noqa: E402
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=90, bbox_inches="tight")
 
 
 def _column(rows: list, key: str):
@@ -72,7 +56,7 @@ def plot_curves(rows: list, path, class_names) -> Path:
 
 
 def _overlay(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    colours = np.asarray(_COLOURS if num_classes == len(_COLOURS) else [_COLOURS[0], _COLOURS[-1]])
+    colours = CLASS_COLOURS if num_classes == len(CLASS_COLOURS) else CLASS_COLOURS[[0, -1]]
     return colours[np.clip(labels, 0, len(colours) - 1)]
 
 

@@ -158,27 +158,8 @@ def save_probabilities(path, probs: np.ndarray, affine: np.ndarray) -> Path:
 
     NIfTI-1 has no float16 type; readers that apply scl_slope (nibabel ``get_fdata``, ITK, FSL) get floats.
     """
-    import os
-    import tempfile
-
-    import nibabel as nib
-
-    path = Path(path)
     q = np.round(np.clip(probs, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    img = nib.Nifti1Image(q, np.asarray(affine, dtype=np.float64))
-    img.header.set_slope_inter(1.0 / 65535.0, 0.0)
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_nifti(path, q, affine, header_scale=(1.0 / 65535.0, 0.0))
 
 
 def _stem(path: Path) -> str:
