@@ -99,7 +99,7 @@ def bench(preset_name: str, device: torch.device, steps: int, warmup: int, crop=
             times["premade"].append(1e3 * (t3 - t2))
     out = {k: _stats(v) for k, v in times.items()}
     share = out["synthesis"]["median"] / out["on_the_fly"]["median"]
-    return {"preset": preset_name, "crop": list(cfg.generator.crop), "voxel_size": cfg.data.voxel_size,
+    return {"preset": preset_name, "crop": list(cfg.generator.crop), "voxel_size": cfg.generator.voxel_size,
             "batch_size": cfg.batch_size, "amp": str(dtype) if dtype else "fp32", "steps": steps, "warmup": warmup,
             "ms": out, "synthesis_share": share,
             "samples_s_on_the_fly": 1e3 * cfg.batch_size / out["on_the_fly"]["median"],

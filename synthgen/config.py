@@ -3,7 +3,8 @@
 Paper: Chalcroft et al., "Synthetic Data for Robust Stroke Segmentation", section 2.
 Where the paper gives no number, the value is the one its reference code (SynthStroke ``custom_cc.py``,
 built on cornucopia 0.x) or SynthSeg (Billot et al. 2023, doi:10.1016/j.media.2023.102789) uses; each
-field names its source. Distances are in voxels of the 1 mm output grid (so voxels == mm).
+field names its source. Distances (elastic std, FWHMs, slice spacing, translation) are in mm; they are
+divided by ``GeneratorConfig.voxel_size`` (1 mm in the paper, so voxels == mm there) when drawn.
 
 A config is plain data: ``dataclasses.asdict`` gives a JSON-able dict, ``GeneratorConfig.from_dict``
 reads it back. The library never reads a global config.
@@ -39,12 +40,16 @@ def _check_prob(name: str, p):
 class GMMConfig:
     """Per-class Gaussian intensities (paper section 2)."""
     mu: tuple = (0.0, 255.0)      # class mean ~ U(mu); paper
+    lesion_mu: tuple | None = None  # the lesion's mean ~ U(lesion_mu); None: the tissues' range (paper). A
+                                  # narrow range is a contrast prior, e.g. (0, 40) for T1-dark chronic lesions
     sigma: tuple = (0.0, 16.0)    # class std ~ U(sigma); paper
-    fwhm: tuple = (0.0, 2.0)      # within-class smoothing FWHM (voxels, isotropic) ~ U(fwhm); paper. The
+    fwhm: tuple = (0.0, 2.0)      # within-class smoothing FWHM (mm, isotropic) ~ U(fwhm); paper. The
                                   # reference code cast the draw to int (0 or 1 only): corrected here.
 
     def validate(self):
         _check_range("gmm.mu", self.mu)
+        if self.lesion_mu is not None:
+            _check_range("gmm.lesion_mu", self.lesion_mu)
         _check_range("gmm.sigma", self.sigma, 0.0)
         _check_range("gmm.fwhm", self.fwhm, 0.0)
 
@@ -55,7 +60,7 @@ class AffineConfig:
     rotation: float = 15.0        # degrees, each axis ~ U(-r, r); SynthStroke rotation=15
     shear: float = 0.012          # each of the 3 shears ~ U(-s, s); SynthStroke shears=0.012
     zoom: float = 0.15            # scale per axis ~ U(1 - z, 1 + z); SynthStroke zooms=0.15
-    translation: float = 0.0      # voxels, each axis ~ U(-t, t), added to the random crop position
+    translation: float = 0.0      # mm, each axis ~ U(-t, t), added to the random crop position
 
     def validate(self):
         if not 0 <= self.rotation <= 180:
@@ -72,8 +77,8 @@ class AffineConfig:
 class ElasticConfig:
     """Smooth displacement: cubic B-spline through a coarse control grid spanning the output crop."""
     control_points: int = 8       # per axis; SynthSeg nonlin_scale 0.04 x 192 = 7.7; cornucopia draws 2..10
-    max_std: float = 3.0          # voxels; control displacements ~ N(0, s^2), s ~ U(0, max_std), so 3 s at the
-                                  # upper bound ~ 9.6 voxels = SynthStroke elastic=0.05 of a 192 FOV
+    max_std: float = 3.0          # mm; control displacements ~ N(0, s^2), s ~ U(0, max_std), so 3 s at the
+                                  # upper bound ~ 9.6 mm = SynthStroke elastic=0.05 of a 192 mm FOV
 
     def validate(self):
         if self.control_points < 4:
@@ -109,7 +114,7 @@ class GammaConfig:
 class MotionBlurConfig:
     """Gaussian blur along one random axis (smearing along the motion direction)."""
     probability: float = 0.5      # no source; half the samples stay sharp
-    fwhm: tuple = (0.0, 3.0)      # voxels ~ U(fwhm); SynthStroke motion_fwhm=3
+    fwhm: tuple = (0.0, 3.0)      # mm ~ U(fwhm); SynthStroke motion_fwhm=3 (voxels at 1 mm)
 
     def validate(self):
         _check_prob("motion.probability", self.probability)
@@ -120,7 +125,8 @@ class MotionBlurConfig:
 class AnisotropyConfig:
     """Thick slices: slice-profile blur, downsample and upsample along a random axis (or all axes)."""
     probability: float = 1.0      # cornucopia IntensityTransform always applies its low-res switch
-    spacing: tuple = (1.0, 8.0)   # low-res voxel size in output voxels ~ U(spacing); SynthStroke resolution=8
+    spacing: tuple = (1.0, 8.0)   # low-res voxel size in mm ~ U(spacing), at least one output voxel;
+                                  # SynthStroke resolution=8 (voxels at 1 mm)
     isotropic_probability: float = 0.5  # low-res in all three axes instead of one; cornucopia's 2D/3D switch
 
     def validate(self):
@@ -151,7 +157,7 @@ class NoiseConfig:
 class SmoothConfig:
     """Final isotropic Gaussian smoothing (scanner point-spread function)."""
     probability: float = 0.5      # no source; mild, so that it does not duplicate motion blur and anisotropy
-    fwhm: tuple = (0.0, 1.5)      # voxels ~ U(fwhm); no source in the paper (SynthSeg blurs by resolution)
+    fwhm: tuple = (0.0, 1.5)      # mm ~ U(fwhm); no source in the paper (SynthSeg blurs by resolution)
 
     def validate(self):
         _check_prob("smooth.probability", self.probability)
@@ -161,7 +167,9 @@ class SmoothConfig:
 @dataclass
 class GeneratorConfig:
     """The whole synthetic-sample pipeline (paper section 2, steps in order)."""
-    crop: tuple = (192, 192, 192)   # output size in voxels (1 mm); paper: random crop 192^3
+    crop: tuple = (192, 192, 192)   # output size in voxels; paper: random crop 192^3 at 1 mm
+    voxel_size: float = 1.0         # mm per voxel of the tissue map and the output (paper: 1); distances
+                                    # below are in mm and are converted to voxels with it
     gmm: GMMConfig = field(default_factory=GMMConfig)
     affine: AffineConfig = field(default_factory=AffineConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
@@ -180,6 +188,8 @@ class GeneratorConfig:
     def validate(self) -> "GeneratorConfig":
         if len(self.crop) != 3 or any(int(c) != c or c < 4 for c in self.crop):
             raise ValueError(f"`crop` must be 3 integers >= 4, got {self.crop}")
+        if not self.voxel_size > 0:
+            raise ValueError(f"`voxel_size` must be > 0 mm, got {self.voxel_size}")
         for part in (self.gmm, self.affine, self.elastic, self.bias, self.gamma, self.motion,
                      self.anisotropy, self.noise, self.smooth):
             part.validate()
@@ -215,7 +225,7 @@ def _from_dict(cls, d):
         default = getattr(cls(), key) if key in names else None
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = _from_dict(type(default), value)
-        elif isinstance(default, tuple):
+        elif isinstance(default, tuple) or (isinstance(value, list) and not dataclasses.is_dataclass(default)):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)

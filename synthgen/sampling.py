@@ -112,6 +112,7 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int) -> Samp
     The order of draws is fixed: changing a range changes values, never which variable a draw feeds.
     """
     c = config
+    mm = 1.0 / c.voxel_size          # distances are drawn in mm, used in voxels
     g = generator_for(sample_key(seed, index, "params"))
     aff = c.affine
     rotation = _uniform(g, -aff.rotation, aff.rotation, 3)
@@ -125,16 +126,20 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int) -> Samp
         n, s = in_shape[a], c.crop[a]
         lo, hi = (s - 1) / 2, n - 1 - (s - 1) / 2
         center[a] = lo + (hi - lo) * u[a] if hi > lo else (n - 1) / 2
-    center += _uniform(g, -aff.translation, aff.translation, 3)
+    center += _uniform(g, -aff.translation, aff.translation, 3) * mm
 
     n = c.elastic.control_points
-    el_std = _uniform(g, 0, c.elastic.max_std).float()
+    el_std = _uniform(g, 0, c.elastic.max_std).float() * mm
     elastic = torch.randn(3, n, n, n, generator=g) * el_std
 
     k = MAX_TISSUE_CHANNELS + 1
     mu = _uniform(g, *c.gmm.mu, k).float()
+    if c.gmm.lesion_mu is not None:      # same draw, rescaled: the order of draws never changes
+        lo, hi = c.gmm.mu
+        u = (mu[-1] - lo) / (hi - lo) if hi > lo else torch.zeros(())
+        mu[-1] = c.gmm.lesion_mu[0] + (c.gmm.lesion_mu[1] - c.gmm.lesion_mu[0]) * u
     sigma = _uniform(g, *c.gmm.sigma, k).float()
-    fwhm = _uniform(g, *c.gmm.fwhm).float()
+    fwhm = _uniform(g, *c.gmm.fwhm).float() * mm
 
     m = c.bias.control_points
     b_std = _uniform(g, 0, c.bias.max_std).float()
@@ -145,13 +150,13 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int) -> Samp
     motion_on = _bernoulli(g, c.motion.probability)
     motion_axis = int(torch.randint(3, (1,), generator=g))
     motion_fwhm = torch.zeros(3)
-    motion_fwhm[motion_axis] = float(_uniform(g, *c.motion.fwhm)) * float(motion_on)
+    motion_fwhm[motion_axis] = float(_uniform(g, *c.motion.fwhm)) * float(motion_on) * mm
 
     an = c.anisotropy
     aniso_on = _bernoulli(g, an.probability)
     iso = _bernoulli(g, an.isotropic_probability)
     aniso_axis = int(torch.randint(3, (1,), generator=g))
-    r = float(_uniform(g, *an.spacing))
+    r = max(float(_uniform(g, *an.spacing)) * mm, 1.0)
     spacing = torch.ones(3)
     if aniso_on:
         if iso:
@@ -161,7 +166,7 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int) -> Samp
 
     noise_std = (_uniform(g, 0, c.noise.max_std) * c.noise.scale).float()
     smooth_on = _bernoulli(g, c.smooth.probability)
-    smooth_fwhm = (_uniform(g, *c.smooth.fwhm) * smooth_on).float()
+    smooth_fwhm = (_uniform(g, *c.smooth.fwhm) * smooth_on).float() * mm
     skull = _bernoulli(g, c.skull_strip_probability)
     flip = _bernoulli(g, c.flip_probability, 3)
     noise_key = torch.randint(0, 2 ** 62, (1,), generator=g, dtype=torch.int64)

@@ -61,3 +61,29 @@ def test_samples_do_not_depend_on_the_batch():
     a = sample_params(cfg, (60, 70, 64), seed=5, index=10, batch=4)
     b = sample_params(cfg, (60, 70, 64), seed=5, index=12, batch=1)
     assert torch.equal(a.select(2).gmm_mu, b.gmm_mu) and torch.equal(a.select(2).elastic, b.elastic)
+
+
+def test_distances_are_in_mm_and_converted_with_the_voxel_size():
+    one = sample_params(GeneratorConfig(crop=(32, 32, 32)), (60, 70, 64), seed=9, index=0, batch=50)
+    three = sample_params(GeneratorConfig(crop=(32, 32, 32), voxel_size=3.0), (60, 70, 64), seed=9, index=0, batch=50)
+    assert torch.allclose(three.gmm_fwhm, one.gmm_fwhm / 3)
+    assert torch.allclose(three.motion_fwhm, one.motion_fwhm / 3)
+    assert torch.allclose(three.smooth_fwhm, one.smooth_fwhm / 3)
+    assert torch.allclose(three.elastic, one.elastic / 3, atol=1e-6)
+    assert torch.allclose(three.spacing, (one.spacing / 3).clamp(min=1))
+    assert torch.equal(three.gmm_mu, one.gmm_mu) and torch.equal(three.matrix, one.matrix)
+    with pytest.raises(ValueError, match="voxel_size"):
+        GeneratorConfig(voxel_size=0).validate()
+
+
+def test_lesion_contrast_prior_rescales_only_the_lesion_mean():
+    from synthgen.config import GMMConfig
+    base = sample_params(GeneratorConfig(), (60, 70, 64), seed=2, index=0, batch=40)
+    prior = sample_params(GeneratorConfig(gmm=GMMConfig(lesion_mu=(0.0, 40.0))), (60, 70, 64), seed=2, index=0,
+                          batch=40)
+    assert torch.equal(prior.gmm_mu[:, :-1], base.gmm_mu[:, :-1]) and torch.equal(prior.elastic, base.elastic)
+    assert torch.allclose(prior.gmm_mu[:, -1], base.gmm_mu[:, -1] * 40 / 255, atol=1e-4)
+    cfg = GeneratorConfig(gmm=GMMConfig(lesion_mu=(0.0, 40.0)))
+    assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="gmm.lesion_mu"):
+        GeneratorConfig(gmm=GMMConfig(lesion_mu=(50.0, 10.0))).validate()

@@ -26,7 +26,7 @@ def tiny(out, steps=4, **kw) -> TrainConfig:
     cfg.ckpt_every = kw.pop("ckpt_every", 0)
     cfg.model.channels = (4, 8, 8)
     cfg.model.dropout = 0.2          # dropout draws from the torch RNG: resume must restore it
-    cfg.data.voxel_size = 4.0
+    cfg.generator.voxel_size = 4.0
     cfg.generator.crop = (24, 24, 24)
     cfg.generator.target = "tissue"
     for k, v in kw.items():
@@ -144,7 +144,7 @@ def test_dice_ce_loss_decreases_toward_the_target():
 def test_presets():
     assert paper_preset().steps == 600_000 and paper_preset().optim.grad_clip == 12.0
     assert paper_preset().model_kwargs()["channels"] == [32, 64, 128, 256, 320, 320]
-    assert quick_preset().validate().data.voxel_size == 3.0
+    assert quick_preset().validate().generator.voxel_size == 3.0
     with pytest.raises(ValueError, match="`preset` must be one of"):
         preset("huge")
 
@@ -159,7 +159,7 @@ def test_presets():
     ("optim.poly_power", -1.0, "`optim.poly_power` must be >= 0"),
     ("optim.ce_weight", -1.0, "`optim.dice_weight` and `optim.ce_weight`"),
     ("optim.amp", "fp8", "`optim.amp` must be"),
-    ("data.voxel_size", 0.0, "`data.voxel_size` must be > 0"),
+    ("generator.voxel_size", 0.0, "`voxel_size` must be > 0"),
     ("data.lesion.healthy_probability", 2.0, "`lesion.healthy_probability` must be"),
     ("baseline", True, "`baseline` trains on real scans only"),
     ("generator.crop", (44, 48, 48), "multiples of the network stride 8"),

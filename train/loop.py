@@ -107,20 +107,17 @@ def _resample_labels(labels: np.ndarray, affine: np.ndarray, voxel_size: float):
 
 
 def load_tissues(cfg: TrainConfig, device: torch.device) -> tuple[list, list]:
-    """The tissue maps on ``device`` at ``data.voxel_size`` mm, and their voxel -> MNI affines."""
+    """The tissue maps on ``device`` at ``generator.voxel_size`` mm, and their voxel -> MNI affines."""
     d = cfg.data
     if d.tissue_maps is None:
-        try:
-            from synthgen.data import default_tissue_map
-        except ImportError:   # synthgen/data/__init__.py not written yet
-            from synthgen.data.default_map import default_tissue_map
+        from synthgen.data import default_tissue_map
         labels, affine = default_tissue_map(with_affine=True)
-        data, affine = _resample_labels(labels[0, 0].numpy(), affine, d.voxel_size)
+        data, affine = _resample_labels(labels[0, 0].numpy(), affine, cfg.generator.voxel_size)
         return [torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)], [affine]
     from synthgen.data import check
     from synthgen.data.tissue import read_tissue_map
     files, _ = check.list_nifti(d.tissue_maps)
-    maps = [read_tissue_map(f, label_map=d.label_map, voxel_size=d.voxel_size) for f in files]
+    maps = [read_tissue_map(f, label_map=d.label_map, voxel_size=cfg.generator.voxel_size) for f in files]
     return [m.to_tensor(device) for m in maps], [m.affine for m in maps]
 
 
@@ -139,7 +136,7 @@ def make_lesion_source(cfg: TrainConfig, split: str, tissue: torch.Tensor, affin
 class RealSource:
     """Real labelled scans augmented on the device (``synthgen.real.RealAugmenter``), one item per sample.
 
-    Scans and masks are read once (RAS, ``data.voxel_size`` mm) and kept in host memory (fp16 / uint8); each
+    Scans and masks are read once (RAS, ``generator.voxel_size`` mm) and kept in host memory (fp16 / uint8); each
     sample moves its item to the device. Real sample ``i`` of stream ``seed`` uses item
     ``synthgen.real.real_item(seed, i, n)`` (a fresh permutation per pass). Targets are lesion masks {0, 1}.
     """
@@ -185,7 +182,7 @@ def real_source(cfg: TrainConfig, device: torch.device):
     if real is None or not hasattr(real, "RealAugmenter"):
         raise NotImplementedError("--real: real-scan training needs synthgen/real.py (real-scan augmentation), "
                                   "which is not available yet")
-    return RealSource(cfg.data.real, cfg.generator, cfg.data.voxel_size, device)
+    return RealSource(cfg.data.real, cfg.generator, cfg.generator.voxel_size, device)
 
 
 def lesion_vs_rest(logits: torch.Tensor) -> torch.Tensor:
@@ -200,7 +197,7 @@ def lesion_vs_rest(logits: torch.Tensor) -> torch.Tensor:
 def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
     """Real validation scans and masks as ``(image (1, 1, ...), target (1, ...))`` on ``device``.
 
-    Scans are resliced to ``data.voxel_size``, histogram-normalised and z-scored like ``train.predict``;
+    Scans are resliced to ``generator.voxel_size``, histogram-normalised and z-scored like ``train.predict``;
     the target is the lesion mask (class ``num_classes - 1``; tissue classes are not known for real scans).
     """
     from synthgen.data import check
@@ -210,8 +207,8 @@ def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
     pairs, _ = check.pair_real_files(files)
     out = []
     for pair in pairs:
-        scan, _ = read_scan(pair.scan, voxel_size=cfg.data.voxel_size)
-        mask, _ = read_mask(pair.mask, voxel_size=cfg.data.voxel_size)
+        scan, _ = read_scan(pair.scan, voxel_size=cfg.generator.voxel_size)
+        mask, _ = read_mask(pair.mask, voxel_size=cfg.generator.voxel_size)
         # pad to multiples of the crop so that the sliding window tiles the volume
         crop = cfg.generator.crop
         pad = [(0, (-s) % c) for s, c in zip(scan.shape, crop)]
@@ -410,7 +407,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     tb = _tensorboard(out) if is_main else None
     if is_main:
         print(f"preset {cfg.preset}: {world} x {device} ({'bf16 autocast' if dtype else 'fp32'}), "
-              f"{n_params(net) / 1e6:.2f} M parameters, crop {tuple(gen_cfg.crop)} at {cfg.data.voxel_size:g} mm, "
+              f"{n_params(net) / 1e6:.2f} M parameters, crop {tuple(gen_cfg.crop)} at {cfg.generator.voxel_size:g} mm, "
               f"batch {cfg.batch_size}/rank, {cfg.num_classes} classes, steps {step} -> {cfg.steps}"
               + (f" (resumed from {ckpt_path})" if resume else ""), flush=True)
 

@@ -69,7 +69,7 @@ def overrides(args) -> dict:
              "log_every": "log_every", "val_every": "val_every", "val_samples": "val_samples",
              "ckpt_every": "ckpt_every", "tissue_maps": "data.tissue_maps", "label_map": "data.label_map",
              "lesions": "data.lesions", "real": "data.real", "real_val": "data.real_val",
-             "voxel_size": "data.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop"}
+             "voxel_size": "generator.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop"}
     out = {path: getattr(args, name) for name, path in table.items() if getattr(args, name) is not None}
     if args.baseline:
         out["baseline"] = True
