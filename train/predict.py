@@ -68,11 +68,13 @@ def zscore(volume: np.ndarray) -> np.ndarray:
     return np.zeros_like(vol) if std == 0.0 else ((vol - vol.mean()) / std).astype(np.float32)
 
 
-def preprocess(data: np.ndarray, affine: np.ndarray, histnorm: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """RAS 1 mm reslice (trilinear), histogram normalisation (optional), z-score: ``(volume, affine_1mm)``."""
+def preprocess(data: np.ndarray, affine: np.ndarray, histnorm: bool = True,
+               voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """RAS reslice to ``voxel_size`` mm (trilinear; paper: 1), histogram normalisation (optional), z-score:
+    ``(volume, affine)``."""
     # NaN/Inf (masked-out voxels in some pipelines) would spread through the trilinear reslice
     data = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    vol, aff = to_ras_1mm(data, affine, order=1)
+    vol, aff = to_ras_1mm(data, affine, order=1, voxel_size=voxel_size)
     if histnorm:
         vol = histogram_normalise(vol)
     return zscore(vol), aff
@@ -198,7 +200,7 @@ def _output_paths(out_dir: Path, name: str, probabilities: bool) -> dict[str, Pa
 
 
 def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str | None = None,
-                  window=192, tta: bool = True, overlap: float = 0.5, sw_batch_size: int = 1,
+                  window=None, tta: bool = True, overlap: float = 0.5, sw_batch_size: int = 1,
                   probabilities: bool = False, device=None, histnorm: bool = True, overwrite: bool = False,
                   progress: bool = True) -> list[dict]:
     """Segment NIfTI scans and write lesion masks, label maps (and probabilities) on each input's grid.
@@ -210,7 +212,10 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
         out_dir: output folder (created).
         ensemble: average the logits of all scans (one subject) on the first scan's grid.
         name: output name of the ensemble case (default: the first scan's name).
-        window, tta, overlap, sw_batch_size: see ``segment``.
+        window: sliding-window size (default: the training crop stored in the checkpoint, else 192).
+        tta, overlap, sw_batch_size: see ``segment``.
+
+    Scans are resliced to the checkpoint's training voxel size (``generator.voxel_size``, 1 mm by default)
         probabilities: also write the softmax (4D, see ``save_probabilities``).
         device: torch device (default: CUDA when available, else CPU).
         histnorm: apply ``histogram_normalise`` before the z-score.
@@ -245,7 +250,9 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
         model, cfg = checkpoint
     else:
         model, cfg = load_checkpoint_model(checkpoint, map_location="cpu")
-    win = _window(window)
+    generator = cfg.get("generator") or {}
+    win = _window(window if window is not None else generator.get("crop", 192))
+    voxel_size = float(generator.get("voxel_size", 1.0))
     stride = total_stride(cfg.get("model") or {})
     if any(w % stride for w in win):
         raise ValueError(f"`window` must be a multiple of the network's total stride {stride}, got {win}")
@@ -270,7 +277,7 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
             volumes, grid = [], None
             for path in paths:
                 data, affine = (ref_data, ref_affine) if path == paths[0] else _load_scan(path)
-                vol, aff = preprocess(data, affine, histnorm=histnorm)
+                vol, aff = preprocess(data, affine, histnorm=histnorm, voxel_size=voxel_size)
                 if grid is None:
                     grid = (vol.shape, aff)
                 elif vol.shape != grid[0] or not np.allclose(aff, grid[1], atol=1e-4):
@@ -312,8 +319,8 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=None, help="output name with --ensemble (default: first scan's)")
     parser.add_argument("--probabilities", action="store_true", help="also write <name>_probs.nii.gz (4D)")
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="skip the 8-flip test-time averaging")
-    parser.add_argument("--window", type=_window_arg, default=192,
-                        help="sliding window size: N or X,Y,Z (multiples of the network's total stride)")
+    parser.add_argument("--window", type=_window_arg, default=None,
+                        help="sliding window: N or X,Y,Z, multiples of the net stride (default: the training crop)")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw-batch-size", type=int, default=1)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

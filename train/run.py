@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, help="samples per step per rank (paper: 1)")
     p.add_argument("--crop", type=_crop, help="training crop, N or D,H,W voxels (multiples of the net stride)")
-    p.add_argument("--voxel-size", type=float, help="training grid in mm (quick preset: 2)")
+    p.add_argument("--voxel-size", type=float, help="training grid in mm (paper: 1; quick preset: 3)")
     p.add_argument("--lr", type=float, help="AdamW learning rate")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (auto: bf16 on CUDA)")
     p.add_argument("--log-every", type=int, help="steps per log line")
