@@ -96,18 +96,40 @@ def add_noise(x: torch.Tensor, std: torch.Tensor, generators: list[torch.Generat
     return torch.cat(out)
 
 
+def _order_pair(flat: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values at sorted positions ``i`` and ``i + 1`` (0-based) of a 1D tensor, from the shorter tail (topk)."""
+    n = flat.numel()
+    j = min(i + 1, n - 1)
+    if j + 1 <= n - i:
+        low = torch.topk(flat, j + 1, largest=False, sorted=True).values
+        return low[i], low[j]
+    high = torch.topk(flat, n - i, largest=True, sorted=True).values      # positions n-1 down to i
+    return high[-1], high[-1 - (j - i)]
+
+
 def quantiles(x: torch.Tensor, q) -> torch.Tensor:
-    """Per-sample quantiles ``(B, len(q))`` over all voxels, with torch.quantile's linear interpolation."""
+    """Per-sample quantiles ``(B, len(q))`` over all voxels, with torch.quantile's linear interpolation.
+
+    Tail quantiles (the clip's 1st/99th percentiles) come from a top-k of the shorter tail, several times
+    cheaper than the full sort torch.quantile does; central ones from torch.quantile itself.
+    """
     flat = x.reshape(x.shape[0], -1).float()
-    qs = torch.as_tensor(q, dtype=torch.float32, device=x.device)
-    if flat.shape[1] <= 16_000_000:      # torch.quantile's input size limit
-        return torch.quantile(flat, qs, dim=1).T
-    srt = flat.sort(dim=1).values
-    pos = qs * (flat.shape[1] - 1)
-    lo = pos.floor().long()
-    hi = pos.ceil().long()
-    w = pos - lo
-    return srt[:, lo] * (1 - w) + srt[:, hi] * w
+    n = flat.shape[1]
+    out = torch.empty(flat.shape[0], len(q), dtype=flat.dtype, device=flat.device)
+    central = []
+    for k, qk in enumerate(q):
+        pos = float(qk) * (n - 1)
+        i = int(pos)
+        if min(i + 2, n - i) > 0.1 * n and n <= 16_000_000:     # torch.quantile's input size limit
+            central.append(k)
+            continue
+        for b in range(flat.shape[0]):
+            lo, hi = _order_pair(flat[b], i)
+            out[b, k] = torch.lerp(lo, hi, pos - i)
+    if central:
+        qs = torch.tensor([float(q[k]) for k in central], dtype=flat.dtype, device=flat.device)
+        out[:, central] = torch.quantile(flat, qs, dim=1).T
+    return out
 
 
 def percentile_clip(x: torch.Tensor, lower: float = 0.01, upper: float = 0.99) -> torch.Tensor:
