@@ -148,3 +148,11 @@ def test_skull_strip_and_z_normalise():
     assert torch.allclose(z.mean((1, 2, 3, 4)), torch.zeros(2), atol=1e-5)
     assert torch.allclose(z.std((1, 2, 3, 4), unbiased=False), torch.ones(2), atol=1e-5)
     assert torch.isfinite(ops.z_normalise(torch.zeros(1, 1, 3, 3, 3))).all()   # constant image: no NaN
+
+
+def test_quantiles_equal_torch_quantile_in_the_tails_and_the_centre():
+    x = torch.randn(3, 1, 20, 25, 30) ** 3
+    x[1] = 0.0                                   # ties everywhere
+    qs = [0.0, 0.01, 0.3, 0.5, 0.99, 1.0]
+    ref = torch.quantile(x.reshape(3, -1), torch.tensor(qs), dim=1).T
+    assert torch.allclose(ops.quantiles(x, qs), ref, rtol=1e-5, atol=1e-5)
