@@ -73,3 +73,26 @@ def test_warp_errors_name_the_argument():
     with pytest.raises(ValueError, match="flips"):
         flip(torch.zeros(2, 1, 4, 4, 4), torch.zeros(1, 3, dtype=torch.bool))
     assert ops.grid_pull is grid_pull
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_pull_reads_only_the_reached_box_and_zero_outside(mode):
+    vol = torch.randint(0, 5, (2, 1, 20, 21, 22), dtype=torch.uint8)
+    vol = vol.float() if mode == "linear" else vol
+    far = torch.full((2, 4, 5, 6, 3), 100.0)                      # an all-background crop
+    out = grid_pull(vol, far, mode)
+    assert out.shape == (2, 1, 4, 5, 6) and (out == 0).all()
+    assert out.dtype == vol.dtype
+    g = torch.Generator().manual_seed(0)
+    coords = torch.rand(2, 6, 7, 8, 3, generator=g) * torch.tensor([8.0, 9.0, 10.0]) + 4   # a sub-box
+    coords[1, 0, 0, 0] = torch.tensor([19.5, -0.5, 21.0])          # border and just outside
+    full = torch.nn.functional.grid_sample(
+        vol.float(), (coords * (2.0 / (torch.tensor([20.0, 21.0, 22.0]) - 1)) - 1).flip(-1),
+        mode="bilinear" if mode == "linear" else "nearest", padding_mode="zeros", align_corners=True)
+    out = grid_pull(vol, coords, mode).float()
+    if mode == "linear":
+        assert torch.allclose(out, full, atol=1e-5)
+    else:   # nearest: only float round-off at a half-voxel tie may pick the other neighbour
+        differ = (out != full)[:, 0]
+        tie = ((coords - coords.floor() - 0.5).abs() < 1e-4).any(-1)
+        assert not (differ & ~tie).any()

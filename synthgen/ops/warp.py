@@ -56,6 +56,17 @@ def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") 
     if coords.shape[0] != volume.shape[0] or coords.shape[-1] != 3:
         raise ValueError(f"`coords` must be ({volume.shape[0]}, ..., 3), got shape {tuple(coords.shape)}")
     src_dtype = volume.dtype
+    # only the box the coordinates reach is converted and sampled (a crop reads a fraction of the map)
+    lo = coords.reshape(-1, 3).amin(0).floor().long() - 1
+    hi = coords.reshape(-1, 3).amax(0).ceil().long() + 2
+    lo = [max(int(v), 0) for v in lo]
+    hi = [min(int(v), n) for v, n in zip(hi, volume.shape[2:])]
+    if any(h <= l for l, h in zip(lo, hi)):          # every point is outside the map
+        shape = (*volume.shape[:2], *coords.shape[1:-1])
+        keep = mode == "nearest" or volume.is_floating_point()
+        return torch.zeros(shape, dtype=src_dtype if keep else torch.float32, device=volume.device)
+    volume = volume[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    coords = coords - torch.tensor(lo, dtype=coords.dtype, device=coords.device)
     vol = volume if volume.is_floating_point() else volume.to(torch.float32)
     size = torch.tensor(volume.shape[2:], dtype=torch.float32, device=coords.device)
     # grid_sample wants (x, y, z) = (last, middle, first) axis, normalised for align_corners=True
