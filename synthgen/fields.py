@@ -49,13 +49,14 @@ def bspline_matrix(n_ctrl: int, n_out: int, device=None, dtype=torch.float32) ->
     return _bspline_matrix_cpu(int(n_ctrl), int(n_out)).to(device=device, dtype=dtype)
 
 
-def smooth_field(coeffs: torch.Tensor, shape, region=None) -> torch.Tensor:
+def smooth_field(coeffs: torch.Tensor, shape, region=None, channels_last: bool = False) -> torch.Tensor:
     """Evaluate cubic B-spline coefficients on a dense grid, or on a box of it.
 
     Args:
         coeffs: ``(B, C, n1, n2, n3)`` control-grid coefficients (each ``n >= 1``).
         shape: spatial size ``(D, H, W)`` of the grid the control points span.
         region: optional ``((lo, hi), (lo, hi), (lo, hi))`` voxel box: only it is evaluated.
+        channels_last: return ``(B, D, H, W, C)`` (e.g. a displacement next to coordinates).
 
     Returns:
         ``(B, C, D, H, W)`` field (or the box's size), same dtype and device as ``coeffs``.
@@ -71,4 +72,4 @@ def smooth_field(coeffs: torch.Tensor, shape, region=None) -> torch.Tensor:
     # contract the smallest axes first: cost ~ N*n per output voxel along the last contraction
     out = torch.einsum("bcijk,zk->bcijz", coeffs, w3)
     out = torch.einsum("bcijz,yj->bciyz", out, w2)
-    return torch.einsum("bciyz,xi->bcxyz", out, w1)
+    return torch.einsum("bciyz,xi->bxyzc" if channels_last else "bciyz,xi->bcxyz", out, w1)

@@ -46,3 +46,9 @@ def test_smooth_field_on_a_region_equals_the_crop_of_the_full_field():
     box = ((3, 9), (0, 24), (30, 31))
     part = smooth_field(coeffs, (17, 24, 31), region=box)
     assert torch.allclose(part, full[..., 3:9, 0:24, 30:31], atol=1e-6)
+
+
+def test_smooth_field_channels_last():
+    coeffs = torch.randn(2, 3, 5, 4, 6)
+    assert torch.allclose(smooth_field(coeffs, (9, 8, 7), channels_last=True),
+                          smooth_field(coeffs, (9, 8, 7)).permute(0, 2, 3, 4, 1), atol=1e-6)

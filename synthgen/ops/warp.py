@@ -30,13 +30,18 @@ def affine_elastic_coords(out_shape, matrix: torch.Tensor, center: torch.Tensor,
     if center.shape != (matrix.shape[0], 3):
         raise ValueError(f"`center` must be ({matrix.shape[0]}, 3), got shape {tuple(center.shape)}")
     dev = center.device
+    B = matrix.shape[0]
+    m = matrix.to(dev, torch.float32)
+    c = center.to(dev, torch.float32)
     axes = [torch.arange(n, device=dev, dtype=torch.float32) - (n - 1) / 2 for n in out_shape]
-    offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)          # (D, H, W, 3)
-    coords = torch.einsum("dhwj,bij->bdhwi", offsets, matrix.to(dev, torch.float32))
-    coords = coords + center.to(dev, torch.float32)[:, None, None, None, :]
+    coords = torch.empty(B, *out_shape, 3, device=dev, dtype=torch.float32)
+    for i in range(3):
+        # row i of the affine is a sum of three 1D ramps: broadcast, never a (D, H, W, 3) matrix product
+        coords[..., i] = (m[:, i, 0, None, None, None] * axes[0][:, None, None]
+                          + m[:, i, 1, None, None, None] * axes[1][None, :, None]
+                          + (m[:, i, 2, None, None, None] * axes[2][None, None, :] + c[:, i, None, None, None]))
     if elastic is not None:
-        disp = smooth_field(elastic.to(dev, torch.float32), out_shape)          # (B, 3, D, H, W)
-        coords = coords + disp.permute(0, 2, 3, 4, 1)
+        coords += smooth_field(elastic.to(dev, torch.float32), out_shape, channels_last=True)
     return coords
 
 
@@ -57,8 +62,9 @@ def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") 
         raise ValueError(f"`coords` must be ({volume.shape[0]}, ..., 3), got shape {tuple(coords.shape)}")
     src_dtype = volume.dtype
     # only the box the coordinates reach is converted and sampled (a crop reads a fraction of the map)
-    lo = coords.reshape(-1, 3).amin(0).floor().long() - 1
-    hi = coords.reshape(-1, 3).amax(0).ceil().long() + 2
+    cmin, cmax = torch.aminmax(coords.reshape(-1, 3), dim=0)
+    lo = cmin.floor().long() - 1
+    hi = cmax.ceil().long() + 2
     lo = [max(int(v), 0) for v in lo]
     hi = [min(int(v), n) for v, n in zip(hi, volume.shape[2:])]
     if any(h <= l for l, h in zip(lo, hi)):          # every point is outside the map
@@ -66,13 +72,15 @@ def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") 
         keep = mode == "nearest" or volume.is_floating_point()
         return torch.zeros(shape, dtype=src_dtype if keep else torch.float32, device=volume.device)
     volume = volume[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    coords = coords - torch.tensor(lo, dtype=coords.dtype, device=coords.device)
     vol = volume if volume.is_floating_point() else volume.to(torch.float32)
-    size = torch.tensor(volume.shape[2:], dtype=torch.float32, device=coords.device)
-    # grid_sample wants (x, y, z) = (last, middle, first) axis, normalised for align_corners=True
-    norm = (coords.to(torch.float32) * (2.0 / (size - 1).clamp(min=1)) - 1.0).flip(-1)
-    grid = norm if coords.ndim == 5 else norm.reshape(coords.shape[0], -1, 1, 1, 3)
-    out = F.grid_sample(vol, grid.to(vol.dtype), mode="bilinear" if mode == "linear" else "nearest",
+    # grid_sample wants (x, y, z) = (last, middle, first) axis, normalised for align_corners=True: one
+    # strided pass per axis writes the shifted, scaled and flipped grid
+    grid = torch.empty(coords.shape, dtype=vol.dtype, device=coords.device)
+    for a in range(3):
+        scale = 2.0 / max(volume.shape[2 + a] - 1, 1)
+        grid[..., 2 - a] = coords[..., a] * scale - (lo[a] * scale + 1.0)
+    grid = grid if coords.ndim == 5 else grid.reshape(coords.shape[0], -1, 1, 1, 3)
+    out = F.grid_sample(vol, grid, mode="bilinear" if mode == "linear" else "nearest",
                         padding_mode="zeros", align_corners=True)
     out = out.reshape(*volume.shape[:2], *coords.shape[1:-1])
     return out.to(src_dtype) if mode == "nearest" else out
