@@ -93,8 +93,9 @@ def check_data(cfg: TrainConfig) -> None:
     if not (d.tissue_maps or d.lesions or d.real or d.real_val):
         return
     from synthgen.data import check
-    problems = check.check_folders(tissue_maps=d.tissue_maps, lesions=d.lesions, real=d.real,
-                                   label_map=d.label_map, progress=False)
+    problems = check.check_folders(tissue_maps=d.tissue_maps, real=d.real, label_map=d.label_map, progress=False)
+    if d.lesions:
+        problems += check.check_folders(lesions=d.lesions, pattern=d.lesion.mask_pattern, progress=False)
     if d.real_val:
         problems += check.check_folders(real=d.real_val, progress=False)
     if check.has_errors(problems):

@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue-maps", help="folder of tissue maps (default: bundled MNI152 map)")
     p.add_argument("--label-map", help="label mapping of the tissue maps ('freesurfer', JSON file, 'gm=3,42;...')")
     p.add_argument("--lesions", help="folder of lesion masks in MNI space (default: procedural lesions)")
+    p.add_argument("--lesion-pattern", help="file names to take in --lesions (default '*.nii*'; SOOP: "
+                                             "'*_lesion.nii.gz')")
     p.add_argument("--real", help="folder of real scans + lesion masks, alternated 1:1 with synthetic samples")
     p.add_argument("--real-val", help="folder of real validation scans + lesion masks")
     p.add_argument("--baseline", action="store_true", help="real scans only, 2 classes (needs --real)")
@@ -68,7 +70,7 @@ def overrides(args) -> dict:
     table = {"steps": "steps", "out": "out", "seed": "seed", "device": "device", "batch_size": "batch_size",
              "log_every": "log_every", "val_every": "val_every", "val_samples": "val_samples",
              "ckpt_every": "ckpt_every", "tissue_maps": "data.tissue_maps", "label_map": "data.label_map",
-             "lesions": "data.lesions", "real": "data.real", "real_val": "data.real_val",
+             "lesions": "data.lesions", "lesion_pattern": "data.lesion.mask_pattern", "real": "data.real", "real_val": "data.real_val",
              "voxel_size": "generator.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop"}
     out = {path: getattr(args, name) for name, path in table.items() if getattr(args, name) is not None}
     if args.baseline:
