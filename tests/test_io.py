@@ -71,3 +71,20 @@ def test_to_ras_1mm_and_resample():
     assert four.shape == (*out.shape, 2) and np.allclose(four[..., 1], 2 * four[..., 0], atol=1e-5)
     with pytest.raises(ValueError, match="order"):
         resample_to_grid(data, aff, out.shape, out_aff, order=3)
+
+
+def test_atomic_path_keeps_the_old_file_on_error_and_sets_normal_permissions(tmp_path):
+    import os
+    from synthgen.io import atomic_path
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with atomic_path(target) as tmp:
+        open(tmp, "w").write("new")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == (0o666 & ~umask)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from synthgen.data import check as check_mod
 from synthgen.data import tissue as tissue_mod
+from synthgen.io import atomic_path
 
 INDEX_NAME = "index.json"
 STORE_VERSION = 1
@@ -67,36 +67,14 @@ def _unchanged(old: dict | None, path, options: dict) -> bool:
     return True
 
 
-def _mkstemp(path: Path):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; the store should read like any other file
-    return fd, tmp
-
-
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".tmp") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".tmp") as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
 
 
 def _item_name(path: Path, root: Path) -> str:
