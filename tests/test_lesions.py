@@ -407,3 +407,53 @@ def test_box_restricted_weights_equal_the_full_volume_formula():
         assert torch.allclose(label[i:i + 1], full, atol=1e-6)
         assert torch.allclose(intensity[i:i + 1], full * fade, atol=1e-6)
     assert label[1].sum() == 0 or drawn[1].any()
+
+
+def _store_fixture(tmp_path, n=12):
+    """Masks in a LAS folder (names whose file-name and stem orders differ) and a cropped store of them."""
+    from synthgen.data import pack
+    las = np.diag([-1.0, 1, 1, 1])
+    las[:3, 3] = [12, -10, -9]
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        m = np.zeros((17, 24, 19), np.uint8)
+        lo = rng.integers(1, 9, 3)
+        m[lo[0]:lo[0] + 3 + i % 4, lo[1]:lo[1] + 4, lo[2]:lo[2] + 2 + i % 3] = 1
+        _write(folder / f"{'a-b' if i == 0 else 'a'}{i:02d}_lesion.nii.gz", m, las)
+    _write(folder / "a.nii.gz", np.zeros((17, 24, 19), np.uint8), las)          # empty: dropped alike
+    _write(folder / "notes_lesion.nii.gz", np.zeros((17, 24, 19), np.uint8), las)
+    pack(tmp_path / "store", lesions=folder, crop_masks=True, progress=False)
+    grid = np.diag([2.0, 2, 2, 1])                    # the training grid: 2 mm RAS, another box
+    grid[:3, 3] = [-6, -12, -10]
+    return folder, tmp_path / "store", (12, 14, 12), grid
+
+
+@pytest.mark.filterwarnings("ignore:.*lesion masks left out")
+def test_from_store_same_masks_and_split_as_from_folder(tmp_path):
+    from synthgen.data import open_store
+    folder, store, shape, grid = _store_fixture(tmp_path)
+    cfg = LesionConfig(holdout_fraction=0.4, max_volume_ml=0.15)
+    for split in (None, "train", "holdout"):
+        a = LesionSource.from_folder(folder, shape, grid, split=split, config=cfg, progress=False).bank
+        for s in (store, open_store(store)):
+            b = LesionSource.from_store(s, shape, grid, split=split, config=cfg, progress=False).bank
+            assert b.names == a.names and b.dropped == a.dropped and b.volumes_ml == a.volumes_ml
+            assert b.offsets == a.offsets and all(torch.equal(x, y) for x, y in zip(a.crops, b.crops))
+    train = LesionSource.from_store(store, shape, grid, split="train", config=cfg, progress=False).bank.names
+    hold = LesionSource.from_store(store, shape, grid, split="holdout", config=cfg, progress=False).bank.names
+    assert train and hold and set(train).isdisjoint(hold)
+    # the pattern selects by source file name, as a folder glob does
+    only = LesionSource.from_store(store, shape, grid, pattern="a0[1-3]_*", progress=False).bank.names
+    assert only == ["a01_lesion.nii.gz", "a02_lesion.nii.gz", "a03_lesion.nii.gz"]
+
+
+def test_from_store_errors(tmp_path):
+    _, store, shape, grid = _store_fixture(tmp_path, n=2)
+    with pytest.raises(ValueError, match=r"store: no lesion mask in the store packed from a file matching '\*.mgz'"):
+        LesionSource.from_store(store, shape, grid, pattern="*.mgz", progress=False)
+    with pytest.raises(FileNotFoundError, match="not a packed store"):
+        LesionSource.from_store(tmp_path / "nowhere", shape, grid, progress=False)
+    with pytest.raises(ValueError, match=r"no lesion mask left out of 1 files.*too_large"):
+        LesionSource.from_store(store, shape, grid, pattern="a0*", max_volume_ml=1e-6, progress=False)

@@ -6,6 +6,7 @@ with the crop's offset: 1449 SOOP masks take about 0.2 GB instead of 12.6 GB den
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import warnings
 from dataclasses import dataclass, field
@@ -120,6 +121,25 @@ def load_mask_bank(files, like_shape, like_affine, threshold: float = 0.5, split
         ValueError: bad ``split``/``threshold``, a mask whose values are not in [0, 1] (names the file), a
             3D grid mismatch of ``brain_mask``, or no mask left after filtering.
     """
+    items = [(Path(p).name, p, lambda p=p: load_nifti(p)) for p in files]
+    return mask_bank_from_arrays(items, like_shape, like_affine, threshold, split, holdout_fraction,
+                                 max_volume_ml, brain_mask, max_outside_fraction, device, progress)
+
+
+def mask_bank_from_arrays(items, like_shape, like_affine, threshold: float = 0.5, split=None,
+                          holdout_fraction: float = 0.2, max_volume_ml=None, brain_mask=None,
+                          max_outside_fraction=None, device="cpu", progress: bool = True) -> MaskBank:
+    """The :class:`MaskBank` of masks given as arrays: what :func:`load_mask_bank` does after reading files.
+
+    Args:
+        items: sequence of ``(name, where, load)``: ``name`` (a file name) decides the split and names the
+            mask in the bank, ``where`` (a path) names it in errors, ``load()`` returns ``(data, affine)``
+            and is called only for masks in ``split``.
+        Others: as for :func:`load_mask_bank`.
+
+    Raises:
+        ValueError: as for :func:`load_mask_bank`.
+    """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}")
     if not 0.0 <= threshold < 1.0:
@@ -134,21 +154,20 @@ def load_mask_bank(files, like_shape, like_affine, threshold: float = 0.5, split
     voxel_ml = abs(np.linalg.det(like_affine[:3, :3])) / 1000.0
     bank = MaskBank(like_shape, like_affine)
     drop = {k: [] for k in ("split", "empty", "outside_grid", "too_large", "outside_brain")}
-    it = files
+    it = items
     if progress:
         from tqdm import tqdm
-        it = tqdm(files, desc="lesion masks", unit="mask")
-    for path in it:
-        name = Path(path).name
+        it = tqdm(items, desc="lesion masks", unit="mask")
+    for name, where, load in it:
         if split is not None and (holdout_bucket(name) < holdout_fraction) != (split == "holdout"):
             drop["split"].append(name)
             continue
-        data, affine = load_nifti(path)
+        data, affine = load()
         if data.ndim != 3:
-            raise ValueError(f"{path}: lesion mask must be 3D, got shape {data.shape}")
+            raise ValueError(f"{where}: lesion mask must be 3D, got shape {data.shape}")
         lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
         if lo < 0 or hi > 1 or np.isnan(data).any():
-            raise ValueError(f"{path}: lesion mask values must lie in [0, 1] (binary), got range [{lo}, {hi}]")
+            raise ValueError(f"{where}: lesion mask values must lie in [0, 1] (binary), got range [{lo}, {hi}]")
         binary = data > threshold
         if not binary.any():
             drop["empty"].append(name)
@@ -168,11 +187,43 @@ def load_mask_bank(files, like_shape, like_affine, threshold: float = 0.5, split
     for reason in ("empty", "outside_grid"):
         if drop[reason]:
             warnings.warn(f"{len(drop[reason])} lesion masks left out ({reason}): {drop[reason][:5]}"
-                          + (" ..." if len(drop[reason]) > 5 else ""), stacklevel=2)
+                          + (" ..." if len(drop[reason]) > 5 else ""), stacklevel=3)
     if len(bank) == 0:
         counts = {k: len(v) for k, v in drop.items() if v}
-        raise ValueError(f"no lesion mask left out of {len(files)} files after filtering: {counts}")
+        raise ValueError(f"no lesion mask left out of {len(items)} files after filtering: {counts}")
     return bank
+
+
+def store_mask_items(store, pattern: str | None = None) -> list:
+    """The lesion masks of a packed store as ``(name, where, load)`` items of :func:`mask_bank_from_arrays`.
+
+    ``name`` is the source file's name (as recorded when packing), so a mask falls in the same split, and
+    the bank in the same order, as when read from its folder; ``pattern`` (fnmatch, case-sensitive like a folder glob) keeps only the
+    masks whose source file name matches.
+
+    Args:
+        store: a :class:`synthgen.data.store.PackedStore` or the path of one.
+
+    Raises:
+        FileNotFoundError: ``store`` is not a packed store.
+    """
+    if not hasattr(store, "lesions"):
+        from ..data.store import open_store
+        store = open_store(store)
+    section, entries = store.lesions, store.index["sections"]["lesions"]
+    items = []
+    for i, key in enumerate(section.names):
+        source = entries[key]["sources"][0]["path"]
+        name = Path(source).name
+        if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
+            continue
+        where = f"{store.root / entries[key]['files']['data']} (packed from {source})"
+
+        def load(i=i):
+            item = section[i]
+            return np.asarray(item.data), item.affine
+        items.append((name, where, load))
+    return sorted(items, key=lambda t: t[0])   # the order of a folder's files: same bank indices, same draws
 
 
 def masks_from_tensor(masks: torch.Tensor, like_shape=None, like_affine=None, masks_affine=None,

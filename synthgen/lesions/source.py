@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..config import LesionConfig
-from .masks import MaskBank, list_mask_files, load_mask_bank, masks_from_tensor
+from .masks import MaskBank, list_mask_files, load_mask_bank, mask_bank_from_arrays, masks_from_tensor, store_mask_items
 from .morphology import fading_coefficients, fading_config, soft_cp_config
 from .procedural import procedural_lesion
 
@@ -37,8 +37,8 @@ def tissue_share(tissue: torch.Tensor, classes) -> torch.Tensor:
 class LesionSource:
     """Lesions for :class:`synthgen.generator.SynthGenerator`: paste, fade and Soft-CP blend a binary mask.
 
-    The mask of sample ``i`` comes from a bank of real masks (``from_folder``, ``from_tensor``) or from
-    procedural synthesis (``procedural``), chosen by ``keys[i]`` alone. Chalcroft et al., section 2;
+    The mask of sample ``i`` comes from a bank of real masks (``from_folder``, ``from_store``, ``from_tensor``)
+    or from procedural synthesis (``procedural``), chosen by ``keys[i]`` alone. Chalcroft et al., section 2;
     Soft-CP: arXiv:2203.10507.
 
     Args:
@@ -72,6 +72,38 @@ class LesionSource:
                               pick(holdout_fraction, config.holdout_fraction),
                               pick(max_volume_ml, config.max_volume_ml), brain_mask,
                               pick(max_outside_fraction, config.max_outside_fraction), device, progress)
+        return cls(config, bank)
+
+    @classmethod
+    def from_store(cls, store, like_shape, like_affine, threshold: float | None = None, split=None,
+                   max_volume_ml: float | None = None, *, pattern: str | None = None, brain_mask=None,
+                   max_outside_fraction: float | None = None, holdout_fraction: float | None = None,
+                   config: LesionConfig | None = None, device="cpu", progress: bool = True) -> "LesionSource":
+        """Masks from the ``lesions`` section of a packed store (``python -m synthgen.data pack``).
+
+        The same bank as :meth:`from_folder` on the packed files: masks are split by their source file name
+        and filtered alike. Masks were binarised when packed (``pack --mask-threshold``), so ``threshold``
+        only matters for none; ``pattern`` (default ``config.mask_pattern``) selects by source file name.
+
+        Args:
+            store: a :class:`synthgen.data.store.PackedStore` or its folder.
+            Others: as for :meth:`from_folder`.
+
+        Raises:
+            FileNotFoundError: ``store`` is not a packed store.
+            ValueError: no lesion mask in the store matches ``pattern``; others as for :meth:`from_folder`.
+        """
+        config = (config or LesionConfig()).validate()
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        pattern = pick(pattern, config.mask_pattern)
+        items = store_mask_items(store, pattern)
+        if not items:
+            root = store.root if hasattr(store, "lesions") else store
+            raise ValueError(f"{root}: no lesion mask in the store packed from a file matching {pattern!r}")
+        bank = mask_bank_from_arrays(items, like_shape, like_affine, pick(threshold, config.mask_threshold),
+                                     split, pick(holdout_fraction, config.holdout_fraction),
+                                     pick(max_volume_ml, config.max_volume_ml), brain_mask,
+                                     pick(max_outside_fraction, config.max_outside_fraction), device, progress)
         return cls(config, bank)
 
     @classmethod
