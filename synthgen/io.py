@@ -26,6 +26,15 @@ def is_nifti(path) -> bool:
     return name.endswith(NIFTI_SUFFIXES)
 
 
+def nifti_stem(path) -> str:
+    """The file name without ``.nii`` / ``.nii.gz`` (any case): ``sub-1_T1w.nii.gz`` -> ``sub-1_T1w``."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return name[:-len(ext)]
+    return name
+
+
 def load_nifti(path, dtype=None) -> tuple[np.ndarray, np.ndarray]:
     """Load a NIfTI file fully into memory.
 

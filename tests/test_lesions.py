@@ -386,7 +386,6 @@ def test_box_restricted_weights_equal_the_full_volume_formula():
     """LesionSource works inside each lesion's bounding box; the result equals the whole-volume maths."""
     from synthgen.lesions.morphology import fading_coefficients, fading_config, soft_cp_config
     from synthgen.lesions.source import PARENCHYMA, tissue_share
-    from synthgen.sampling import generator_for
 
     shape = (30, 34, 28)
     tissue = torch.zeros(1, 1, *shape, dtype=torch.uint8)

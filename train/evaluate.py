@@ -34,20 +34,13 @@ import numpy as np
 if __package__ in (None, ""):                     # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.io import atomic_path, load_nifti, resample_to_grid, save_png, to_ras_1mm, voxel_sizes  # noqa: E402
+from synthgen.io import (atomic_path, load_nifti, nifti_stem, resample_to_grid, save_png, to_ras_1mm,  # noqa: E402
+                         voxel_sizes)
 from train.metrics import METRICS, all_metrics  # noqa: E402
 
 COLUMNS = ("case",) + METRICS + ("n_truth_lesions", "n_pred_lesions", "truth_ml", "pred_ml", "error")
 SUMMARY_COLUMNS = ("metric", "mean", "median", "std", "n_finite", "n_inf", "n_error")
 PAPER_PAD = 256
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _nifti_files(folder: Path, suffix: str = "") -> dict[str, Path]:
@@ -57,7 +50,7 @@ def _nifti_files(folder: Path, suffix: str = "") -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if not path.is_file() or not path.name.lower().endswith((".nii", ".nii.gz")) or path.name.startswith("."):
             continue
-        key = _stem(path)
+        key = nifti_stem(path)
         if suffix:
             if not key.endswith(suffix):
                 continue

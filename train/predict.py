@@ -28,7 +28,7 @@ import torch
 if __package__ in (None, ""):                     # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.io import load_nifti, resample_to_grid, save_nifti, to_ras_1mm  # noqa: E402
+from synthgen.io import load_nifti, nifti_stem, resample_to_grid, save_nifti, to_ras_1mm  # noqa: E402
 from train.evaluate import fov_overlap  # noqa: E402
 from train.model import load_checkpoint_model, total_stride  # noqa: E402
 
@@ -164,14 +164,6 @@ def save_probabilities(path, probs: np.ndarray, affine: np.ndarray) -> Path:
     return save_nifti(path, q, affine, header_scale=(1.0 / 65535.0, 0.0))
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _check_scan(path: Path) -> None:
     import nibabel as nib
 
@@ -239,7 +231,7 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
         raise ValueError(f"`name` is only used with `ensemble`, got name={name!r}")
     for path in scans:
         _check_scan(path)
-    cases = [(name or _stem(scans[0]), scans)] if ensemble else [(_stem(p), [p]) for p in scans]
+    cases = [(name or nifti_stem(scans[0]), scans)] if ensemble else [(nifti_stem(p), [p]) for p in scans]
     seen: dict[str, Path] = {}
     for case, paths in cases:
         if case in seen:

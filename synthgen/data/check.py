@@ -19,7 +19,6 @@ What is checked:
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,11 +226,6 @@ def list_nifti(folder, pattern: str = "*") -> tuple[list[Path], list[Problem]]:
     return files, problems
 
 
-def _stem(path) -> str:
-    name = Path(path).name
-    return re.sub(r"\.nii(\.gz)?$", "", name, flags=re.IGNORECASE)
-
-
 def _is_mask_token(token: str) -> bool:
     t = token.lower()
     return any(t == m or t.startswith(m + "-") or t.endswith(m) for m in MASK_TOKENS)
@@ -249,7 +243,7 @@ def pairing_key(path) -> tuple[str, bool]:
     ``sub-r001s001_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz``.
     """
     path = Path(path)
-    tokens = _stem(path).split("_")
+    tokens = io.nifti_stem(path).split("_")
     parent = str(path.parent)
     for i, tok in enumerate(tokens):
         if i > 0 and _is_mask_token(tok):

@@ -10,7 +10,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from synthgen.data.check import MASK_TOKENS, SCAN_SUFFIXES, _stem
+from synthgen.data.check import MASK_TOKENS, SCAN_SUFFIXES
+from synthgen.io import nifti_stem
 
 # tried in order; the first that matches gives the subject id
 SUBJECT_PATTERNS = (
@@ -33,7 +34,7 @@ def subject_id(name, pattern: str | None = None) -> str:
     Raises:
         ValueError: ``pattern`` has no group, or it does not match ``name``.
     """
-    stem = _stem(Path(str(name)).name)
+    stem = nifti_stem(Path(str(name)).name)
     if pattern is not None:
         rx = re.compile(pattern)
         if rx.groups < 1:

@@ -27,7 +27,7 @@ import numpy as np
 
 from synthgen.data import check as check_mod
 from synthgen.data import tissue as tissue_mod
-from synthgen.io import atomic_path
+from synthgen.io import atomic_path, nifti_stem
 
 INDEX_NAME = "index.json"
 STORE_VERSION = 1
@@ -80,7 +80,7 @@ def _atomic_write_json(path: Path, obj) -> None:
 def _item_name(path: Path, root: Path) -> str:
     """Unique flat name of a source file: its path below the folder, without extension, '/' -> '__'."""
     rel = path.relative_to(root) if root.is_dir() else Path(path.name)
-    stem = check_mod._stem(rel.name)
+    stem = nifti_stem(rel.name)
     return "__".join(list(rel.parent.parts) + [stem])
 
 
