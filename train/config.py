@@ -45,6 +45,8 @@ class DataConfig:
     lesions: str | None = None        # folder of lesion masks (MNI); None: lesion.mask_dir, else procedural
     real: str | None = None           # folder of real scans + masks, alternated 1:1 with synthetic samples
     real_val: str | None = None       # folder of real validation scans + masks
+    store: str | None = None          # packed store (python -m synthgen.data pack) read instead of tissue_maps,
+                                      # lesions and real; an empty section: as if that folder were not given
     lesion: LesionConfig = field(default_factory=LesionConfig)   # synthgen.lesions.LesionSource settings;
                                       # validation uses its "holdout" split of a lesion folder
 
@@ -115,8 +117,15 @@ class TrainConfig:
         if o.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"`optim.amp` must be 'auto', 'bf16' or 'off', got {o.amp!r}")
         self.data.lesion.validate()
-        if self.baseline and not self.data.real:
-            raise ValueError("`baseline` trains on real scans only: it needs `data.real` (--real DIR), got None")
+        d = self.data
+        if d.store:
+            both = [f"data.{k}" for k in ("tissue_maps", "lesions", "real", "label_map") if getattr(d, k)]
+            if both:
+                raise ValueError(f"`data.store` (--store) must be given without {both}: the store replaces the "
+                                 "folders (labels were mapped when it was packed), got both")
+        if self.baseline and not (d.real or d.store):
+            raise ValueError("`baseline` trains on real scans only: it needs `data.real` (--real DIR) or "
+                             "`data.store` (--store STORE), got None")
         self.generator.validate()
         n_down = len(self.model.channels) - 1
         strides = self.model.strides or (2,) * n_down

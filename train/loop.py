@@ -102,31 +102,76 @@ def check_data(cfg: TrainConfig) -> None:
         raise ValueError("training data have problems:\n" + check.format_problems(problems))
 
 
-def _resample_labels(labels: np.ndarray, affine: np.ndarray, voxel_size: float):
+def tissue_on_grid(data, affine: np.ndarray, kind: str, voxel_size: float, device) -> tuple:
+    """A tissue map resampled to the training grid (RAS, ``voxel_size`` mm), as a tensor on ``device``.
+
+    Args:
+        data: ``(X, Y, Z)`` labels (``kind`` "labels", nearest neighbour) or ``(C, X, Y, Z)`` probabilities
+            (``kind`` "soft", trilinear); an array already at ``voxel_size`` mm in RAS is only copied.
+        affine: its 4x4 voxel -> MNI affine.
+
+    Returns:
+        ``(tensor, affine)``: ``(1, 1, X, Y, Z)`` uint8 labels or ``(1, C, X, Y, Z)`` float32 probabilities,
+        and the grid's voxel -> MNI affine.
+    """
     from synthgen import io
-    return io.to_ras_1mm(labels, affine, order=0, voxel_size=voxel_size)
+    if kind == "labels":
+        labels, affine = io.to_ras_1mm(np.asarray(data, dtype=np.uint8), affine, order=0, voxel_size=voxel_size)
+        t = torch.from_numpy(np.ascontiguousarray(labels))[None, None]
+    else:
+        soft = np.moveaxis(np.asarray(data, dtype=np.float32), 0, -1)
+        soft, affine = io.to_ras_1mm(soft, affine, order=1, voxel_size=voxel_size)
+        t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(soft, -1, 0)))[None]
+    return t.to(device), affine
 
 
-def load_tissues(cfg: TrainConfig, device: torch.device) -> tuple[list, list]:
-    """The tissue maps on ``device`` at ``generator.voxel_size`` mm, and their voxel -> MNI affines."""
-    d = cfg.data
-    if d.tissue_maps is None:
+def open_data_store(cfg: TrainConfig):
+    """The packed store of ``data.store`` (a :class:`synthgen.data.store.PackedStore`), or None.
+
+    Raises:
+        FileNotFoundError: ``data.store`` is not a packed store.
+    """
+    if not cfg.data.store:
+        return None
+    from synthgen.data.store import open_store
+    return open_store(cfg.data.store)
+
+
+def load_tissues(cfg: TrainConfig, device: torch.device, store=None) -> tuple[list, list]:
+    """The tissue maps on ``device`` at ``generator.voxel_size`` mm, and their voxel -> MNI affines.
+
+    From ``store``'s tissue maps when it has any, else from ``data.tissue_maps``, else the bundled map.
+    """
+    d, voxel_size = cfg.data, cfg.generator.voxel_size
+    if store is not None and len(store.tissue_maps):
+        # probabilities may be packed as uint8 x scale; labels are uint8 already (copied: memmaps are read-only)
+        maps = [(np.array(item.data) if item.kind == "labels"
+                 else item.data.astype(np.float32) * np.float32(item.scale), item.affine, item.kind)
+                for item in store.tissue_maps]
+    elif d.tissue_maps is None:
         from synthgen.data import default_tissue_map
         labels, affine = default_tissue_map(with_affine=True)
-        data, affine = _resample_labels(labels[0, 0].numpy(), affine, cfg.generator.voxel_size)
-        return [torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)], [affine]
-    from synthgen.data import check
-    from synthgen.data.tissue import read_tissue_map
-    files, _ = check.list_nifti(d.tissue_maps)
-    maps = [read_tissue_map(f, label_map=d.label_map, voxel_size=cfg.generator.voxel_size) for f in files]
-    return [m.to_tensor(device) for m in maps], [m.affine for m in maps]
+        maps = [(labels[0, 0].numpy(), affine, "labels")]
+    else:
+        from synthgen.data import check
+        from synthgen.data.tissue import read_tissue_map
+        files, _ = check.list_nifti(d.tissue_maps)
+        # read straight at the training voxel size (one resampling); tissue_on_grid then only copies
+        maps = [(m.data, m.affine, m.kind) for m in (read_tissue_map(f, label_map=d.label_map, voxel_size=voxel_size)
+                                                     for f in files)]
+    out = [tissue_on_grid(data, affine, kind, voxel_size, device) for data, affine, kind in maps]
+    return [t for t, _ in out], [a for _, a in out]
 
 
-def make_lesion_source(cfg: TrainConfig, split: str, tissue: torch.Tensor, affine: np.ndarray):
-    """The lesion source of one tissue map for ``split`` ("train" or "holdout"): masks from the lesion folder
-    resampled onto the map's grid (the held-out files for "holdout"), or procedural lesions."""
+def make_lesion_source(cfg: TrainConfig, split: str, tissue: torch.Tensor, affine: np.ndarray, store=None):
+    """The lesion source of one tissue map for ``split`` ("train" or "holdout"): masks from ``store`` (when its
+    lesion section is not empty) or the lesion folder, resampled onto the map's grid (the held-out files for
+    "holdout"; the same files either way), or procedural lesions."""
     from synthgen.lesions import LesionSource
     d = cfg.data
+    if store is not None and len(store.lesions):
+        return LesionSource.from_store(store, tuple(tissue.shape[2:]), affine, split=split, config=d.lesion,
+                                       device=tissue.device, progress=False)
     folder = d.lesions or d.lesion.mask_dir
     if folder:
         return LesionSource.from_folder(folder, tuple(tissue.shape[2:]), affine, split=split, config=d.lesion,
@@ -137,22 +182,41 @@ def make_lesion_source(cfg: TrainConfig, split: str, tissue: torch.Tensor, affin
 class RealSource:
     """Real labelled scans augmented on the device (``synthgen.real.RealAugmenter``), one item per sample.
 
-    Scans and masks are read once (RAS, ``generator.voxel_size`` mm) and kept in host memory (fp16 / uint8); each
-    sample moves its item to the device. Real sample ``i`` of stream ``seed`` uses item
+    Scans and masks are read once (RAS, ``generator.voxel_size`` mm) from ``folder`` or from the ``real``
+    section of a packed ``store`` (a path or :class:`synthgen.data.store.PackedStore`) and kept in host memory
+    (fp16 / uint8); each sample moves its item to the device. Real sample ``i`` of stream ``seed`` uses item
     ``synthgen.real.real_item(seed, i, n)`` (a fresh permutation per pass). Targets are lesion masks {0, 1}.
+
+    Raises:
+        ValueError: not exactly one of ``folder`` and ``store`` given.
     """
 
-    def __init__(self, folder, generator_config, voxel_size: float, device: torch.device):
-        from synthgen.data import check
-        from synthgen.data.tissue import read_mask, read_scan
+    def __init__(self, folder, generator_config, voxel_size: float, device: torch.device, store=None):
         from synthgen.real import RealAugmenter, real_item
-        files, _ = check.list_nifti(folder)
-        pairs, _ = check.pair_real_files(files)
+        if (folder is None) == (store is None):
+            raise ValueError(f"`folder` or `store` must be given, not both nor neither, got {folder!r} and "
+                             f"{store!r}")
         self.items = []
-        for pair in pairs:
-            scan, _ = read_scan(pair.scan, voxel_size=voxel_size)
-            mask, _ = read_mask(pair.mask, voxel_size=voxel_size)
-            self.items.append((torch.from_numpy(scan).half(), torch.from_numpy(mask)))
+        if store is not None:
+            from synthgen import io
+            if not hasattr(store, "real"):
+                from synthgen.data.store import open_store
+                store = open_store(store)
+            for item in store.real:
+                scan = item.scan.astype(np.float32) * np.float32(item.scale)   # packed as fp16 / scale
+                scan, _ = io.to_ras_1mm(scan, item.affine, order=1, voxel_size=voxel_size)
+                mask, _ = io.to_ras_1mm(np.array(item.mask), item.affine, order=0, voxel_size=voxel_size)
+                self.items.append((torch.from_numpy(np.ascontiguousarray(scan)).half(),
+                                   torch.from_numpy(np.ascontiguousarray(mask))))
+        else:
+            from synthgen.data import check
+            from synthgen.data.tissue import read_mask, read_scan
+            files, _ = check.list_nifti(folder)
+            pairs, _ = check.pair_real_files(files)
+            for pair in pairs:
+                scan, _ = read_scan(pair.scan, voxel_size=voxel_size)
+                mask, _ = read_mask(pair.mask, voxel_size=voxel_size)
+                self.items.append((torch.from_numpy(scan).half(), torch.from_numpy(mask)))
         self.augment, self.item_of, self.device = RealAugmenter(generator_config), real_item, device
 
     def __len__(self) -> int:
@@ -170,8 +234,9 @@ class RealSource:
         return torch.cat(images), torch.cat(targets)
 
 
-def real_source(cfg: TrainConfig, device: torch.device):
-    """The real-scan branch (``synthgen.real``), alternated 1:1 with synthetic samples.
+def real_source(cfg: TrainConfig, device: torch.device, store=None):
+    """The real-scan branch (``synthgen.real``), alternated 1:1 with synthetic samples: from ``store``'s real
+    scans when it has any, else from ``data.real``.
 
     Raises:
         NotImplementedError: ``synthgen/real.py`` is not available.
@@ -183,6 +248,8 @@ def real_source(cfg: TrainConfig, device: torch.device):
     if real is None or not hasattr(real, "RealAugmenter"):
         raise NotImplementedError("--real: real-scan training needs synthgen/real.py (real-scan augmentation), "
                                   "which is not available yet")
+    if store is not None and len(store.real):
+        return RealSource(None, cfg.generator, cfg.generator.voxel_size, device, store=store)
     return RealSource(cfg.data.real, cfg.generator, cfg.generator.voxel_size, device)
 
 
@@ -336,8 +403,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
         ``{"step", "loss", "val_*"...}`` of the last interval / validation (rank 0; others get ``{"step"}``).
 
     Raises:
-        ValueError: bad config or data (all file problems listed), CUDA asked for but missing.
-        FileNotFoundError: ``resume`` without a checkpoint in ``out``.
+        ValueError: bad config or data (all file problems listed), CUDA asked for but missing, a baseline run
+            from a store without real scans.
+        FileNotFoundError: ``resume`` without a checkpoint in ``out``, or ``data.store`` not a packed store.
         NotImplementedError: ``--real``/``--lesions`` before the modules that read them have landed.
     """
     cfg.validate()
@@ -357,13 +425,18 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     dtype = amp_dtype(cfg, device)
 
     # data: on the training device, in this process
-    real = real_source(cfg, device) if cfg.data.real else None
-    tissues, affines = ([], []) if cfg.baseline else load_tissues(cfg, device)
+    store = open_data_store(cfg)
+    if cfg.baseline and cfg.data.store and not len(store.real):
+        raise ValueError(f"`baseline` trains on real scans only: the store {cfg.data.store} must hold real scans "
+                         "(pack --real DIR), got none")
+    use_real = cfg.data.real or (store is not None and len(store.real))
+    real = real_source(cfg, device, store) if use_real else None
+    tissues, affines = ([], []) if cfg.baseline else load_tissues(cfg, device, store)
     if lesions is not None:
         train_lesions, val_lesions = [lesions[0]] * len(tissues), [lesions[1]] * len(tissues)
     else:
-        train_lesions = [make_lesion_source(cfg, "train", t, a) for t, a in zip(tissues, affines)]
-        val_lesions = [make_lesion_source(cfg, "holdout", t, a) for t, a in zip(tissues, affines)]
+        train_lesions = [make_lesion_source(cfg, "train", t, a, store) for t, a in zip(tissues, affines)]
+        val_lesions = [make_lesion_source(cfg, "holdout", t, a, store) for t, a in zip(tissues, affines)]
     gen_cfg = cfg.generator
     generator = synthgen.SynthGenerator(gen_cfg)
     data = TrainingData(generator, tissues, seed, cfg.batch_size, real, real_only=cfg.baseline,

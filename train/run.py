@@ -3,6 +3,7 @@
     python train/run.py                          # preset by device: paper on CUDA, quick on CPU
     python train/run.py --preset quick --out runs/quick
     python train/run.py --out runs/quick --resume  # continue exactly where the last checkpoint stopped
+    python train/run.py --store STORE              # data from `python -m synthgen.data pack` (fast start)
     torchrun --nproc_per_node 4 train/run.py --preset paper --out runs/paper   # DDP, one stream per rank
 
 Options given on the command line override the preset. With ``--resume`` the run's saved config is used and
@@ -47,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-pattern", help="file names to take in --lesions (default '*.nii*'; SOOP: "
                                              "'*_lesion.nii.gz')")
     p.add_argument("--real", help="folder of real scans + lesion masks, alternated 1:1 with synthetic samples")
+    p.add_argument("--store", help="packed store (python -m synthgen.data pack) instead of --tissue-maps, "
+                                   "--lesions and --real")
     p.add_argument("--real-val", help="folder of real validation scans + lesion masks")
     p.add_argument("--baseline", action="store_true", help="real scans only, 2 classes (needs --real)")
     p.add_argument("--seed", type=int, help="base seed (rank r uses seed + r)")
@@ -71,6 +74,7 @@ def overrides(args) -> dict:
              "log_every": "log_every", "val_every": "val_every", "val_samples": "val_samples",
              "ckpt_every": "ckpt_every", "tissue_maps": "data.tissue_maps", "label_map": "data.label_map",
              "lesions": "data.lesions", "lesion_pattern": "data.lesion.mask_pattern", "real": "data.real", "real_val": "data.real_val",
+             "store": "data.store",
              "voxel_size": "generator.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop"}
     out = {path: getattr(args, name) for name, path in table.items() if getattr(args, name) is not None}
     if args.baseline:

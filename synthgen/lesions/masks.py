@@ -223,7 +223,8 @@ def store_mask_items(store, pattern: str | None = None) -> list:
             item = section[i]
             return np.asarray(item.data), item.affine
         items.append((name, where, load))
-    return sorted(items, key=lambda t: t[0])   # the order of a folder's files: same bank indices, same draws
+    # the order of a folder's files: same bank indices, so the same masks drawn per key
+    return sorted(items, key=lambda t: t[0])
 
 
 def masks_from_tensor(masks: torch.Tensor, like_shape=None, like_affine=None, masks_affine=None,
