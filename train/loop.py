@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
-import math
 import os
 import signal
 import sys
