@@ -67,13 +67,13 @@ def save_montage(images: np.ndarray, targets: np.ndarray, path, title: str = "")
     return save_png(fig, path, dpi=90)
 
 
-def _lesion_source(kind: str, tissue: torch.Tensor, affine):
+def _lesion_source(kind: str, tissue: torch.Tensor, affine, pattern: str | None = None):
     if kind == "none":
         return None
     from .lesions import LesionSource
     if kind == "procedural":
         return LesionSource.procedural(affine=affine)
-    return LesionSource.from_folder(kind, like_shape=tuple(tissue.shape[2:]), like_affine=affine)
+    return LesionSource.from_folder(kind, like_shape=tuple(tissue.shape[2:]), like_affine=affine, pattern=pattern)
 
 
 def main(argv=None) -> int:
@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, nargs=3, default=(192, 192, 192), metavar=("X", "Y", "Z"))
     parser.add_argument("--lesions", default="procedural",
                         help="'procedural' (default), 'none', or a folder of binary lesion masks in MNI space")
+    parser.add_argument("--lesion-pattern", default=None,
+                        help="file names to take in the lesion folder (default '*.nii*'; SOOP: '*_lesion.nii.gz')")
     parser.add_argument("--target", choices=("tissue", "lesion"), default="tissue")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
     from .data import default_tissue_map
     tissue, affine = default_tissue_map(device=args.device, with_affine=True)
     config = GeneratorConfig(crop=tuple(args.crop), target=args.target)
-    source = _lesion_source(args.lesions, tissue, affine)
+    source = _lesion_source(args.lesions, tissue, affine, args.lesion_pattern)
     gen = SynthGenerator(config, lesions=source)
     images, targets = [], []
     from tqdm import tqdm
