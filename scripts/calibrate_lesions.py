@@ -7,7 +7,7 @@ were copied from its output. Reading is by affine (world x < 0 is left, RAS+), n
 
 Measured per mask: volume (mL), connected components (26-connectivity) with their volumes and
 centroids, share of the volume in each hemisphere, and the arterial territory holding most of the
-lesion. From the atlas alone: centroid and covariance (mm, MNI) of each territory group, mirrored to
+lesion; per territory, the volume quantiles and how bilateral lesions split. From the atlas alone: centroid and covariance (mm, MNI) of each territory group, mirrored to
 the right hemisphere, which ``ProceduralLesionConfig.territories`` uses as vascular-territory regions.
 
 Usage: ``python scripts/calibrate_lesions.py [--data DIR] [--subset N] [--out stats.json]``
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import rankdata
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,14 @@ def measure_mask(mask: np.ndarray, affine: np.ndarray, atlas_group: np.ndarray) 
     out["satellite_distance_mm"] = np.linalg.norm(centroids[order[1:]] - main, axis=1).tolist()
     idx = np.nonzero(mask)
     x_world = np.stack(idx, 1) @ affine[0, :3] + affine[0, 3]
-    out["left_share"] = float((x_world < 0).mean())
+    left = x_world < 0
+    out["left_share"] = float(left.mean())
+    comp = labels[idx]
+    on_left = np.bincount(comp, weights=left, minlength=n + 1)
+    on_right = np.bincount(comp, weights=~left, minlength=n + 1)
+    minority = on_left if left.mean() < 0.5 else on_right
+    crossing = (on_left > 0) & (on_right > 0)
+    out["crossing_share"] = float(minority[crossing].sum() / minority.sum()) if minority.sum() > 0 else 0.0
     groups = np.bincount(atlas_group[idx], minlength=len(TERRITORY_LABELS) + 1)
     out["territory_voxels"] = groups.tolist()   # index 0: outside the atlas
     return out
@@ -110,6 +118,8 @@ def summarise(per_mask: list[dict]) -> dict:
     terr = np.array([m["territory_voxels"] for m in nonempty])
     dominant = terr.argmax(1)
     names = ["none"] + list(TERRITORY_LABELS)
+    # percentile of each volume under the overall linear-interpolated quantile function (np.quantile's)
+    rank = (rankdata(vol) - 1) / max(len(vol) - 1, 1)
     q = lambda a: dict(zip([f"{p:.2f}" for p in QUANTILES], np.quantile(a, QUANTILES).round(4).tolist())) if len(a) else {}
     return {
         "n_masks": len(per_mask),
@@ -134,6 +144,31 @@ def summarise(per_mask: list[dict]) -> dict:
         "territory_voxel_share": dict(zip(names, (terr.sum(0) / terr.sum()).round(4).tolist())),
         "median_volume_ml_by_territory": {n: float(np.median(vol[dominant == i])) if (dominant == i).any() else None
                                           for i, n in enumerate(names)},
+        # volume depends on the territory (lacunes vs MCA infarcts): ProceduralLesionConfig draws from these
+        "volume_ml_quantiles_by_territory": {n: {"n": int((dominant == i).sum()), "quantiles": q(vol[dominant == i])}
+                                             for i, n in enumerate(names)},
+        # the same, as the volume's percentile among all masks (0..1): ProceduralLesionConfig stores these so
+        # that a changed overall volume distribution keeps the territory effect
+        "volume_rank_quantiles_by_territory": {n: q(rank[dominant == i]) for i, n in enumerate(names)},
+        "bilateral_detail": bilateral_detail(nonempty, counts, minority),
+    }
+
+
+def bilateral_detail(nonempty: list[dict], counts: np.ndarray, minority: np.ndarray) -> dict:
+    """How bilateral lesions are bilateral: the rate among uni- and multifocal lesions, the share of the
+    volume on the smaller side, and whether a single component crosses the midline."""
+    bil = minority >= BILATERAL_SHARE
+    multi = counts > 1
+    crossing = np.array([m.get("crossing_share", 0.0) for m in nonempty])
+    q = lambda a: np.quantile(a, np.linspace(0, 1, 11)).round(4).tolist() if len(a) else []
+    return {
+        "rate_unifocal": float(bil[~multi].mean()) if (~multi).any() else None,
+        "rate_multifocal": float(bil[multi].mean()) if multi.any() else None,
+        "share_of_bilateral_that_are_multifocal": float(multi[bil].mean()) if bil.any() else None,
+        "minority_share_deciles_bilateral": q(minority[bil]),
+        "minority_share_deciles_multifocal_bilateral": q(minority[bil & multi]),
+        # share of the minority side's volume in components that also hold voxels on the other side
+        "minority_in_crossing_component_deciles_bilateral": q(crossing[bil]),
     }
 
 
@@ -168,7 +203,7 @@ def main(argv=None):
         stats["file"] = path.name
         per_mask.append(stats)
     result = {"source": str(args.data), "files": len(files), "summary": summarise(per_mask),
-              "territory_geometry": territory_geometry(group, atlas_affine)}
+              "territory_geometry": territory_geometry(group, atlas_affine), "per_mask": per_mask}
     write_json_atomic(args.out, result)
     print(json.dumps({k: v for k, v in result["summary"].items()}, indent=1))
     print(json.dumps(result["territory_geometry"], indent=1))
