@@ -293,13 +293,35 @@ class ProceduralLesionConfig:
     satellite_distance_mm: float = 34.0   # mm, std of the isotropic Gaussian offset of satellite centres from
                                           # the main component's: median distance 1.54 x 34 = 53 mm; SOOP
     left_probability: float = 0.5   # share of lesions mostly in the left hemisphere; SOOP 0.498
-    bilateral_probability: float = 0.31   # share of multifocal lesions with a component in the other
-                                          # hemisphere; SOOP: 21 % of all (68 % multifocal) lesions hold
-                                          # >= 5 % of their volume on the minority side
+    bilateral_probability: float = 0.273  # share of multifocal lesions with >= 5 % of their volume in the
+                                          # other hemisphere (21.4 % of all lesions are); SOOP
+    bilateral_probability_unifocal: float = 0.087   # the same for one-component lesions (they straddle the
+                                          # midline: brainstem, vermis, corpus callosum); SOOP
+    bilateral_minority_share_quantiles: tuple = (0.05, 0.072, 0.101, 0.130, 0.164, 0.198, 0.256, 0.326, 0.379,
+                                                 0.440, 0.499)
+                                    # share of a bilateral lesion's volume on its smaller side, deciles
+                                    # 0..100 %; SOOP (315 lesions with >= 5 %)
     cross_midline: bool = False     # components may spill over the midline (world x = 0)
     territory_names: tuple = ("aca", "mca", "pca", "deep", "vb")   # JHU arterial atlas groups (calibrate script)
     territory_probabilities: tuple = (0.067, 0.530, 0.082, 0.186, 0.135)  # territory holding most of the
                                     # lesion; SOOP (0.5 % outside the atlas or in a ventricle left out)
+    territory_volume_ranks: tuple | None = (
+        (0.003, 0.025, 0.042, 0.068, 0.108, 0.127, 0.166, 0.221, 0.262, 0.29, 0.358, 0.427, 0.477, 0.5, 0.553,
+         0.591, 0.72, 0.749, 0.819, 0.86, 0.944),
+        (0.002, 0.071, 0.154, 0.246, 0.324, 0.392, 0.453, 0.504, 0.556, 0.601, 0.646, 0.694, 0.731, 0.774, 0.806,
+         0.846, 0.883, 0.915, 0.944, 0.974, 1.0),
+        (0.024, 0.294, 0.37, 0.408, 0.46, 0.505, 0.544, 0.554, 0.601, 0.628, 0.648, 0.675, 0.694, 0.732, 0.755,
+         0.777, 0.817, 0.852, 0.874, 0.905, 0.953),
+        (0.004, 0.032, 0.067, 0.106, 0.136, 0.157, 0.178, 0.199, 0.224, 0.249, 0.267, 0.287, 0.312, 0.334, 0.352,
+         0.374, 0.398, 0.443, 0.497, 0.578, 0.749),
+        (0.0, 0.038, 0.082, 0.108, 0.134, 0.163, 0.187, 0.217, 0.259, 0.309, 0.374, 0.426, 0.463, 0.522, 0.557,
+         0.617, 0.663, 0.687, 0.743, 0.82, 0.971))
+                                    # per territory, the lesion volume's percentile among all lesions (0..1)
+                                    # at quantiles 0, 5, ..., 100 %: the volume is volume_quantiles_ml read at
+                                    # that percentile, so deep (lacunar) lesions are small and MCA ones large
+                                    # and a rescaled volume_quantiles_ml keeps the effect. Medians: ACA 4.5,
+                                    # MCA 30.5, PCA 30.6, deep 2.3, VB 5.1 mL (n = 96, 765, 118, 268, 195);
+                                    # SOOP. None: volume independent of the territory
     territory_mean_mm: tuple = ((12.0, 3.5, 34.0), (43.3, -13.1, 13.6), (21.7, -70.8, 3.2), (17.7, -9.9, 3.8),
                                 (20.8, -58.7, -32.8))
                                     # MNI mm (|x|, y, z) centroid of each territory; JHU atlas
@@ -332,10 +354,20 @@ class ProceduralLesionConfig:
             raise ValueError(f"`lesion.procedural.satellite_distance_mm` must be > 0, got {self.satellite_distance_mm}")
         _check_prob("lesion.procedural.left_probability", self.left_probability)
         _check_prob("lesion.procedural.bilateral_probability", self.bilateral_probability)
+        _check_prob("lesion.procedural.bilateral_probability_unifocal", self.bilateral_probability_unifocal)
+        b = self.bilateral_minority_share_quantiles
+        if len(b) < 2 or any(y < x for x, y in zip(b, b[1:])) or b[0] <= 0 or b[-1] > 0.5:
+            raise ValueError(f"`lesion.procedural.bilateral_minority_share_quantiles` must be increasing values "
+                             f"in (0, 0.5], got {b}")
         n = len(self.territory_names)
         tp = self.territory_probabilities
         if len(tp) != n or any(x < 0 for x in tp) or not sum(tp) > 0:
             raise ValueError(f"`lesion.procedural.territory_probabilities` must be {n} non-negative weights, got {tp}")
+        r = self.territory_volume_ranks
+        if r is not None and (len(r) != n or any(len(t) < 2 or any(y < x for x, y in zip(t, t[1:]))
+                                                 or t[0] < 0 or t[-1] > 1 for t in r)):
+            raise ValueError(f"`lesion.procedural.territory_volume_ranks` must be None or {n} increasing sequences "
+                             f"in [0, 1], got {r}")
         for name in ("territory_mean_mm", "territory_std_mm"):
             value = getattr(self, name)
             if len(value) != n or any(len(v) != 3 for v in value):

@@ -65,7 +65,7 @@ def test_plan_component_counts_follow_pmf():
 
 
 def test_procedural_lesions_inside_parenchyma_one_hemisphere_volume_and_components():
-    cfg = dataclasses.replace(ProceduralLesionConfig(), bilateral_probability=0.0)
+    cfg = dataclasses.replace(ProceduralLesionConfig(), bilateral_probability=0.0, bilateral_probability_unifocal=0.0)
     tissue, affine = LOWRES
     x_world = (np.arange(tissue.shape[2]) * affine[0, 0] + affine[0, 3])
     planned, realised, comps, planned_comps = [], [], [], []

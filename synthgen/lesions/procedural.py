@@ -123,7 +123,12 @@ def _random_rotation(g: torch.Generator) -> torch.Tensor:
 
 def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Generator,
                    config: ProceduralLesionConfig) -> tuple[list[int], list[int], torch.Tensor] | None:
-    """One irregular blob of exactly ``min(n_voxels, available)`` voxels of ``allowed`` around ``center``.
+    """One irregular blob of ``n_voxels`` voxels of ``allowed`` around ``center`` (fewer only when the tissue
+    26-connected to it runs out).
+
+    The search box starts at 1.6 x the ellipsoid's longest semi-axis and doubles while the blob is short of
+    ``n_voxels`` and the box does not yet span the grid: a big lesion next to the midline, the cortex or a
+    ventricle reaches its volume by spreading further along the tissue it may occupy.
 
     Args:
         allowed: ``(D, H, W)`` bool, voxels the blob may occupy.
@@ -142,15 +147,38 @@ def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Genera
     rot = _random_rotation(g)
     # 1.6 x the longest semi-axis leaves room for the noise and for tissue the ellipsoid cannot use
     half = math.ceil(1.6 * float(axes.max()) + 2)
-    lo = [max(0, c - half) for c in center]
-    hi = [min(s, c + half + 1) for c, s in zip(center, allowed.shape)]
-    box = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    shape = tuple(box.shape)
-    coeffs = fading_coefficients(g, shape, max(2.0, config.noise_scale * radius))
+    while True:
+        lo = [max(0, c - half) for c in center]
+        hi = [min(s, c + half + 1) for c, s in zip(center, allowed.shape)]
+        whole = all(a == 0 and b == s for a, b, s in zip(lo, hi, allowed.shape))
+        box = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        # a fresh noise grid per box (feature size fixed in voxels): only the last box's blob is kept
+        coeffs = fading_coefficients(g, tuple(box.shape), max(2.0, config.noise_scale * radius))
+        blob = _blob_in_box(box, [c - a for c, a in zip(center, lo)], n_voxels, axes, rot, coeffs, config)
+        if blob is None:                  # only when the centre is not allowed: growing finds nothing new
+            return None
+        if whole or int(blob.sum()) >= n_voxels or not _touches_inner_face(blob, lo, hi, allowed.shape):
+            return lo, hi, blob           # reached, or the tissue connected to the blob is used up
+        half *= 2
+
+
+def _touches_inner_face(blob: torch.Tensor, lo, hi, shape) -> bool:
+    """Whether ``blob`` reaches a face of its box that is not the grid's border (a bigger box adds tissue)."""
+    for axis in range(3):
+        if lo[axis] > 0 and bool(blob.select(axis, 0).any()):
+            return True
+        if hi[axis] < shape[axis] and bool(blob.select(axis, -1).any()):
+            return True
+    return False
+
+
+def _blob_in_box(box: torch.Tensor, center, n_voxels: int, axes: torch.Tensor, rot: torch.Tensor,
+                 coeffs: torch.Tensor, config: ProceduralLesionConfig) -> torch.Tensor | None:
+    """The ``n_voxels`` best-scoring voxels of ``box`` 26-connected to the peak (fewer if it runs out)."""
     if not bool(box.any()):
         return None
-    dev = allowed.device
-    axes_ = [torch.arange(a, b, device=dev, dtype=torch.float32) - c for a, b, c in zip(lo, hi, center)]
+    dev, shape = box.device, tuple(box.shape)
+    axes_ = [torch.arange(n, device=dev, dtype=torch.float32) - c for n, c in zip(shape, center)]
     d = torch.stack(torch.meshgrid(*axes_, indexing="ij"), dim=-1)
     q = (d @ rot.to(device=dev, dtype=torch.float32)) / axes.to(device=dev, dtype=torch.float32)
     rho = q.norm(dim=-1)
@@ -158,14 +186,17 @@ def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Genera
     score = torch.where(box, 1.0 - rho + config.roughness * noise, torch.full_like(rho, -float("inf")))
     available = int(box.sum())
     if available <= n_voxels:
-        return lo, hi, _connected_to_peak(box, score)
+        return _connected_to_peak(box, score)
     flat = score.reshape(-1)
-    blob = _connected_to_peak(score >= -torch.kthvalue(-flat, n_voxels).values, score)
-    lost = n_voxels - int(blob.sum())
-    if lost > 0:          # noise peaks and tissue gaps split off fragments: grow the main body by as much
-        k = min(n_voxels + lost, available)
+    k = n_voxels
+    blob = _connected_to_peak(score >= -torch.kthvalue(-flat, k).values, score)
+    for _ in range(4):    # noise peaks and tissue gaps split off fragments: grow the main body by as much
+        lost = n_voxels - int(blob.sum())
+        if lost <= 0 or k >= available:
+            break
+        k = min(k + lost, available)
         blob = _connected_to_peak(score >= -torch.kthvalue(-flat, k).values, score)
-    return lo, hi, blob
+    return blob
 
 
 def _connected_to_peak(selected: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -204,23 +235,62 @@ def _interp_quantile(quantiles, u: float, log: bool) -> float:
 
 
 def draw_lesion_plan(g: torch.Generator, config: ProceduralLesionConfig) -> dict:
-    """The scalar random choices of one procedural lesion (replayable, CPU only)."""
+    """The scalar random choices of one procedural lesion (replayable, CPU only).
+
+    The volume is read from ``volume_quantiles_ml`` at a percentile drawn from the territory's
+    ``territory_volume_ranks``. A bilateral lesion puts ``minority_share`` of its volume in the other
+    hemisphere: in its first satellite (``satellite_shares[0]``) when multifocal, else by straddling the
+    midline.
+    """
     u = torch.rand(8, generator=g, dtype=torch.float64).tolist()
     pmf = torch.tensor(config.component_count_pmf, dtype=torch.float64)
     bucket = int(torch.multinomial(pmf, 1, generator=g))
     count = bucket + 1
     if bucket == len(pmf) - 1:                  # the open tail bucket: "this many or more"
         count = bucket + 1 + int(u[0] * (config.component_count_max - bucket))
-    volume = min(_interp_quantile(config.volume_quantiles_ml, u[1], log=True), config.max_volume_ml)
     territory = int(torch.multinomial(torch.tensor(config.territory_probabilities, dtype=torch.float64), 1,
                                       generator=g))
+    rank = u[1]
+    if config.territory_volume_ranks is not None:
+        rank = _interp_quantile(config.territory_volume_ranks[territory], u[1], log=False)
+    volume = min(_interp_quantile(config.volume_quantiles_ml, rank, log=True), config.max_volume_ml)
     main_share = 1.0 if count == 1 else _interp_quantile(config.largest_component_share_quantiles, u[2], log=False)
     shares = -torch.log(torch.rand(max(count - 1, 0), generator=g, dtype=torch.float64).clamp(min=1e-12))
-    # largest satellite first: it is the one a bilateral lesion puts across the midline
-    shares = sorted((shares / shares.sum() * (1.0 - main_share)).tolist(), reverse=True) if count > 1 else []
-    return {"count": count, "volume_ml": volume, "left": u[3] < config.left_probability,
-            "bilateral": count > 1 and u[4] < config.bilateral_probability, "territory": territory,
-            "main_share": main_share, "satellite_shares": shares, "u_centre": u[5]}
+    shares = sorted((shares / shares.sum()).tolist(), reverse=True) if count > 1 else []
+    bilateral = u[4] < (config.bilateral_probability if count > 1 else config.bilateral_probability_unifocal)
+    minority = _interp_quantile(config.bilateral_minority_share_quantiles, u[6], log=False) if bilateral else 0.0
+    if bilateral and count > 1:
+        # the first satellite crosses with the minority share; the main body keeps the larger side's lead
+        main_share = min(main_share, 1.0 - minority)
+        rest = shares[1:]
+        total = sum(rest)
+        shares = [minority] + [x / total * (1.0 - minority - main_share) for x in rest] if rest else [minority]
+        if not rest:
+            main_share = 1.0 - minority
+    else:
+        shares = [x * (1.0 - main_share) for x in shares]
+    return {"count": count, "volume_ml": volume, "left": u[3] < config.left_probability, "bilateral": bilateral,
+            "minority_share": minority, "territory": territory, "main_share": main_share,
+            "satellite_shares": shares, "u_centre": u[5]}
+
+
+def _cap_depth(share: float) -> float:
+    """Distance of a sphere's centre from a plane, in radii, that leaves ``share`` of its volume beyond it."""
+    lo, hi = 0.0, 1.0       # cap share (1 - t)^2 (2 + t) / 4 falls from 0.5 at t = 0 to 0 at t = 1
+    for _ in range(40):
+        t = 0.5 * (lo + hi)
+        lo, hi = (t, hi) if (1 - t) ** 2 * (2 + t) / 4 > share else (lo, t)
+    return 0.5 * (lo + hi)
+
+
+def _claim(taken: torch.Tensor, lo, hi, blob: torch.Tensor) -> None:
+    """Mark ``blob`` (in box ``[lo, hi)``) and its 26-neighbours as taken, so later components stay apart."""
+    plo = [max(0, a - 1) for a in lo]
+    phi = [min(n, b + 1) for b, n in zip(hi, taken.shape)]
+    padded = torch.zeros([b - a for a, b in zip(plo, phi)], dtype=torch.float32, device=blob.device)
+    padded[lo[0] - plo[0]:hi[0] - plo[0], lo[1] - plo[1]:hi[1] - plo[1], lo[2] - plo[2]:hi[2] - plo[2]] = blob.float()
+    grown = torch.nn.functional.max_pool3d(padded[None, None], 3, 1, 1)[0, 0] > 0
+    taken[plo[0]:phi[0], plo[1]:phi[1], plo[2]:phi[2]] |= grown
 
 
 def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesionConfig,
@@ -245,24 +315,31 @@ def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesi
     x_world = _x_world(shape, affine, parenchyma.device)
     sides = {True: parenchyma & (x_world < 0), False: parenchyma & (x_world >= 0)}
     mask = torch.zeros(shape, dtype=torch.bool, device=parenchyma.device)
+    straddle = plan["bilateral"] and plan["count"] == 1
 
     def allowed_for(left: bool):
-        return parenchyma if config.cross_midline else sides[left]
+        return parenchyma if (config.cross_midline or straddle) else sides[left]
 
     mean = list(config.territory_mean_mm[plan["territory"]])
+    std = list(config.territory_std_mm[plan["territory"]])
+    n_main = round(plan["volume_ml"] * plan["main_share"] / voxel_ml)
+    if straddle:     # centre at the depth from the midline that leaves minority_share on the other side
+        radius_mm = (3.0 * plan["volume_ml"] * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+        mean[0] = _cap_depth(plan["minority_share"]) * radius_mm
+        std[0] = float(np.abs(affine[0, :3]).max())
     mean[0] = -abs(mean[0]) if plan["left"] else abs(mean[0])
-    std = config.territory_std_mm[plan["territory"]]
     centre = _sample_centre(sides[plan["left"]], mean, std, affine, plan["u_centre"])
     if centre is None:                               # no parenchyma on that side: try the other one
         centre = _sample_centre(parenchyma, mean, std, affine, plan["u_centre"])
         if centre is None:
             return mask
     left = bool(x_world[tuple(centre)] < 0)
-    main = grow_component(allowed_for(left), centre, round(plan["volume_ml"] * plan["main_share"] / voxel_ml), g,
-                          config)
+    main = grow_component(allowed_for(left), centre, n_main, g, config)
+    taken = torch.zeros_like(mask)
     if main is not None:
         lo, hi, blob = main
         mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= blob
+        _claim(taken, lo, hi, blob)
     centre_mm = (affine[:3, :3] @ np.asarray(centre, dtype=np.float64) + affine[:3, 3]).tolist()
     for i, share in enumerate(plan["satellite_shares"]):
         sat_left = (not left) if (plan["bilateral"] and i == 0) else left
@@ -271,11 +348,16 @@ def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesi
             sat_mean[0] = -sat_mean[0]
         u = float(torch.rand(1, generator=g, dtype=torch.float64))
         spread = [config.satellite_distance_mm] * 3
-        sat = _sample_centre(sides[sat_left], sat_mean, spread, affine, u)
+        # satellites keep clear of earlier components (not touching them): their volume adds up and the
+        # component count is the drawn one
+        free = ~taken
+        sat = _sample_centre(sides[sat_left] & free, sat_mean, spread, affine, u)
         if sat is None:
             continue
-        grown = grow_component(allowed_for(sat_left), sat, round(plan["volume_ml"] * share / voxel_ml), g, config)
+        grown = grow_component(allowed_for(sat_left) & free, sat, round(plan["volume_ml"] * share / voxel_ml), g,
+                               config)
         if grown is not None:
             lo, hi, blob = grown
             mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= blob
+            _claim(taken, lo, hi, blob)
     return mask
