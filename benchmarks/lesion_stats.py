@@ -3,7 +3,8 @@
 Draws ``--n`` procedural lesions on the bundled default tissue map (MNI152 2009a, resliced by affine to
 ``--voxel-mm``), measures them exactly as ``scripts/calibrate_lesions.py`` measures the real SOOP masks
 (volume, 26-connected components, hemisphere, dominant JHU arterial territory), and prints a markdown
-table. The real column comes from ``--real-json`` (calibrate_lesions output) or is measured on
+table with a bootstrap interval of each procedural figure and the delivered / drawn volume
+ratio. The real column comes from ``--real-json`` (calibrate_lesions output) or is measured on
 ``--real-subset`` SOOP masks. Never pass/fail.
 
 Usage: ``python benchmarks/lesion_stats.py [--n 300] [--voxel-mm 2] [--real-json stats.json] [--out DIR]``
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from synthgen.config import ProceduralLesionConfig  # noqa: E402
 from synthgen.io import load_nifti, resample_to_grid  # noqa: E402
 from synthgen.lesions import procedural_lesion  # noqa: E402
+from synthgen.lesions.procedural import draw_lesion_plan  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "lesions_soop_mni"
 
@@ -66,7 +68,21 @@ def _rows(real: dict, proc: dict) -> list[tuple[str, float, float]]:
     rows.append(("bilateral (>= 5 %)", real["hemisphere"]["bilateral"], proc["hemisphere"]["bilateral"]))
     for name in real["dominant_territory"]:
         rows.append((f"territory {name}", real["dominant_territory"][name], proc["dominant_territory"].get(name, 0.0)))
+    for name in ("aca", "mca", "pca", "deep", "vb"):
+        rows.append((f"volume p50, {name} (mL)", real["median_volume_ml_by_territory"][name],
+                     proc["median_volume_ml_by_territory"].get(name) or float("nan")))
     return rows
+
+
+def _bootstrap(proc_per: list, real: dict, summarise, n_boot: int = 200, seed: int = 0) -> np.ndarray:
+    """(rows, 2) 2.5 / 97.5 % bootstrap interval of each procedural statistic: how far a draw of this many
+    lesions scatters (300 lesions cannot tell a p90 of 100 mL from one of 125 mL)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(proc_per), len(proc_per))
+        values.append([r[2] for r in _rows(real, summarise([proc_per[i] for i in pick]))])
+    return np.nanquantile(np.array(values, dtype=np.float64), [0.025, 0.975], axis=0).T
 
 
 def _write_atomic(path: Path, write):
@@ -132,12 +148,16 @@ def main(argv=None):
     group = cal.atlas_groups(resample_to_grid(atlas.astype(np.int16), atlas_affine, shape, grid_affine, order=0))
 
     cfg = ProceduralLesionConfig()
-    proc_per = []
+    proc_per, drawn = [], []
     t0 = time.perf_counter()
     for i in tqdm(range(args.n), desc="procedural lesions", unit="lesion"):
-        mask = procedural_lesion(parenchyma, args.seed * 1_000_003 + i, cfg, grid_affine).cpu().numpy()
+        key = args.seed * 1_000_003 + i
+        mask = procedural_lesion(parenchyma, key, cfg, grid_affine).cpu().numpy()
         proc_per.append(cal.measure_mask(mask, grid_affine, group))
+        drawn.append(draw_lesion_plan(torch.Generator().manual_seed(key), cfg)["volume_ml"])
     seconds = (time.perf_counter() - t0) / args.n
+    drawn = np.array(drawn)
+    ratio = np.array([m["volume_ml"] for m in proc_per]) / drawn
 
     if args.real_json is not None:
         real_doc = json.loads(args.real_json.read_text())
@@ -159,12 +179,25 @@ def main(argv=None):
         sha = ""
     print(f"# procedural ({args.n} lesions, {args.voxel_mm} mm grid {shape}, {seconds * 1000:.0f} ms/lesion on "
           f"{args.device}) vs real (SOOP, {real_n} masks, 1 mm)\n")
-    print("| statistic | real | procedural |\n|---|---|---|")
-    for name, r, p in rows:
-        print(f"| {name} | {r:.3g} | {p:.3g} |")
+    interval = _bootstrap(proc_per, real, cal.summarise)
+    print("| statistic | real | procedural | procedural 95 % (bootstrap) |\n|---|---|---|---|")
+    for (name, r, p), (a, b) in zip(rows, interval):
+        print(f"| {name} | {r:.3g} | {p:.3g} | {a:.3g} - {b:.3g} |")
+    delivered = {}
+    for lo, hi in ((1, 10), (10, 50), (50, 1e9)):
+        sel = (drawn >= lo) & (drawn < hi)
+        if sel.any():
+            qs = np.quantile(ratio[sel], [0.1, 0.5, 0.9])
+            delivered[f"{lo}-{hi:g}"] = {"n": int(sel.sum()), "p10": qs[0], "p50": qs[1], "p90": qs[2],
+                                         "min": float(ratio[sel].min())}
+            print(f"\ndelivered / drawn volume, drawn {lo}-{hi:g} mL (n={int(sel.sum())}): p10 {qs[0]:.3f} "
+                  f"p50 {qs[1]:.3f} p90 {qs[2]:.3f} min {ratio[sel].min():.3f}", end="")
+    print()
     doc = {"git": sha, "device": args.device, "torch": torch.__version__, "n": args.n, "voxel_mm": args.voxel_mm,
            "ms_per_lesion": seconds * 1000, "real_masks": real_n, "real": real, "procedural": proc,
-           "table": [{"statistic": n, "real": r, "procedural": p} for n, r, p in rows]}
+           "delivered_over_drawn": delivered,
+           "table": [{"statistic": n, "real": r, "procedural": p, "procedural_95": [a, b]}
+                     for (n, r, p), (a, b) in zip(rows, interval)]}
     _write_atomic(args.out / "lesion_stats.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
     if not real_per:      # histograms need per-mask values: measure a small real subset for the figure
         files = sorted(DATA.glob("*_lesion.nii.gz"))[: min(args.real_subset, 200)]

@@ -155,3 +155,81 @@ def test_connected_component_paths_agree():
         peak = int(torch.argmax(torch.where(selected, score, torch.full_like(score, -float("inf")))))
         assert fast[tuple(int(i) for i in torch.unravel_index(torch.tensor(peak), selected.shape))]
         assert torch.equal(fast, _reconstruct(selected, peak))
+
+
+def test_large_lesions_deliver_the_drawn_volume():
+    # 150 mL (~2300 voxels at 4 mm) in one hemisphere of the small brain: the search box grows until the
+    # drawn volume is reached; satellites keep clear of the main body, so their volumes add up
+    tissue, affine = LOWRES
+    for pmf in ((1.0,), (0.0, 0.0, 1.0)):
+        cfg = dataclasses.replace(ProceduralLesionConfig(), volume_quantiles_ml=(150.0, 150.0),
+                                  territory_volume_ranks=None, component_count_pmf=pmf, component_count_max=len(pmf),
+                                  bilateral_probability=0.0, bilateral_probability_unifocal=0.0)
+        for key in range(6):
+            m = procedural_lesion(PARENCHYMA, key, cfg, affine)
+            assert float(m.sum()) * 0.064 == pytest.approx(150.0, rel=0.03)
+            if len(pmf) == 3:
+                assert ndimage.label(m.numpy(), CUBE)[1] == 3        # satellites do not touch the main body
+
+
+def test_plan_volume_follows_territory_quantiles():
+    cfg = ProceduralLesionConfig()
+    plans = [draw_lesion_plan(torch.Generator().manual_seed(k), cfg) for k in range(3000)]
+    vol = np.array([p["volume_ml"] for p in plans])
+    terr = np.array([p["territory"] for p in plans])
+    q = np.log(np.asarray(cfg.volume_quantiles_ml))
+    probs = np.linspace(0, 1, len(q))
+    for t, ranks in enumerate(cfg.territory_volume_ranks):
+        sel = vol[terr == t]
+        for p in (0.25, 0.5, 0.75):
+            rank = np.interp(p, np.linspace(0, 1, len(ranks)), ranks)
+            expected = min(np.exp(np.interp(rank, probs, q)), cfg.max_volume_ml)
+            assert np.quantile(sel, p) == pytest.approx(expected, rel=0.35)
+    deep, mca = cfg.territory_names.index("deep"), cfg.territory_names.index("mca")
+    assert np.median(vol[terr == mca]) > 5 * np.median(vol[terr == deep])     # SOOP: 30.5 vs 2.3 mL
+    # without ranks the volume ignores the territory
+    flat = dataclasses.replace(cfg, territory_volume_ranks=None)
+    vol = np.array([draw_lesion_plan(torch.Generator().manual_seed(k), flat)["volume_ml"] for k in range(3000)])
+    assert np.median(vol[terr == deep]) == pytest.approx(np.median(vol[terr == mca]), rel=0.35)
+
+
+def test_plan_bilateral_rates_and_minority_share():
+    cfg = ProceduralLesionConfig()
+    plans = [draw_lesion_plan(torch.Generator().manual_seed(k), cfg) for k in range(4000)]
+    multi = np.array([p["count"] > 1 for p in plans])
+    bil = np.array([p["bilateral"] for p in plans])
+    assert bil[multi].mean() == pytest.approx(cfg.bilateral_probability, abs=0.04)
+    assert bil[~multi].mean() == pytest.approx(cfg.bilateral_probability_unifocal, abs=0.04)
+    share = np.array([p["minority_share"] for p in plans])[bil]
+    assert np.median(share) == pytest.approx(cfg.bilateral_minority_share_quantiles[5], abs=0.03)
+    for p in plans:
+        if p["bilateral"] and p["count"] > 1:
+            assert p["satellite_shares"][0] == pytest.approx(p["minority_share"])
+            assert p["main_share"] + sum(p["satellite_shares"]) == pytest.approx(1.0)
+
+
+def test_bilateral_lesions_hold_their_minority_share_across_the_midline():
+    tissue, affine = LOWRES
+    x_world = torch.from_numpy(np.arange(tissue.shape[2]) * affine[0, 0] + affine[0, 3])[:, None, None]
+    for pmf in ((0.0, 1.0), (1.0,)):           # a contralateral satellite; one component straddling the midline
+        cfg = dataclasses.replace(ProceduralLesionConfig(), volume_quantiles_ml=(40.0, 40.0),
+                                  territory_volume_ranks=None, component_count_pmf=pmf, component_count_max=len(pmf),
+                                  bilateral_probability=1.0, bilateral_probability_unifocal=1.0)
+        shares = []
+        for key in range(12):
+            m = procedural_lesion(PARENCHYMA, key, cfg, affine)
+            left = float((m & (x_world < 0)).sum()) / max(float(m.sum()), 1.0)
+            shares.append(min(left, 1 - left))
+        assert np.mean(np.array(shares) >= 0.05) >= 0.75
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("bilateral_probability_unifocal", 1.5, "bilateral_probability_unifocal"),
+    ("bilateral_minority_share_quantiles", (0.2, 0.1), "bilateral_minority_share_quantiles"),
+    ("bilateral_minority_share_quantiles", (0.1, 0.7), "bilateral_minority_share_quantiles"),
+    ("territory_volume_ranks", ((0.0, 1.0),), "territory_volume_ranks"),
+    ("territory_volume_ranks", ((0.5, 0.1),) * 5, "territory_volume_ranks"),
+])
+def test_new_config_fields_validated(name, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(ProceduralLesionConfig(), **{name: value}).validate()
