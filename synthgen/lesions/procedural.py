@@ -77,8 +77,10 @@ def _x_world(shape, affine: np.ndarray, device) -> torch.Tensor:
     return axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :] + float(affine[0, 3])
 
 
-def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tries: int = 256):
-    """A voxel of ``allowed`` drawn with a Gaussian(mean_mm, std_mm) weight; widen to all of it if empty.
+def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tries: int = 256,
+                   blocked: torch.Tensor | None = None):
+    """A voxel of ``allowed`` (and not ``blocked``) drawn with a Gaussian(mean_mm, std_mm) weight; widen to all
+    of it if empty.
 
     Rejection first (a Gaussian point in world mm, rounded to its voxel, kept if allowed): a few lookups
     instead of weighting a box that can span the whole volume. Falls back to the explicit weighting when
@@ -92,11 +94,15 @@ def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tri
     if inside.any():
         cand = torch.as_tensor(vox[inside], device=allowed.device)
         hit = allowed[cand[:, 0], cand[:, 1], cand[:, 2]]
+        if blocked is not None:
+            hit = hit & ~blocked[cand[:, 0], cand[:, 1], cand[:, 2]]
         if bool(hit.any()):
             return [int(v) for v in cand[int(torch.nonzero(hit)[0])]]
     lo, hi = _voxel_box(mean_mm, 3 * std, affine, allowed.shape)
     for lo, hi in ((lo, hi), ([0, 0, 0], list(allowed.shape))):
         sub = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        if blocked is not None:
+            sub = sub & ~blocked[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         if sub.numel() == 0 or not bool(sub.any()):
             continue
         world = _world_box(lo, hi, affine, allowed.device)
@@ -122,7 +128,8 @@ def _random_rotation(g: torch.Generator) -> torch.Tensor:
 
 
 def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Generator,
-                   config: ProceduralLesionConfig) -> tuple[list[int], list[int], torch.Tensor] | None:
+                   config: ProceduralLesionConfig, blocked: torch.Tensor | None = None
+                   ) -> tuple[list[int], list[int], torch.Tensor] | None:
     """One irregular blob of ``n_voxels`` voxels of ``allowed`` around ``center`` (fewer only when the tissue
     26-connected to it runs out).
 
@@ -136,6 +143,8 @@ def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Genera
         n_voxels: target size in voxels.
         g: CPU generator (shape draws).
         config: elongation, roughness and noise scale.
+        blocked: optional ``(D, H, W)`` bool, voxels the blob may not occupy after all (checked per box: cheaper
+            than ``allowed & ~blocked`` over the grid).
 
     Returns:
         ``(lo, hi, box_mask)``: the voxel box and the blob inside it, or None if nothing is allowed there.
@@ -152,6 +161,8 @@ def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Genera
         hi = [min(s, c + half + 1) for c, s in zip(center, allowed.shape)]
         whole = all(a == 0 and b == s for a, b, s in zip(lo, hi, allowed.shape))
         box = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        if blocked is not None:
+            box = box & ~blocked[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         # a fresh noise grid per box (feature size fixed in voxels): only the last box's blob is kept
         coeffs = fading_coefficients(g, tuple(box.shape), max(2.0, config.noise_scale * radius))
         blob = _blob_in_box(box, [c - a for c, a in zip(center, lo)], n_voxels, axes, rot, coeffs, config)
@@ -350,12 +361,11 @@ def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesi
         spread = [config.satellite_distance_mm] * 3
         # satellites keep clear of earlier components (not touching them): their volume adds up and the
         # component count is the drawn one
-        free = ~taken
-        sat = _sample_centre(sides[sat_left] & free, sat_mean, spread, affine, u)
+        sat = _sample_centre(sides[sat_left], sat_mean, spread, affine, u, blocked=taken)
         if sat is None:
             continue
-        grown = grow_component(allowed_for(sat_left) & free, sat, round(plan["volume_ml"] * share / voxel_ml), g,
-                               config)
+        grown = grow_component(allowed_for(sat_left), sat, round(plan["volume_ml"] * share / voxel_ml), g, config,
+                               blocked=taken)
         if grown is not None:
             lo, hi, blob = grown
             mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= blob
