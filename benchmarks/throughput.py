@@ -1,13 +1,17 @@
 """Generator throughput: samples/s per size and provider, side by side with the libraries people use today.
 
     python benchmarks/throughput.py --device cpu --sizes 96 128 [--batch 1] [--repeats 3] [--json out.json]
+    python benchmarks/throughput.py --device cuda --sizes 96 128 192 --batch 1 4 --backends torch triton cuda
 
-Providers: ``synthgen`` (this project, batch B per call), and when installed the equivalent chain in
+Providers: ``synthgen`` (this project, batch B per call, once per ``--backends`` entry; SYNTHGEN_BACKEND is
+set for the row), and when installed the equivalent chain in
 ``cornucopia`` (SynthFromLabelTransform: affine+elastic, GMM, bias, gamma, smoothing, low-res, noise, quantile),
 ``torchio`` and ``monai`` (affine, elastic, label->GMM image, bias, gamma, blur, anisotropy, noise, percentile
 rescale, flips, z-normalisation). Peers get the tissue map already cropped to the output size (less work than
 ours, which crops through the warp). Timings: median and p20-p80 over repeats after one warm-up, wall clock
-with device synchronisation. Numbers compare only within one run on one machine. Never pass/fail.
+with device synchronisation. Each synthgen row also gets the roofline floor of benchmarks/roofline.py
+(max(bytes / measured copy bandwidth, flop / --peak-tflops) per sample) and, on CUDA, its peak extra memory per
+sample against the size of its outputs. Numbers compare only within one run on one machine. Never pass/fail.
 """
 from __future__ import annotations
 
@@ -19,12 +23,14 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import roofline  # noqa: E402
 import synthgen  # noqa: E402
 from synthgen.config import GeneratorConfig  # noqa: E402
 from synthgen.data.default_map import default_tissue_map  # noqa: E402
@@ -149,26 +155,58 @@ def device_name(device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+@contextmanager
+def forced_backend(name: str | None):
+    """Set SYNTHGEN_BACKEND for the duration (None leaves the dispatcher's own choice)."""
+    old = os.environ.get("SYNTHGEN_BACKEND")
+    if name is not None:
+        os.environ["SYNTHGEN_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SYNTHGEN_BACKEND", None)
+        else:
+            os.environ["SYNTHGEN_BACKEND"] = old
+
+
+def floor_ms(gen, tissue, size: int, batch: int, bandwidth: float, peak_tflops: float) -> tuple[float, float]:
+    """Roofline floor per sample (ms) and bytes moved per sample, from benchmarks/roofline.py's pass model."""
+    params = gen.sample_params(tissue.shape, seed=0, index=0, batch=batch)
+    passes = roofline.passes(params, (size,) * 3)
+    voxels = size ** 3
+    nbytes = voxels * sum(p[1] for p in passes)
+    flop = voxels * sum(p[2] for p in passes)
+    return 1e3 * max(nbytes / bandwidth, flop / (peak_tflops * 1e12)), nbytes
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="crop sizes (default cpu: 96 128; cuda: 96 128 192)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="crop sizes (default cpu: 96 128; cuda: 96 128 192)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="synthgen samples per call")
+    parser.add_argument("--backends", nargs="+", default=[None], choices=("torch", "triton", "cuda"),
+                        help="synthgen backends to time (default: the dispatcher's choice)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (default cpu 3, cuda 20)")
     parser.add_argument("--providers", nargs="+", default=["synthgen", *PEERS],
                         help="synthgen cornucopia torchio monai (peers run only when installed)")
+    parser.add_argument("--peak-tflops", type=float, default=67.0,
+                        help="fp32 peak for the roofline floor (H100 SXM: 67; meaningless on a CPU)")
     parser.add_argument("--json", default=None, help="write the rows and the machine description here")
     args = parser.parse_args(argv)
     cuda = torch.device(args.device).type == "cuda"
     sizes = args.sizes or ([96, 128, 192] if cuda else [96, 128])
     repeats = args.repeats or (20 if cuda else 3)
     tissue = default_tissue_map(device=args.device)
+    bandwidth = roofline.bandwidth(args.device, nbytes=(1 << 30) if cuda else (1 << 28))
     rows = []
     for size in sizes:
         for provider in args.providers:
-            batches = args.batch if provider == "synthgen" else [1]
-            for batch in batches:
-                row = {"provider": provider, "size": size, "batch": batch, "device": args.device}
+            configs = [(b, k) for b in args.backends for k in args.batch] if provider == "synthgen" else [(None, 1)]
+            for backend, batch in configs:
+                row = {"provider": provider, "backend": backend or "", "size": size, "batch": batch,
+                       "device": args.device}
                 try:
                     if provider == "synthgen":
                         run, gen = synthgen_provider(tissue, size, batch, args.device)
@@ -178,40 +216,56 @@ def main(argv=None):
                     print(f"skip {provider}: not installed ({err})", file=sys.stderr)
                     break
                 if cuda:
+                    torch.cuda.synchronize(args.device)
+                    before = torch.cuda.memory_allocated(args.device)
                     torch.cuda.reset_peak_memory_stats(args.device)
                 try:
-                    times = _time(run, args.device, repeats)
-                except Exception as err:            # a peer failing must not lose the other rows
-                    print(f"skip {provider} at {size}: {type(err).__name__}: {err}", file=sys.stderr)
-                    break
+                    with forced_backend(backend):
+                        times = _time(run, args.device, repeats)
+                except Exception as err:            # a peer or a backend failing must not lose the other rows
+                    print(f"skip {provider}{f'[{backend}]' if backend else ''} at {size}: "
+                          f"{type(err).__name__}: {err}", file=sys.stderr)
+                    continue
                 per_sample = [t / batch for t in times]
                 q = statistics.quantiles(per_sample, n=5) if len(per_sample) > 1 else per_sample * 4
                 row.update(ms_per_sample=1e3 * statistics.median(per_sample), ms_p20=1e3 * q[0], ms_p80=1e3 * q[-1],
                            samples_per_s=1.0 / statistics.median(per_sample))
                 if cuda:
+                    extra = (torch.cuda.max_memory_allocated(args.device) - before) / batch
                     row["peak_mem_mb"] = torch.cuda.max_memory_allocated(args.device) / 2 ** 20
+                    row["extra_mem_per_sample_vs_outputs"] = extra / (size ** 3 * 5)   # float32 image + uint8 target
                 if gen is not None:
+                    row["floor_ms"], row["bytes_per_sample"] = floor_ms(gen, tissue, size, batch, bandwidth,
+                                                                        args.peak_tflops)
+                    row["ratio_to_floor"] = row["ms_per_sample"] / row["floor_ms"]
                     gen.profile, gen.stage_ms = True, {}
-                    run()
+                    with forced_backend(backend):
+                        run()
                     row["stage_ms"] = {k: round(v / batch, 2) for k, v in gen.stage_ms.items()}
                 rows.append(row)
-                print(f"{provider:>10} {size}^3 batch {batch}: {row['ms_per_sample']:.1f} ms/sample", file=sys.stderr)
+                print(f"{provider:>10}{f'[{backend}]' if backend else ''} {size}^3 batch {batch}: "
+                      f"{row['ms_per_sample']:.1f} ms/sample", file=sys.stderr)
     # ratios against the fastest peer of the same size, in this run
     for row in rows:
         peers = [r["ms_per_sample"] for r in rows if r["size"] == row["size"] and r["provider"] != "synthgen"]
         if row["provider"] == "synthgen" and peers:
             row["speedup_vs_fastest_peer"] = min(peers) / row["ms_per_sample"]
-    print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {_git_sha()}\n")
-    print("| provider | size | batch | ms/sample (p20-p80) | samples/s | speed-up vs fastest peer | stages (ms/sample) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {_git_sha()}; "
+          f"copy bandwidth {bandwidth / 1e9:.0f} GB/s\n")
+    print("| provider | size | batch | ms/sample (p20-p80) | samples/s | vs fastest peer | x floor | extra mem / outputs "
+          "| stages (ms/sample) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         stages = ", ".join(f"{k} {v:.0f}" for k, v in r.get("stage_ms", {}).items())
         speed = f"{r['speedup_vs_fastest_peer']:.1f}x" if "speedup_vs_fastest_peer" in r else ""
-        print(f"| {r['provider']} | {r['size']}^3 | {r['batch']} | {r['ms_per_sample']:.0f} "
-              f"({r['ms_p20']:.0f}-{r['ms_p80']:.0f}) | {r['samples_per_s']:.2f} | {speed} | {stages} |")
+        floor = f"{r['ratio_to_floor']:.1f}" if "ratio_to_floor" in r else ""
+        mem = f"{r['extra_mem_per_sample_vs_outputs']:.1f}" if "extra_mem_per_sample_vs_outputs" in r else ""
+        name = f"{r['provider']}[{r['backend']}]" if r["backend"] else r["provider"]
+        print(f"| {name} | {r['size']}^3 | {r['batch']} | {r['ms_per_sample']:.1f} "
+              f"({r['ms_p20']:.1f}-{r['ms_p80']:.1f}) | {r['samples_per_s']:.2f} | {speed} | {floor} | {mem} | {stages} |")
     if args.json:
         out = {"device": device_name(args.device), "versions": _versions(), "git_sha": _git_sha(),
-               "repeats": repeats, "rows": rows}
+               "repeats": repeats, "bandwidth_gbs": bandwidth / 1e9, "rows": rows}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
