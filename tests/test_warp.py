@@ -96,3 +96,12 @@ def test_pull_reads_only_the_reached_box_and_zero_outside(mode):
         differ = (out != full)[:, 0]
         tie = ((coords - coords.floor() - 0.5).abs() < 1e-4).any(-1)
         assert not (differ & ~tie).any()
+
+
+def test_pull_on_a_one_voxel_axis_interpolates_with_zero_outside():
+    ones = torch.ones(1, 1, 5, 5, 5)
+    beyond = torch.tensor([[5.0, 2, 2], [5.2, 2, 2], [4.5, 2, 2]]).reshape(1, 3, 3)   # only x in [4, 6) is reached
+    assert torch.allclose(grid_pull(ones, beyond), torch.tensor([[[0.0, 0.0, 0.5]]]))
+    slab = torch.ones(1, 1, 1, 5, 5)                                                  # a single-slice volume
+    pts = torch.tensor([[0.5, 2, 2], [-0.7, 2, 2], [0.0, 2, 2]]).reshape(1, 3, 3)
+    assert torch.allclose(grid_pull(slab, pts), torch.tensor([[[0.5, 0.3, 1.0]]]))

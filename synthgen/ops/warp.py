@@ -73,6 +73,14 @@ def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") 
         return torch.zeros(shape, dtype=src_dtype if keep else torch.float32, device=volume.device)
     volume = volume[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     vol = volume if volume.is_floating_point() else volume.to(torch.float32)
+    thin = [a for a in range(3) if vol.shape[2 + a] < 2]
+    if thin:     # align_corners maps every point of a 1-voxel axis onto it: give it explicit zero neighbours
+        pad = [0] * 6
+        for a in thin:
+            pad[2 * (2 - a)] = pad[2 * (2 - a) + 1] = 1
+            lo[a] -= 1
+        vol = F.pad(vol, pad)
+        volume = vol
     # grid_sample wants (x, y, z) = (last, middle, first) axis, normalised for align_corners=True: one
     # strided pass per axis writes the shifted, scaled and flipped grid
     grid = torch.empty(coords.shape, dtype=vol.dtype, device=coords.device)
