@@ -64,7 +64,7 @@ def test_tta_equals_mean_of_eight_flipped_passes(model):
         x = torch.from_numpy(np.ascontiguousarray(flipped))[None, None]
         with torch.no_grad():
             y = sliding_window_inference(x, (16,) * 3, 1, model, overlap=0.5, mode="gaussian",
-                                         sigma_scale=0.125)[0].numpy()
+                                         sigma_scale=0.125, padding_mode="constant", cval=float(vol.min()))[0].numpy()
         passes.append(np.flip(y, tuple(d + 1 for d in dims)) if dims else y)
     assert tta.shape == (3, 13, 15, 18)
     np.testing.assert_allclose(tta, np.mean(passes, 0), rtol=1e-5, atol=1e-5)

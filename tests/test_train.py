@@ -289,3 +289,21 @@ def test_cli_resume_keeps_recipe(tmp_path):
     args = run.parser().parse_args(["--preset", "quick", "--crop", "32", "--baseline", "--real", "x"])
     cfg = run.resolve_config(args)
     assert cfg.generator.crop == (32, 32, 32) and cfg.num_classes == 2 and cfg.class_names[-1] == "lesion"
+
+
+def test_real_validation_scores_lesion_vs_rest():
+    from train.validate import REAL_CLASSES, evaluate
+
+    class Fixed(torch.nn.Module):      # predicts GM everywhere and lesion in the first half of the volume
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 6, *x.shape[2:])
+            logits[:, 1] = 1.0
+            logits[:, 5, :4] = 2.0
+            return logits
+
+    target = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    target[:, :4] = 5                                   # real masks know lesion (5) vs the rest (0)
+    m, _ = evaluate(Fixed(), [(torch.zeros(1, 1, 8, 8, 8), target)], ("bg", "gm", "wm", "pv", "csf", "lesion"),
+                    prefix="real_", lesion_only=True)
+    assert set(m) == {f"real_dice_{c}" for c in REAL_CLASSES} | {"real_lesion_dice"}
+    assert m["real_dice_rest"] == 1.0 and m["real_dice_lesion"] == 1.0 and m["real_lesion_dice"] == 1.0

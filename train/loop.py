@@ -32,7 +32,7 @@ from train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, 
 from train.config import TrainConfig
 from train.losses import DiceCE
 from train.model import build_unet, n_params
-from train.validate import evaluate, synthetic_val_set
+from train.validate import REAL_CLASSES, evaluate, synthetic_val_set
 
 # ----------------------------------------------------------------------------------------------- devices
 
@@ -279,7 +279,8 @@ def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
         # pad to multiples of the crop so that the sliding window tiles the volume
         crop = cfg.generator.crop
         pad = [(0, (-s) % c) for s, c in zip(scan.shape, crop)]
-        image = np.pad(zscore(histogram_normalise(scan)), pad)
+        image = zscore(histogram_normalise(scan))
+        image = np.pad(image, pad, constant_values=image.min())      # background, not 0 (= the mean after z-score)
         target = np.pad(mask.astype(np.uint8) * (cfg.num_classes - 1), pad)
         out.append((torch.from_numpy(image)[None, None].to(device), torch.from_numpy(target)[None].to(device)))
     return out
@@ -320,8 +321,8 @@ class MetricsLog:
 
     def __init__(self, path, class_names, resume_step: int | None):
         self.path = Path(path)
-        val = [f"{p}dice_{c}" for p in ("val_", "real_") for c in class_names] + ["val_lesion_dice",
-                                                                                   "real_lesion_dice"]
+        val = ([f"val_dice_{c}" for c in class_names] + [f"real_dice_{c}" for c in REAL_CLASSES]
+               + ["val_lesion_dice", "real_lesion_dice"])
         self.fields = ["step", "epoch", "lr", "loss", "grad_norm", "ms_step", "synth_ms", "samples_s"] + val
         self.rows = []
         if resume_step is not None and self.path.is_file():
@@ -495,7 +496,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
             m, kept = evaluate(net, val_set, cfg.class_names, dtype, keep=cfg.plot_samples)
             row.update(m)
         if real_val:
-            m, _ = evaluate(net, real_val, cfg.class_names, dtype, roi=tuple(gen_cfg.crop), prefix="real_")
+            m, _ = evaluate(net, real_val, cfg.class_names, dtype, roi=tuple(gen_cfg.crop), prefix="real_",
+                            lesion_only=True)
             row.update(m)
         log.append(row)
         last.update({k: v for k, v in row.items() if k.startswith(("val_", "real_"))})

@@ -131,8 +131,9 @@ def segment(model: torch.nn.Module, volumes: list[np.ndarray], window=192, tta: 
         for dims in flips:
             xi = torch.flip(x, dims) if dims else x
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                # pad (volumes smaller than the window) with the background value, not 0 = the mean
                 y = sliding_window_inference(xi, win, sw_batch_size, model, overlap=overlap, mode="gaussian",
-                                             sigma_scale=0.125)
+                                             sigma_scale=0.125, padding_mode="constant", cval=float(xi.min()))
             y = y.float()
             y = torch.flip(y, dims) if dims else y
             total = y if total is None else total + y

@@ -47,7 +47,8 @@ def predict_labels(model, image: torch.Tensor, amp_dtype=None, roi=None) -> torc
     with _autocast(image.device, amp_dtype):
         if roi is not None and any(s > r for s, r in zip(image.shape[2:], roi)):
             from monai.inferers import sliding_window_inference
-            logits = sliding_window_inference(image, roi, 1, model, overlap=0.5, mode="gaussian", sigma_scale=0.125)
+            logits = sliding_window_inference(image, roi, 1, model, overlap=0.5, mode="gaussian", sigma_scale=0.125,
+                                              padding_mode="constant", cval=float(image.min()))
         else:
             logits = model(image)
     return logits.float().argmax(1)
@@ -68,15 +69,20 @@ def summarise(scores: list, has_lesion: list, class_names, prefix: str = "") -> 
     return out
 
 
+REAL_CLASSES = ("rest", "lesion")   # real scans are labelled lesion vs everything else
+
+
 @torch.no_grad()
 def evaluate(model, samples: list, class_names, amp_dtype=None, roi=None, prefix: str = "val_",
-             keep: int = 0) -> tuple[dict, list]:
+             keep: int = 0, lesion_only: bool = False) -> tuple[dict, list]:
     """Dice of ``model`` on ``samples`` (list of ``(image, target)``), in eval mode; restores train mode.
 
     Args:
         class_names: names of the classes, lesion last.
         roi: sliding-window size for inputs larger than the training crop (real scans).
         keep: how many ``(image, target, prediction)`` triples to return for plotting.
+        lesion_only: targets know only lesion vs the rest (real scans): score ``REAL_CLASSES`` after
+            collapsing the prediction the same way.
 
     Returns:
         ``(metrics, kept)``: ``{prefix}dice_<class>`` means, ``{prefix}lesion_dice``, and the kept triples (CPU).
@@ -88,11 +94,13 @@ def evaluate(model, samples: list, class_names, amp_dtype=None, roi=None, prefix
     try:
         for image, target in samples:
             pred = predict_labels(model, image, amp_dtype, roi)
+            if lesion_only:
+                pred, target = (pred == lesion_class).long(), (target == lesion_class).long()
             for b in range(image.shape[0]):
-                scores.append(dice_scores(pred[b], target[b], len(class_names)))
-                has_lesion.append(bool((target[b] == lesion_class).any()))
+                scores.append(dice_scores(pred[b], target[b], 2 if lesion_only else len(class_names)))
+                has_lesion.append(bool((target[b] == (1 if lesion_only else lesion_class)).any()))
                 if len(kept) < keep:
                     kept.append((image[b, 0].float().cpu(), target[b].cpu(), pred[b].cpu()))
     finally:
         model.train(was_training)
-    return summarise(scores, has_lesion, class_names, prefix), kept
+    return summarise(scores, has_lesion, REAL_CLASSES if lesion_only else class_names, prefix), kept
