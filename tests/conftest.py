@@ -39,3 +39,12 @@ def phantom_labels(shape=(30, 36, 32)) -> torch.Tensor:
 @pytest.fixture
 def phantom():
     return phantom_labels()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny volumes: one torch thread, no thread-pool overhead (restored after the module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,13 +17,7 @@ from synthgen.lesions import (LesionSource, dilate, erode, fading_coefficients, 
 CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small volumes: torch's thread pool only adds contention on the shared 2-core CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tissue_map(shape=(40, 40, 40)) -> torch.Tensor:

@@ -15,13 +15,7 @@ from synthgen.lesions.procedural import draw_lesion_plan
 CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small volumes: torch's thread pool only adds contention on the shared 2-core CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brain(shape, voxel_mm):

@@ -1,18 +1,11 @@
 """Every Triton kernel against the reference ops, on CPU under TRITON_INTERPRET=1 (odd sizes, batch 2)."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-# Triton reads TRITON_INTERPRET when it is imported. Run here only if this process can still turn the interpreter
-# on without harming compiled GPU tests; otherwise run this module in a child process with the interpreter.
-IN_CHILD = os.environ.get("SYNTHGEN_INTERPRETER_CHILD") == "1"
-RUN_HERE = IN_CHILD or (not torch.cuda.is_available()
-                        and ("triton" not in sys.modules or os.environ.get("TRITON_INTERPRET") == "1"))
-if RUN_HERE:
-    os.environ["TRITON_INTERPRET"] = "1"
+from interpreter import child_process_test, run_here, skip_unless_here
+
+RUN_HERE = run_here()
 
 pytest.importorskip("triton")
 
@@ -25,10 +18,7 @@ from conftest import phantom_labels
 from test_cuda_warp import CROP, make_case, prepared_args, reference_warp
 
 
-@pytest.fixture(autouse=True)
-def _interpreter_here(request):
-    if not RUN_HERE and request.node.originalname != "test_interpreter_child_process":
-        pytest.skip("runs in a child process (test_interpreter_child_process)")
+_interpreter_here = skip_unless_here(RUN_HERE)
 
 
 SHAPE = (17, 12, 13)
@@ -231,9 +221,4 @@ def test_generate_fast_rejects_bad_arguments():
         fast.generate_fast(cfg, tissue, params, lesion=(torch.zeros(2, 1, 3, 3, 3),) * 2)
 
 
-@pytest.mark.skipif(RUN_HERE, reason="this process runs the interpreter tests itself")
-def test_interpreter_child_process():
-    env = dict(os.environ, TRITON_INTERPRET="1", SYNTHGEN_INTERPRETER_CHILD="1")
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
-                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+test_interpreter_child_process = child_process_test(__file__, RUN_HERE)
