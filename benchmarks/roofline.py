@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import synthgen  # noqa: E402
 from synthgen.config import GeneratorConfig  # noqa: E402
+from synthgen.io import atomic_path  # noqa: E402
 from synthgen.ops.blur import gaussian_kernel1d  # noqa: E402
 
 F32 = 4
@@ -126,10 +126,8 @@ def main(argv=None):
         out.update(measured_ms=1e3 * per, ratio_to_floor=per / floor)
         print(f"measured {1e3 * per:.3f} ms/sample ({1 / per:.0f} samples/s), {per / floor:.1f}x the floor")
     if args.json:
-        path = Path(args.json)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, path)
+        with atomic_path(args.json, ".json") as tmp:
+            Path(tmp).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import roofline  # noqa: E402
 import synthgen  # noqa: E402
 from synthgen.config import GeneratorConfig  # noqa: E402
 from synthgen.data.default_map import default_tissue_map  # noqa: E402
+from synthgen.io import atomic_path  # noqa: E402
 
 
 def _sync(device):
@@ -266,12 +267,9 @@ def main(argv=None):
     if args.json:
         out = {"device": device_name(args.device), "versions": _versions(), "git_sha": _git_sha(),
                "repeats": repeats, "bandwidth_gbs": bandwidth / 1e9, "rows": rows}
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, path)
-        print(f"\nwrote {path}")
+        with atomic_path(args.json, ".json") as tmp:
+            Path(tmp).write_text(json.dumps(out, indent=2))
+        print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import synthgen  # noqa: E402
+from synthgen.io import atomic_path  # noqa: E402
 from train.config import preset  # noqa: E402
 from train.loop import amp_dtype, load_tissues, make_lesion_source, resolve_device  # noqa: E402
 from train.losses import DiceCE  # noqa: E402
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--crop", type=int, help="cubic crop override (multiple of the net stride)")
-    p.add_argument("--json", default="train_step.json", help="output JSON path")
+    p.add_argument("--json", default=None, help="also write the row here (JSON)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     name = args.preset or ("paper" if device.type == "cuda" else "quick")
@@ -132,12 +133,10 @@ def main(argv=None) -> int:
         sps = f"{1e3 * row['batch_size'] / s['median']:.2f}"
         print(f"| {label} | {s['median']:.1f} [{s['p20']:.1f}-{s['p80']:.1f}] | {sps} |")
     print(f"\nsynthesis share of a step: {100 * row['synthesis_share']:.0f} %")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, path)
-    print(f"wrote {path}")
+    if args.json:
+        with atomic_path(args.json, ".json") as tmp:
+            Path(tmp).write_text(json.dumps(row, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 
