@@ -10,11 +10,12 @@ RUN_HERE = run_here()
 pytest.importorskip("triton")
 
 import synthgen
-from synthgen import fast, ops
+from synthgen import fast
 from synthgen.config import (AnisotropyConfig, GeneratorConfig, MotionBlurConfig, NoiseConfig,
                              SmoothConfig)
 
 from conftest import phantom_labels
+from reference_noise import reference_with_noise
 
 
 _interpreter_here = skip_unless_here(RUN_HERE)
@@ -48,33 +49,11 @@ def _probabilities(labels):
     return (soft / soft.sum(1, keepdim=True)).contiguous()
 
 
-class _FixedLesion:
-    def __init__(self, weights):
-        self.weights = weights
-
-    def sample(self, tissue, keys):
-        return self.weights
-
-
 def _lesion(B):
     g = torch.Generator().manual_seed(7)
     lab = (torch.rand(B, 1, *MAP, generator=g) > 0.6).float()
     lab = torch.nn.functional.avg_pool3d(lab, 3, 1, 1)
     return lab * 0.8, lab
-
-
-def _reference(monkeypatch, cfg, tissue, params, texture, normals, lesion):
-    monkeypatch.setattr(ops, "texture_noise", lambda shape, fwhm, gens, device=None: texture)
-
-    def add_noise(x, std, gens, kind="rician"):
-        s = std.view(-1, 1, 1, 1, 1)
-        if kind == "gaussian":
-            return x + normals[0] * s
-        return torch.sqrt((x + normals[0] * s) ** 2 + (normals[1] * s) ** 2)
-    monkeypatch.setattr(ops, "add_noise", add_noise)
-    monkeypatch.setenv("SYNTHGEN_BACKEND", "torch")
-    gen = synthgen.SynthGenerator(cfg, lesions=_FixedLesion(lesion) if lesion is not None else None)
-    return gen(tissue, params=params)
 
 
 @pytest.mark.parametrize("kind", ["labels", "probs-lesion", "labels-lesion-binary-gaussian"])
@@ -91,7 +70,7 @@ def test_fast_matches_reference(monkeypatch, kind):
     g = torch.Generator().manual_seed(1)
     texture = torch.randn(B, 1, *CROP, generator=g)
     normals = (torch.randn(B, 1, *CROP, generator=g), torch.randn(B, 1, *CROP, generator=g))
-    ref_img, ref_tgt = _reference(monkeypatch, cfg, tissue, params, texture, normals, lesion)
+    ref_img, ref_tgt = reference_with_noise(monkeypatch, cfg, tissue, params, texture, normals, lesion)
     img, tgt = fast.generate_fast(cfg, tissue, params, lesion, "triton", texture=texture, noise=normals)
     assert img.shape == ref_img.shape and tgt.shape == ref_tgt.shape and tgt.dtype == torch.uint8
     assert torch.equal(tgt, ref_tgt)

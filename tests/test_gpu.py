@@ -5,26 +5,14 @@ import pytest
 import torch
 
 import synthgen
-from synthgen import fast, ops
+from synthgen import fast
 from synthgen.config import GeneratorConfig
 from synthgen.data.default_map import default_tissue_map
 
+from reference_noise import reference_with_noise
+
 BACKENDS = ["triton", pytest.param("cuda", marks=pytest.mark.skipif(importlib.util.find_spec("cupy") is None,
                                                                       reason="cupy is not installed"))]
-
-
-def _reference(monkeypatch, cfg, tissue, params, texture, normals):
-    """SynthGenerator on the torch backend with the given texture and noise normals."""
-    monkeypatch.setattr(ops, "texture_noise", lambda shape, fwhm, gens, device=None: texture)
-
-    def add_noise(x, std, gens, kind="rician"):
-        s = std.view(-1, 1, 1, 1, 1)
-        if kind == "gaussian":
-            return x + normals[0] * s
-        return torch.sqrt((x + normals[0] * s) ** 2 + (normals[1] * s) ** 2)
-    monkeypatch.setattr(ops, "add_noise", add_noise)
-    monkeypatch.setenv("SYNTHGEN_BACKEND", "torch")
-    return synthgen.SynthGenerator(cfg)(tissue, params=params)
 
 
 def _inputs(size, B=2, seed=0):
@@ -43,7 +31,7 @@ def _inputs(size, B=2, seed=0):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_matches_reference_on_device(monkeypatch, backend, size):
     cfg, tissue, params, texture, normals = _inputs(size)
-    ref_img, ref_tgt = _reference(monkeypatch, cfg, tissue, params, texture, normals)
+    ref_img, ref_tgt = reference_with_noise(monkeypatch, cfg, tissue, params, texture, normals)
     img, tgt = fast.generate_fast(cfg, tissue, params, None, backend, texture=texture, noise=normals)
     # nearest-label ties at exactly .5 and fma contraction may flip a handful of voxels
     assert (tgt != ref_tgt).float().mean() < 1e-5

@@ -79,9 +79,9 @@ def test_two_steps_from_store_equal_two_steps_from_folders(data, tmp_path):
 
 def test_real_scans_from_store_match_folder(data):
     cfg = tiny("unused")
-    a = RealSource(str(data["r"]), cfg.generator, 4.0, CPU)
+    a = RealSource(str(data["r"]), cfg.generator, CPU)
     b = real_source(cfg, CPU, open_store(data["store"]))
-    c = RealSource(None, cfg.generator, 4.0, CPU, store=data["store"])   # a path works too
+    c = RealSource(None, cfg.generator, CPU, store=data["store"])   # a path works too
     assert len(a) == len(b) == len(c) == 1
     (sa, ma), (sb, mb) = a.items[0], b.items[0]
     assert torch.equal(ma, mb) and torch.equal(sb, c.items[0][0])
@@ -124,6 +124,6 @@ def test_store_errors(data, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="nowhere: not a packed store"):
         train(cfg, progress=False)
     with pytest.raises(ValueError, match="`folder` or `store` must be given, not both nor neither"):
-        RealSource(None, cfg.generator, 4.0, CPU)
+        RealSource(None, cfg.generator, CPU)
     with pytest.raises(ValueError, match="`folder` or `store` must be given, not both nor neither"):
-        RealSource(str(data["r"]), cfg.generator, 4.0, CPU, store=data["store"])
+        RealSource(str(data["r"]), cfg.generator, CPU, store=data["store"])

@@ -190,11 +190,12 @@ class RealSource:
         ValueError: not exactly one of ``folder`` and ``store`` given.
     """
 
-    def __init__(self, folder, generator_config, voxel_size: float, device: torch.device, store=None):
+    def __init__(self, folder, generator_config, device: torch.device, store=None):
         from synthgen.real import RealAugmenter, real_item
         if (folder is None) == (store is None):
             raise ValueError(f"`folder` or `store` must be given, not both nor neither, got {folder!r} and "
                              f"{store!r}")
+        voxel_size = generator_config.voxel_size
         self.items = []
         if store is not None:
             from synthgen import io
@@ -248,8 +249,8 @@ def real_source(cfg: TrainConfig, device: torch.device, store=None):
         raise NotImplementedError("--real: real-scan training needs synthgen/real.py (real-scan augmentation), "
                                   "which is not available yet")
     if store is not None and len(store.real):
-        return RealSource(None, cfg.generator, cfg.generator.voxel_size, device, store=store)
-    return RealSource(cfg.data.real, cfg.generator, cfg.generator.voxel_size, device)
+        return RealSource(None, cfg.generator, device, store=store)
+    return RealSource(cfg.data.real, cfg.generator, device)
 
 
 def lesion_vs_rest(logits: torch.Tensor) -> torch.Tensor:
