@@ -1,6 +1,7 @@
 """Roofline of the fused generator (synthgen.fast): bytes and flop per voxel per pass, and the time floor.
 
-    python benchmarks/roofline.py --size 192 --batch 64 [--device cuda] [--peak-tflops 67] [--time] [--json out.json]
+    python benchmarks/roofline.py --size 192 --batch 64 [--device cuda] [--peak-tflops 67] [--work-dtype float16]
+                                  [--time] [--json out.json]
 
 The model follows the passes synthgen.fast launches for a batch drawn from the default config (an axis pass runs
 when any sample of the batch needs it, so large batches run them all). Bandwidth is measured with a device copy
@@ -33,36 +34,43 @@ def _taps(fwhms) -> int:
     return max(gaussian_kernel1d(float(f)).numel() for f in fwhms)
 
 
-def passes(params, crop, labels_channels: int = 1, lesion: bool = True, lesion_target: bool = False):
-    """(name, bytes per voxel, flop per voxel) of every pass synthgen.fast runs for this batch."""
-    rows = [("texture randn (Philox)", F32, 40)]
+def passes(params, crop, labels_channels: int = 1, lesion: bool = True, lesion_target: bool = False,
+           work_bytes: int = F32):
+    """(name, bytes per voxel, flop per voxel) of every pass synthgen.fast runs for this batch (Triton backend;
+    ``work_bytes`` per intermediate voxel: 4 float32, 2 float16). Noise and min/max ride in epilogues."""
+    w = work_bytes
+    rows = [("texture randn (Philox)", w, 40)]
     for axis in range(3):
         k = _taps(params.gmm_fwhm.tolist())
         if k > 1:
-            rows.append((f"texture blur axis {axis} ({k} taps)", 2 * F32, 2 * k))
+            rows.append((f"texture blur axis {axis} ({k} taps)", 2 * w, 2 * k))
     tissue_bytes = 1 if labels_channels == 1 else 8 * labels_channels * F32 / 8   # gathers mostly hit cache
     warp_flop = 30 + 64 * 3 * 2 + 64 * 2 + 40 + (8 * 2 * labels_channels if labels_channels > 1 else 4)
-    rows.append(("warp+sample+GMM+bias+target", F32 + tissue_bytes + (2 * F32 if lesion else 0) + F32 + 1,
-                 warp_flop + (40 if lesion else 0)))
-    rows.append(("min/max (gamma)", F32, 2))
+    rows.append(("warp+sample+GMM+bias+target, min/max", w + tissue_bytes + (2 * F32 if lesion else 0) + w + 1,
+                 warp_flop + (40 if lesion else 0) + 2))
+    axis_rows = []
     for axis in range(3):
         k = _taps(params.motion_fwhm[:, axis].tolist())
         if k > 1 or axis == 0:
-            rows.append((f"motion blur axis {axis} ({k} taps{', gamma' if axis == 0 else ''})", 2 * F32,
-                         2 * k + (20 * k if axis == 0 else 0)))
+            axis_rows.append([f"motion blur axis {axis} ({k} taps{', gamma' if axis == 0 else ''})", 2 * w,
+                              2 * k + (20 * k if axis == 0 else 0)])
         r = params.spacing[:, axis]
         if bool((r > 1).any()):
             k = _taps([float(v) for v in r if v > 1])
-            rows.append((f"slice profile axis {axis} ({k} taps)", 2 * F32, 2 * k))
-            rows.append((f"thick-slice resample axis {axis}", 2 * F32, 20))
-    rows.append(("noise (Philox, Rician)", 2 * F32, 2 * 40 + 8))
+            axis_rows.append([f"slice profile axis {axis} ({k} taps)", 2 * w, 2 * k])
+            axis_rows.append([f"thick-slice resample axis {axis}", 2 * w, 20])
+    axis_rows[-1][0] += " + noise (Philox, Rician)"
+    axis_rows[-1][2] += 2 * 40 + 8
+    smooth_rows = []
     for axis in range(3):
         k = _taps(params.smooth_fwhm.tolist())
         if k > 1:
-            rows.append((f"smoothing axis {axis} ({k} taps)", 2 * F32, 2 * k))
-    rows += [("min/max (clip)", F32, 2), ("histogram level 1", F32, 6), ("histogram level 2", F32, 8),
-             ("clip/strip statistics", F32 + 1, 8),
-             ("final: clip, strip, flip, z-norm", F32 + 1 + F32 + (1 if lesion_target else 0), 8)]
+            smooth_rows.append([f"smoothing axis {axis} ({k} taps)", 2 * w, 2 * k])
+    (smooth_rows or axis_rows)[-1][0] += ", min/max"
+    (smooth_rows or axis_rows)[-1][2] += 2
+    rows += [tuple(r) for r in axis_rows + smooth_rows]
+    rows += [("histogram level 1", w, 6), ("histogram level 2", w, 8), ("clip/strip statistics", w + 1, 8),
+             ("final: clip, strip, flip, z-norm", w + 1 + F32 + (1 if lesion_target else 0), 8)]
     return rows
 
 
@@ -89,13 +97,15 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peak-tflops", type=float, default=67.0, help="fp32 peak of the device (H100 SXM: 67)")
     ap.add_argument("--channels", type=int, default=1, help="1: label map; K: K probability channels")
+    ap.add_argument("--work-dtype", choices=("float32", "float16"), default="float32",
+                    help="intermediate volumes of the fast path (GeneratorConfig.work_dtype)")
     ap.add_argument("--time", action="store_true", help="time synthgen.fast.generate_fast (CUDA only)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     crop = (args.size,) * 3
-    cfg = GeneratorConfig(crop=crop)
+    cfg = GeneratorConfig(crop=crop, work_dtype=args.work_dtype)
     params = synthgen.SynthGenerator(cfg).sample_params((1, 1, 197, 233, 189), seed=0, batch=args.batch)
-    rows = passes(params, crop, args.channels)
+    rows = passes(params, crop, args.channels, work_bytes=2 if args.work_dtype == "float16" else F32)
     n = args.size ** 3
     total_b = sum(r[1] for r in rows)
     total_f = sum(r[2] for r in rows)
@@ -109,7 +119,8 @@ def main(argv=None):
     print(f"device {args.device}: copy bandwidth {bw / 1e9:.0f} GB/s, peak {args.peak_tflops} TFLOP/s (given)")
     print(f"per sample at {args.size}^3: bytes {1e3 * t_bytes:.3f} ms, flop {1e3 * t_flop:.3f} ms, "
           f"floor {1e3 * floor:.3f} ms = {1 / floor:.0f} samples/s")
-    out = {"size": args.size, "batch": args.batch, "device": args.device, "bandwidth_gbs": bw / 1e9,
+    out = {"size": args.size, "batch": args.batch, "device": args.device, "work_dtype": args.work_dtype,
+           "bandwidth_gbs": bw / 1e9,
            "peak_tflops": args.peak_tflops, "bytes_per_voxel": total_b, "flop_per_voxel": total_f,
            "floor_ms": 1e3 * floor, "passes": rows}
     if args.time:

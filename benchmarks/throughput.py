@@ -1,7 +1,8 @@
 """Generator throughput: samples/s per size and provider, side by side with the libraries people use today.
 
     python benchmarks/throughput.py --device cpu --sizes 96 128 [--batch 1] [--repeats 3] [--json out.json]
-    python benchmarks/throughput.py --device cuda --sizes 96 128 192 --batch 1 4 --backends torch triton cuda
+    python benchmarks/throughput.py --device cuda --sizes 96 128 192 --batch 1 4 --backends torch triton cuda \
+        [--work-dtypes float32 float16]
 
 Providers: ``synthgen`` (this project, batch B per call, once per ``--backends`` entry; SYNTHGEN_BACKEND is
 set for the row), and when installed the equivalent chain in
@@ -68,8 +69,8 @@ def _centre_crop(tissue: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def synthgen_provider(tissue, size, batch, device):
-    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(size, size, size)))
+def synthgen_provider(tissue, size, batch, device, work_dtype="float32"):
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(size, size, size), work_dtype=work_dtype))
     state = {"index": 0}
 
     def run():
@@ -174,7 +175,7 @@ def forced_backend(name: str | None):
 def floor_ms(gen, tissue, size: int, batch: int, bandwidth: float, peak_tflops: float) -> tuple[float, float]:
     """Roofline floor per sample (ms) and bytes moved per sample, from benchmarks/roofline.py's pass model."""
     params = gen.sample_params(tissue.shape, seed=0, index=0, batch=batch)
-    passes = roofline.passes(params, (size,) * 3)
+    passes = roofline.passes(params, (size,) * 3, work_bytes=2 if gen.config.work_dtype == "float16" else 4)
     voxels = size ** 3
     nbytes = voxels * sum(p[1] for p in passes)
     flop = voxels * sum(p[2] for p in passes)
@@ -186,9 +187,12 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="crop sizes (default cpu: 96 128; cuda: 96 128 192)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="synthgen samples per call")
-    parser.add_argument("--backends", nargs="+", default=[None], choices=("torch", "triton", "cuda"),
-                        help="synthgen backends to time (default: the dispatcher's choice)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="synthgen samples per call (default cpu: 1; cuda: 1 8)")
+    parser.add_argument("--backends", nargs="+", default=None, choices=("torch", "triton", "cuda"),
+                        help="synthgen backends to time (default cpu: the dispatcher's choice; cuda: triton cuda)")
+    parser.add_argument("--work-dtypes", nargs="+", default=None, choices=("float32", "float16"),
+                        help="GeneratorConfig.work_dtype of the fast path (default cpu: float32; cuda: both)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (default cpu 3, cuda 20)")
     parser.add_argument("--providers", nargs="+", default=["synthgen", *PEERS],
                         help="synthgen cornucopia torchio monai (peers run only when installed)")
@@ -199,18 +203,23 @@ def main(argv=None):
     cuda = torch.device(args.device).type == "cuda"
     sizes = args.sizes or ([96, 128, 192] if cuda else [96, 128])
     repeats = args.repeats or (20 if cuda else 3)
+    batches = args.batch or ([1, 8] if cuda else [1])
+    backends = args.backends or (["triton", "cuda"] if cuda else [None])
+    work_dtypes = args.work_dtypes or (["float32", "float16"] if cuda else ["float32"])
     tissue = default_tissue_map(device=args.device)
     bandwidth = roofline.bandwidth(args.device, nbytes=(1 << 30) if cuda else (1 << 28))
     rows = []
     for size in sizes:
         for provider in args.providers:
-            configs = [(b, k) for b in args.backends for k in args.batch] if provider == "synthgen" else [(None, 1)]
-            for backend, batch in configs:
+            configs = ([(b, k, w) for b in backends for k in batches for w in work_dtypes
+                        if not (w == "float16" and b in ("torch", "cuda"))]      # float16 work: Triton only
+                       if provider == "synthgen" else [(None, 1, None)])
+            for backend, batch, work in configs:
                 row = {"provider": provider, "backend": backend or "", "size": size, "batch": batch,
-                       "device": args.device}
+                       "device": args.device, "work_dtype": work or ""}
                 try:
                     if provider == "synthgen":
-                        run, gen = synthgen_provider(tissue, size, batch, args.device)
+                        run, gen = synthgen_provider(tissue, size, batch, args.device, work)
                     else:
                         run, gen = PEERS[provider](tissue, size, args.device), None
                 except ImportError as err:
@@ -261,7 +270,8 @@ def main(argv=None):
         speed = f"{r['speedup_vs_fastest_peer']:.1f}x" if "speedup_vs_fastest_peer" in r else ""
         floor = f"{r['ratio_to_floor']:.1f}" if "ratio_to_floor" in r else ""
         mem = f"{r['extra_mem_per_sample_vs_outputs']:.1f}" if "extra_mem_per_sample_vs_outputs" in r else ""
-        name = f"{r['provider']}[{r['backend']}]" if r["backend"] else r["provider"]
+        tags = ",".join(t for t in (r["backend"], "fp16 work" if r["work_dtype"] == "float16" else "") if t)
+        name = f"{r['provider']}[{tags}]" if tags else r["provider"]
         print(f"| {name} | {r['size']}^3 | {r['batch']} | {r['ms_per_sample']:.1f} "
               f"({r['ms_p20']:.1f}-{r['ms_p80']:.1f}) | {r['samples_per_s']:.2f} | {speed} | {floor} | {mem} | {stages} |")
     if args.json:

@@ -1,53 +1,66 @@
 """Fused, batched generation on the GPU: the reference pipeline of :mod:`synthgen.generator` in few passes.
 
 Passes over the batch (each a kernel with the batch in its launch grid, per-sample parameters from small device
-tensors): [texture: Philox normals + 3 blur passes] -> fused warp/sample/GMM/bias/target -> min/max -> per
-axis: motion blur (gamma folded into the first pass), slice-profile blur, thick-slice resample -> noise ->
-smoothing -> min/max -> 2-level histogram quantiles -> clip/strip statistics -> one final pass (clip, skull-strip,
-flip, z-normalise, output dtype, binary target). Axis passes run only when some sample in the batch needs them.
+tensors): [texture: Philox normals + 3 blur passes] -> fused warp/sample/GMM/bias/target (+ image min/max) -> per
+axis: motion blur (gamma folded into the first pass), slice-profile blur, thick-slice resample (noise in the
+epilogue of the last) -> smoothing (+ min/max in the epilogue of the last) -> 2-level histogram quantiles ->
+clip/strip statistics -> one final pass (clip, skull-strip, flip, z-normalise, output dtype, binary target).
+Axis passes run only when some sample in the batch needs them. No pass exists only for noise or min/max: each
+rides in the epilogue of the pass that produces its input. Intermediate volumes are ``config.work_dtype``.
 
-Same parameters and the same texture/noise volumes give the reference's output to float tolerance; the
-percentile clip uses histogram quantiles (error bound in :mod:`synthgen.kernels.triton_reduce`).
+Same parameters and the same texture/noise volumes give the reference's output to float tolerance (float32 work
+volumes); the percentile clip uses histogram quantiles (error bound in :mod:`synthgen.kernels.triton_reduce`).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
+import numpy as np
 import torch
 
 from .config import GeneratorConfig
-from .ops.blur import gaussian_kernel1d
+from .ops.blur import gaussian_kernel_table
 from .sampling import SampleParams
 
 # "cuda" swaps in the CUDA C++ warp (csrc/synth_warp.cu); the other passes are Triton in both backends
 AVAILABLE = ("torch", "triton", "cuda") if importlib.util.find_spec("triton") else ("torch",)
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+WORK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def _kernel_table(fwhms, device, active=None):
-    """Per-sample Gaussian taps ``(B, kmax)`` float32 (zero-padded), radii ``(B,)`` int32 and the max radius."""
-    ks = []
-    for i, f in enumerate(fwhms):
-        on = active is None or active[i]
-        ks.append(gaussian_kernel1d(float(f)) if on else torch.ones(1))
-    kmax = max(k.numel() for k in ks)
-    table = torch.zeros(len(ks), kmax)
-    for i, k in enumerate(ks):
-        table[i, :k.numel()] = k
-    radius = torch.tensor([k.numel() // 2 for k in ks], dtype=torch.int32)
-    return table.to(device), radius.to(device), kmax // 2
+    """Per-sample Gaussian taps ``(B, kmax)`` float32 (zero-padded), radii ``(B,)`` int32 and the max radius;
+    samples with ``active`` False get the identity. One vectorised host computation per table."""
+    f = np.asarray(fwhms, dtype=np.float64)
+    if active is not None:
+        f = np.where(np.asarray(active, dtype=bool), f, 0.0)
+    taps, radius = gaussian_kernel_table(f)
+    table = torch.from_numpy(taps.astype(np.float32))
+    radius_t = torch.from_numpy(radius.astype(np.int32))
+    return table.to(device, non_blocking=True), radius_t.to(device, non_blocking=True), int(radius.max(initial=0))
 
 
-def _blur3(x, tmp, fwhm_rows, device, blur_axis, gamma=None):
-    """Blur ``x`` along the three axes with per-sample FWHM rows (B, 3); returns the buffer holding the result."""
-    for axis in range(3):
+def _blur_passes(fwhm_rows, device, gamma=None, axes=(0, 1, 2)):
+    """The blur passes along ``axes`` for per-sample FWHM rows (B, 3): callables ``(x, y, epilogue)``. An axis
+    whose kernels are all identities is skipped, unless ``gamma`` must be applied (folded into its taps)."""
+    from .kernels.triton_blur import blur_axis
+    out = []
+    for axis in axes:
         table, radius, rmax = _kernel_table(fwhm_rows[:, axis].tolist(), device)
-        if rmax == 0 and gamma is None:
-            continue
-        blur_axis(x, tmp, table, radius, axis, gamma)
-        x, tmp, gamma = tmp, x, None
-    return x, tmp
+        if rmax > 0 or gamma is not None:
+            out.append(functools.partial(blur_axis, kernels=table, radius=radius, axis=axis, gamma=gamma))
+            gamma = None
+    return out
+
+
+def _run(passes, x, y, epilogue=None):
+    """Run ``passes`` ping-ponging between ``x`` and ``y``, ``epilogue`` on the last; returns (result, spare)."""
+    for i, run in enumerate(passes):
+        run(x, y, epilogue=epilogue if i == len(passes) - 1 else None)
+        x, y = y, x
+    return x, y
 
 
 def hist_quantiles(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qs, levels: int = 2) -> torch.Tensor:
@@ -99,6 +112,11 @@ def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels,
         raise ValueError(f"`clip_levels` must be 1 or 2, got {clip_levels!r}")
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"`out_dtype` must be one of {OUT_DTYPES}, got {out_dtype}")
+    if config.work_dtype not in WORK_DTYPES:
+        raise ValueError(f"`config.work_dtype` must be one of {tuple(WORK_DTYPES)}, got {config.work_dtype!r}")
+    if backend == "cuda" and config.work_dtype != "float32":
+        raise ValueError(f"work_dtype {config.work_dtype!r} needs the triton backend: the CUDA C++ warp reads and "
+                         "writes float32 volumes")
     B, crop = len(params), tuple(int(c) for c in config.crop)
     if tissue.ndim != 5 or tissue.shape[0] not in (1, B):
         raise ValueError(f"`tissue` must be (1 or {B}, C, X, Y, Z), got shape {tuple(tissue.shape)}")
@@ -118,7 +136,7 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     """The generator's batch through the fast kernels.
 
     Args:
-        config: validated generator config (crop, clip, noise kind, lesion threshold, target).
+        config: validated generator config (crop, clip, noise kind, lesion threshold, target, work dtype).
         tissue: ``(1 | B, 1, X, Y, Z)`` integer labels or ``(1 | B, K, X, Y, Z)`` float probabilities.
         params: the batch's :class:`SampleParams` (CPU or device).
         lesion: ``(intensity_weight, label_weight)``, each ``(B, 1, X, Y, Z)``, or None.
@@ -138,6 +156,7 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     from .kernels import triton_blur, triton_noise, triton_reduce
     dev = tissue.device
     B, crop = len(params), tuple(int(c) for c in config.crop)
+    work_dtype = WORK_DTYPES[config.work_dtype]
     pc = params.to("cpu")                       # host copies for kernel tables and launch decisions
     p = params.to(dev)
     f32 = dict(device=dev, dtype=torch.float32)
@@ -151,18 +170,17 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         les = torch.cat([lesion[0], lesion[1]], 1).to(**f32).contiguous()
         les_bstride = 0 if les.shape[0] == 1 else les[0].numel()
 
-    a = torch.empty(B, *crop, **f32)
+    a = torch.empty(B, *crop, device=dev, dtype=work_dtype)
     tmp = torch.empty_like(a)
     if texture is not None:
-        tex = texture.reshape(B, *crop).to(**f32).contiguous()
+        tex = texture.reshape(B, *crop).to(device=dev, dtype=work_dtype).contiguous()
         tscale = torch.ones(B, **f32)
         image, spare = a, tmp
     else:
         triton_noise.randn(a, p.noise_key.contiguous(), 0)
-        fw = pc.gmm_fwhm.reshape(B, 1).expand(B, 3)
-        tex, tmp = _blur3(a, tmp, fw, dev, triton_blur.blur_axis)
-        tscale = torch.tensor([1.0 / float(gaussian_kernel1d(float(f), dtype=torch.float64).pow(2).sum().sqrt() ** 3)
-                               for f in pc.gmm_fwhm], **f32)
+        tex, tmp = _run(_blur_passes(pc.gmm_fwhm.reshape(B, 1).expand(B, 3), dev), a, tmp)
+        taps, _ = gaussian_kernel_table(pc.gmm_fwhm.tolist())      # unit variance after the 3 axis blurs
+        tscale = torch.from_numpy((np.sqrt((taps ** 2).sum(1)) ** -3).astype(np.float32)).to(dev)
         image, spare = tmp, tex                 # the texture buffer is free once the warp has read it
     target = torch.empty(B, *crop, device=dev, dtype=torch.uint8)
     flip = p.flip.to(torch.uint8).contiguous()
@@ -174,36 +192,36 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     if backend == "cuda":
         from .kernels import cuda_loader
         cuda_loader.warp_sample(*warp_args)
+        lo, hi = triton_reduce.minmax(image)
     else:
         from .kernels import triton_warp
-        triton_warp.warp_sample(*warp_args)
-    x, y = image, spare
+        lo, hi = triton_warp.warp_sample(*warp_args, minmax=True)
 
-    lo, hi = triton_reduce.minmax(x)
+    # per axis: motion blur (gamma folded into the first pass), slice profile, thick-slice resample; the noise is
+    # added in the epilogue of the last of them, the clip range recorded by the last pass before the clip
     span = (hi - lo).clamp(min=1e-6)
     gamma = torch.stack([lo, span, p.gamma.to(**f32)], 1).contiguous()
+    passes = []
     for axis in range(3):
-        table, radius, rmax = _kernel_table(pc.motion_fwhm[:, axis].tolist(), dev)
-        if rmax > 0 or gamma is not None:
-            triton_blur.blur_axis(x, y, table, radius, axis, gamma)
-            x, y, gamma = y, x, None
+        passes += _blur_passes(pc.motion_fwhm, dev, gamma if axis == 0 else None, axes=(axis,))
         r = pc.spacing[:, axis]
         if bool((r > 1).any()):
             table, radius, _ = _kernel_table(r.tolist(), dev, active=(r > 1).tolist())
-            triton_blur.blur_axis(x, y, table, radius, axis)
             n = crop[axis]
             n_low = torch.tensor([len(torch.arange(0, n - 1 + 1e-6, float(ri), dtype=torch.float64))
                                   for ri in r.tolist()], dtype=torch.int32, device=dev)
-            triton_blur.resample_axis(y, x, r.to(**f32).contiguous(), n_low, axis)
-
+            passes += [functools.partial(triton_blur.blur_axis, kernels=table, radius=radius, axis=axis),
+                       functools.partial(triton_blur.resample_axis, spacing=r.to(**f32).contiguous(), n_low=n_low,
+                                         axis=axis)]
+    smooth = _blur_passes(pc.smooth_fwhm.reshape(B, 1).expand(B, 3), dev)
     normals = None if noise is None else tuple(v.reshape(B, *crop).to(**f32).contiguous() for v in noise)
-    triton_noise.add_noise(x, y, p.noise_std.to(**f32).contiguous(), p.noise_key.contiguous(), normals,
-                           rician=config.noise.kind == "rician")
-    x, y = y, x
-    smooth = pc.smooth_fwhm.reshape(B, 1).expand(B, 3)
-    x, y = _blur3(x, y, smooth, dev, triton_blur.blur_axis)
+    noisy = triton_blur.Epilogue(p.noise_std.to(**f32).contiguous(), p.noise_key.contiguous(), normals,
+                                 rician=config.noise.kind == "rician", minmax=not smooth)
+    last = triton_blur.Epilogue(minmax=True) if smooth else noisy
+    x, y = _run(passes, image, spare, noisy)
+    x, y = _run(smooth, x, y, last)
 
-    lo, hi = triton_reduce.minmax(x)
+    lo, hi = last.range
     q = hist_quantiles(x, lo, hi, config.clip, clip_levels).contiguous()
     strip = p.skull_strip.to(torch.uint8).contiguous()
     psum, pm2 = triton_reduce.clip_strip_stats(x, target, q, strip, flip, crop)

@@ -76,3 +76,29 @@ def test_generator_uses_the_fast_path_on_cuda(monkeypatch):
     tissue = default_tissue_map(device="cuda")
     image, target = gen(tissue, seed=0, batch_size=2)
     assert image.is_cuda and image.shape == (2, 1, 96, 96, 96) and target.dtype == torch.uint8
+
+
+@pytest.mark.gpu
+def test_float16_work_volumes_on_device():
+    import dataclasses
+    cfg, tissue, params, _, _ = _inputs(192)
+    a, ta = fast.generate_fast(cfg, tissue, params)
+    b, tb = fast.generate_fast(dataclasses.replace(cfg, work_dtype="float16"), tissue, params)
+    assert torch.equal(ta, tb)
+    diff = (a - b).abs()
+    assert float(diff.max()) < 0.05 and float(diff.mean()) < 4e-3
+
+
+@pytest.mark.gpu
+def test_batches_made_ahead_on_a_side_stream_equal_the_inline_ones():
+    from synthgen.data.prefetch import Prefetcher
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)))
+    tissue = default_tissue_map(device="cuda")
+
+    def make(i):
+        return gen(tissue, seed=3, index=2 * i, batch_size=2)
+
+    inline = [make(i) for i in range(3)]
+    with Prefetcher(make, range(3), depth=1, device="cuda") as ahead:
+        for (a, ta), (b, tb) in zip(inline, ahead):
+            assert torch.equal(a, b) and torch.equal(ta, tb)

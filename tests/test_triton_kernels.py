@@ -98,10 +98,34 @@ def test_noise_from_given_normals_matches_reference(rician):
     x = torch.rand(2, *SHAPE, generator=g) * 100
     n1, n2 = torch.randn(2, *SHAPE, generator=g), torch.randn(2, *SHAPE, generator=g)
     std = torch.tensor([3.0, 0.0])
-    y = triton_noise.add_noise(x, torch.empty_like(x), std, normals=(n1, n2), rician=rician)
+    ep = triton_blur.Epilogue(std, normals=(n1, n2), rician=rician, minmax=True)
+    y = triton_blur.blur_axis(x, torch.empty_like(x), *_identity(2), 1, epilogue=ep)   # noise in the epilogue
     s = std.view(-1, 1, 1, 1)
     ref = torch.sqrt((x + n1 * s) ** 2 + (n2 * s) ** 2) if rician else x + n1 * s
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-6)
+    assert torch.equal(ep.range[0], y.flatten(1).amin(1)) and torch.equal(ep.range[1], y.flatten(1).amax(1))
+
+
+def _identity(B):
+    return torch.ones(B, 1), torch.zeros(B, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_epilogues_of_the_resample_pass(axis):
+    """Philox noise and min/max ride on a resample pass exactly as on a blur pass (same voxels, same draws)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(2, *SHAPE, generator=g) * 50
+    std, seeds = torch.tensor([2.0, 5.0]), torch.tensor([11, 12])
+    spacing, n_low = torch.tensor([2.5, 1.0]), torch.tensor([len(torch.arange(0, SHAPE[axis] - 1 + 1e-6, 2.5)),
+                                                             SHAPE[axis]], dtype=torch.int32)
+    plain = triton_blur.resample_axis(x, torch.empty_like(x), spacing, n_low, axis)
+    ep = triton_blur.Epilogue(std, seeds, minmax=True)
+    noisy = triton_blur.resample_axis(x, torch.empty_like(x), spacing, n_low, axis, epilogue=ep)
+    ep2 = triton_blur.Epilogue(std, seeds)
+    again = triton_blur.blur_axis(plain, torch.empty_like(x), *_identity(2), axis, epilogue=ep2)
+    assert torch.equal(noisy, again)
+    assert torch.equal(ep.range[0], noisy.flatten(1).amin(1)) and torch.equal(ep.range[1], noisy.flatten(1).amax(1))
+    assert not torch.equal(noisy, plain)
 
 
 def test_philox_noise_is_reproducible_and_seeded_per_sample():
@@ -123,7 +147,7 @@ def test_philox_texture_statistics():
     z = triton_noise.randn(torch.empty(2, *shape), seeds, 0)
     assert abs(float(z.mean())) < 4 / (z.numel() ** 0.5) and abs(float(z.var()) - 1) < 0.03
     fw = torch.tensor([[1.5] * 3, [1.5] * 3])
-    t, _ = fast._blur3(z, torch.empty_like(z), fw, "cpu", triton_blur.blur_axis)
+    t, _ = fast._run(fast._blur_passes(fw, "cpu"), z, torch.empty_like(z))
     k = ops.gaussian_kernel1d(1.5, dtype=torch.float64)
     t = t / float(k.pow(2).sum().sqrt() ** 3)
     inner = t[:, 8:-8, 8:-8, 8:-8]                                    # away from replicate borders

@@ -1,5 +1,6 @@
 """Counter-based noise (Triton, Philox via ``tl.randn``): sample ``b`` draws from seed ``seed[b]`` at offset
 ``stream * N + voxel``, so a sample's noise depends only on its seed, never on the batch or the launch.
+The acquisition noise has no pass of its own: :func:`noisy` runs in the epilogue of the pass before it.
 
 Streams: 0 the texture field, 1 and 2 the real and imaginary noise channels.
 """
@@ -23,21 +24,18 @@ def _randn_kernel(out_ptr, seed_ptr, N, stream, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _noise_kernel(x_ptr, y_ptr, std_ptr, seed_ptr, n1_ptr, n2_ptr, N,
-                  PHILOX: tl.constexpr, RICIAN: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
+def noisy(v, b, offs, mask, N, std_ptr, seed_ptr, n1_ptr, n2_ptr,
+          PHILOX: tl.constexpr, RICIAN: tl.constexpr):
+    """``v`` (voxels ``offs`` of sample ``b``) plus Gaussian or Rician noise of std ``std[b]``: normals from
+    Philox (``seed[b]``, streams 1-2) or loaded from ``n1``/``n2``. Called in the epilogue of the last axis pass."""
     boff = b.to(tl.int64) * N
     s = tl.load(std_ptr + b)
-    x = tl.load(x_ptr + boff + offs, mask=mask, other=0.0)
     if PHILOX:
         seed = tl.load(seed_ptr + b)
         z1 = tl.randn(seed, N + offs)
     else:
         z1 = tl.load(n1_ptr + boff + offs, mask=mask, other=0.0)
-    v = x + z1 * s
+    v = v + z1 * s
     if RICIAN:
         if PHILOX:
             z2 = tl.randn(seed, 2 * N + offs)
@@ -45,24 +43,12 @@ def _noise_kernel(x_ptr, y_ptr, std_ptr, seed_ptr, n1_ptr, n2_ptr, N,
             z2 = tl.load(n2_ptr + boff + offs, mask=mask, other=0.0)
         q = z2 * s
         v = tl.sqrt(v * v + q * q)
-    tl.store(y_ptr + boff + offs, v, mask=mask)
+    return v
 
 
 def randn(out, seeds, stream: int):
-    """Fill ``out`` ``(B, ...)`` float32 with standard normals from ``seeds`` ``(B,)`` int64 on ``stream``."""
+    """Fill ``out`` ``(B, ...)`` (float32 or float16) with standard normals from ``seeds`` ``(B,)`` int64 on ``stream``."""
     B = out.shape[0]
     N = out[0].numel()
     _randn_kernel[(triton.cdiv(N, BLOCK), B)](out, seeds, N, stream, BLOCK=BLOCK)
     return out
-
-
-def add_noise(x, y, std, seeds=None, normals=None, rician: bool = True):
-    """``y`` = ``x`` plus Gaussian or Rician noise of per-sample ``std``, from ``seeds`` (Philox, streams 1-2)
-    or from given standard normals ``normals = (n1, n2)`` (same shape as ``x``)."""
-    B = x.shape[0]
-    N = x[0].numel()
-    philox = normals is None
-    n1, n2 = (x, x) if philox else normals
-    _noise_kernel[(triton.cdiv(N, BLOCK), B)](x, y, std, seeds if philox else std, n1, n2, N,
-                                              PHILOX=philox, RICIAN=rician, BLOCK=BLOCK)
-    return y

@@ -21,14 +21,22 @@ HIST_ITERS = 16      # blocks per histogram program: CHUNK = 16 Ki voxels, 1/4 a
 
 
 @triton.jit
+def partial_minmax(v, mask, pmin_ptr, pmax_ptr, b, pid, nblk):
+    """Store block ``pid``'s min and max of ``v`` at ``[b, pid]`` of the ``(B, nblk)`` partials (also used in
+    the epilogue of the pass that produces a volume, which then needs no min/max pass)."""
+    v = v.to(tl.float32)
+    tl.store(pmin_ptr + b * nblk + pid, tl.min(tl.where(mask, v, float("inf")), axis=0))
+    tl.store(pmax_ptr + b * nblk + pid, tl.max(tl.where(mask, v, float("-inf")), axis=0))
+
+
+@triton.jit
 def _minmax_kernel(x_ptr, pmin_ptr, pmax_ptr, N, nblk, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    x = tl.load(x_ptr + b.to(tl.int64) * N + offs, mask=mask, other=0.0)
-    tl.store(pmin_ptr + b * nblk + pid, tl.min(tl.where(mask, x, float("inf")), axis=0))
-    tl.store(pmax_ptr + b * nblk + pid, tl.max(tl.where(mask, x, float("-inf")), axis=0))
+    partial_minmax(tl.load(x_ptr + b.to(tl.int64) * N + offs, mask=mask, other=0.0), mask, pmin_ptr, pmax_ptr,
+                   b, pid, nblk)
 
 
 @triton.jit
@@ -47,7 +55,7 @@ def _hist_kernel(x_ptr, lo_ptr, scale_ptr, sel_ptr, hist_ptr, N, iters,
             for it in range(0, iters):
                 offs = (pid * iters + it) * BLOCK + tl.arange(0, BLOCK)
                 mask = offs < N
-                x = tl.load(xb + offs, mask=mask, other=0.0)
+                x = tl.load(xb + offs, mask=mask, other=0.0).to(tl.float32)
                 t = (x - lo) * scale
                 b1 = tl.minimum(tl.maximum(tl.floor(t), 0.0), NB - 1.0)
                 sub = tl.minimum(tl.maximum(tl.floor((t - b1) * NB), 0.0), NB - 1.0).to(tl.int32)
@@ -58,7 +66,7 @@ def _hist_kernel(x_ptr, lo_ptr, scale_ptr, sel_ptr, hist_ptr, N, iters,
         for it in range(0, iters):
             offs = (pid * iters + it) * BLOCK + tl.arange(0, BLOCK)
             mask = offs < N
-            x = tl.load(xb + offs, mask=mask, other=0.0)
+            x = tl.load(xb + offs, mask=mask, other=0.0).to(tl.float32)
             t = (x - lo) * scale
             b1 = tl.minimum(tl.maximum(tl.floor(t), 0.0), NB - 1.0).to(tl.int32)
             h += tl.histogram(b1, NB, mask=mask)
@@ -85,7 +93,7 @@ def _stats_kernel(x_ptr, tgt_ptr, q_ptr, strip_ptr, flip_ptr, psum_ptr, pm2_ptr,
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     boff = b.to(tl.int64) * N
-    x = tl.load(x_ptr + boff + offs, mask=mask, other=0.0)
+    x = tl.load(x_ptr + boff + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.maximum(tl.minimum(x, tl.load(q_ptr + b * 2 + 1)), tl.load(q_ptr + b * 2))
     # the target was written flipped: voxel s's brain label sits at flip(s)
     o = tl.minimum(offs, N - 1)
@@ -111,7 +119,7 @@ def _final_kernel(x_ptr, tgt_ptr, out_ptr, q_ptr, strip_ptr, flip_ptr, ms_ptr, D
     boff = b.to(tl.int64) * N
     o = tl.minimum(offs, N - 1)
     src = _flip_index(o, D, H, W, flip_ptr + b * 3)
-    x = tl.load(x_ptr + boff + src, mask=mask, other=0.0)
+    x = tl.load(x_ptr + boff + src, mask=mask, other=0.0).to(tl.float32)
     y = tl.maximum(tl.minimum(x, tl.load(q_ptr + b * 2 + 1)), tl.load(q_ptr + b * 2))
     t = tl.load(tgt_ptr + boff + offs, mask=mask, other=0)
     keep = (t > 0) | (tl.load(strip_ptr + b) == 0)
@@ -122,16 +130,27 @@ def _final_kernel(x_ptr, tgt_ptr, out_ptr, q_ptr, strip_ptr, flip_ptr, ms_ptr, D
         tl.store(tgt_ptr + boff + offs, (t == 5).to(tl.uint8), mask=mask)
 
 
+class MinMax:
+    """Per-block min/max partials ``(B, nblk)`` that a kernel fills (:func:`partial_minmax`); :meth:`result`
+    reduces them to per-sample ``(min, max)``, each ``(B,)``, on the device (no host sync)."""
+
+    def __init__(self, B: int, nblk: int, device):
+        import torch
+        self.nblk = nblk
+        self.pmin = torch.empty(B, nblk, device=device, dtype=torch.float32)
+        self.pmax = torch.empty_like(self.pmin)
+
+    def result(self):
+        return self.pmin.amin(1), self.pmax.amax(1)
+
+
 def minmax(x):
     """Per-sample ``(min, max)`` of ``x`` ``(B, ...)``, each ``(B,)``, without a host sync."""
-    import torch
     B = x.shape[0]
     N = x[0].numel()
-    nblk = triton.cdiv(N, BLOCK)
-    pmin = torch.empty(B, nblk, device=x.device, dtype=torch.float32)
-    pmax = torch.empty_like(pmin)
-    _minmax_kernel[(nblk, B)](x, pmin, pmax, N, nblk, BLOCK=BLOCK)
-    return pmin.amin(1), pmax.amax(1)
+    mm = MinMax(B, triton.cdiv(N, BLOCK), x.device)
+    _minmax_kernel[(mm.nblk, B)](x, mm.pmin, mm.pmax, N, mm.nblk, BLOCK=BLOCK)
+    return mm.result()
 
 
 def histogram(x, lo, scale, select=None):

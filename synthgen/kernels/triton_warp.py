@@ -9,6 +9,9 @@ Per output voxel ``x`` (batch index from the launch grid, parameters read from s
     I      = I * exp(sum_{64 taps} beta3 beta3 beta3 * bias)
     target = class(argmax p) (5 where trilinear(lesion_lab, c) > threshold), written at the flipped voxel
 
+With ``MINMAX`` the kernel also stores per-block min/max partials of the image (the gamma stage needs the
+per-sample range; no separate min/max pass). The texture and image may be float32 or float16.
+
 The B-spline taps follow :mod:`synthgen.fields` (control point 0 on voxel 0, n-1 on voxel N-1, no prefilter,
 half-sample-symmetric mirror), evaluated from the coarse coefficients instead of a dense field.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from .triton_reduce import MinMax, partial_minmax
 
 BLOCK = 256
 
@@ -71,9 +76,9 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
                  mu_ptr, sig_ptr, L,
                  tex_ptr, tscale_ptr, flip_ptr,
                  D, H, W,
-                 img_ptr, tgt_ptr,
+                 img_ptr, tgt_ptr, pmin_ptr, pmax_ptr, nblk,
                  K: tl.constexpr, LABELS: tl.constexpr, LESION: tl.constexpr, BIAS: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 MINMAX: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     N = D * H * W
@@ -171,7 +176,7 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
         cls = tl.where(p0 >= best, 0, cls)
         cls = tl.where(cls < 5, cls, 0)
 
-    t = tl.load(tex_ptr + b.to(tl.int64) * N + o, mask=mask, other=0.0) * tl.load(tscale_ptr + b)
+    t = tl.load(tex_ptr + b.to(tl.int64) * N + o, mask=mask, other=0.0).to(tl.float32) * tl.load(tscale_ptr + b)
     img = mean + std * t
     if LESION:
         lb = les_ptr + b.to(tl.int64) * les_bstride
@@ -212,7 +217,10 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
                     field += wij * wc[k] * tl.load(bb + row + ic[k])
         img = img * tl.exp(field)
 
+    img = img.to(img_ptr.dtype.element_ty)
     tl.store(img_ptr + b.to(tl.int64) * N + o, img, mask=mask)
+    if MINMAX:
+        partial_minmax(img, mask, pmin_ptr, pmax_ptr, b, pid, nblk)
     fb = flip_ptr + b * 3
     td = tl.where(tl.load(fb) != 0, D - 1 - d, d)
     th = tl.where(tl.load(fb + 1) != 0, H - 1 - h, h)
@@ -226,14 +234,19 @@ def spline_scale(n_ctrl: int, n_out: int) -> float:
 
 
 def warp_sample(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matrix, center, elastic, bias,
-                mu, sigma, texture, tex_scale, flip, crop, image, target):
-    """Launch the fused warp over a batch (all tensors prepared by :mod:`synthgen.fast`)."""
+                mu, sigma, texture, tex_scale, flip, crop, image, target, minmax: bool = False):
+    """Launch the fused warp over a batch (all tensors prepared by :mod:`synthgen.fast`).
+
+    Returns:
+        With ``minmax``, the image's per-sample ``(min, max)``, each ``(B,)``; else None.
+    """
     B = image.shape[0]
     D, H, W = crop
     labels = not tissue.is_floating_point()
     n1, n2, n3 = elastic.shape[2:]
     m1, m2, m3 = bias.shape[2:] if bias is not None else (1, 1, 1)
     grid = (triton.cdiv(D * H * W, BLOCK), B)
+    mm = MinMax(B, grid[0], image.device) if minmax else None
     _warp_kernel[grid](
         tissue, tissue_bstride, *tissue.shape[2:],
         lesion if lesion is not None else image, lesion_bstride, float(threshold),
@@ -244,5 +257,7 @@ def warp_sample(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matri
         mu, sigma, mu.shape[1],
         texture, tex_scale, flip,
         D, H, W, image, target,
+        mm.pmin if mm else image, mm.pmax if mm else image, grid[0],
         K=1 if labels else tissue.shape[1], LABELS=labels, LESION=lesion is not None, BIAS=bias is not None,
-        BLOCK=BLOCK)
+        MINMAX=minmax, BLOCK=BLOCK)
+    return mm.result() if mm else None

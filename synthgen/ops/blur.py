@@ -7,22 +7,37 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 FWHM_PER_SIGMA = math.sqrt(8.0 * math.log(2.0))
 
 
+def gaussian_kernel_table(fwhms, truncate: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised sampled Gaussians of several FWHMs (voxels) at once, float64.
+
+    Returns:
+        ``taps`` ``(n, 2 rmax + 1)``: kernel i's ``2 r_i + 1`` taps first, zeros after; ``radius`` ``(n,)`` int64.
+        FWHM 0 gives the identity ``[1]``.
+    """
+    f = np.asarray(fwhms, dtype=np.float64).reshape(-1)
+    if not (np.isfinite(f).all() and (f >= 0).all()):
+        raise ValueError(f"`fwhm` must be finite numbers >= 0, got {f.tolist()}")
+    sigma = f / FWHM_PER_SIGMA
+    radius = np.where(sigma > 0, np.ceil(truncate * sigma), 0).astype(np.int64)
+    t = np.arange(2 * int(radius.max(initial=0)) + 1)
+    x = (t[None, :] - radius[:, None]) / np.where(sigma > 0, sigma, 1.0)[:, None]
+    k = np.where(t[None, :] <= 2 * radius[:, None], np.exp(-0.5 * x * x), 0.0)
+    return k / k.sum(1, keepdims=True), radius
+
+
 def gaussian_kernel1d(fwhm: float, truncate: float = 3.0, dtype=torch.float32, device=None) -> torch.Tensor:
     """Normalised sampled Gaussian of the given FWHM (voxels); ``[1]`` for FWHM <= 0."""
+    fwhm = float(fwhm)
     if fwhm < 0 or not math.isfinite(fwhm):
         raise ValueError(f"`fwhm` must be a finite number >= 0, got {fwhm}")
-    sigma = fwhm / FWHM_PER_SIGMA
-    radius = int(math.ceil(truncate * sigma)) if sigma > 0 else 0
-    if radius == 0:
-        return torch.ones(1, dtype=dtype, device=device)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (k / k.sum()).to(dtype=dtype, device=device)
+    taps, radius = gaussian_kernel_table([fwhm], truncate)
+    return torch.from_numpy(taps[0, :2 * int(radius[0]) + 1]).to(dtype=dtype, device=device)
 
 
 def _conv_axis(x: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:

@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end on CPU (tiny sizes) and their roofline model follows the fast path."""
+import json
+import sys
+from pathlib import Path
+
+import synthgen
+from synthgen.config import GeneratorConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import roofline  # noqa: E402
+import throughput  # noqa: E402
+
+
+def test_throughput_writes_rows_with_floor_and_stages(tmp_path):
+    out = tmp_path / "t.json"
+    throughput.main(["--device", "cpu", "--sizes", "24", "--providers", "synthgen", "--repeats", "2",
+                     "--json", str(out)])
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["size"] == 24 and row["ms_per_sample"] > 0 and row["floor_ms"] > 0 and row["stage_ms"]
+    assert data["device"] and data["versions"]["torch"]
+
+
+def test_roofline_model_of_the_fast_path():
+    cfg = GeneratorConfig(crop=(64, 64, 64))
+    params = synthgen.SynthGenerator(cfg).sample_params((1, 1, 80, 80, 80), seed=0, batch=32)
+    rows32 = roofline.passes(params, cfg.crop)
+    rows16 = roofline.passes(params, cfg.crop, work_bytes=2)
+    names = [r[0] for r in rows32]
+    assert names == [r[0] for r in rows16]
+    # noise and min/max ride in epilogues: no pass of their own, each exactly once
+    assert sum("noise" in n for n in names) == 1 and not any(n.startswith(("noise", "min/max")) for n in names)
+    assert sum("min/max" in n for n in names) == 2
+    assert sum(r[1] for r in rows16) < 0.6 * sum(r[1] for r in rows32)
+    assert sum(r[2] for r in rows16) == sum(r[2] for r in rows32)
