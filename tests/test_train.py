@@ -57,10 +57,11 @@ def lesions():
 
 
 def test_resume_is_bit_exact(tmp_path):
-    full = train(tiny(tmp_path / "full"), lesions=lesions(), progress=False)
-    part = train(tiny(tmp_path / "part"), stop_at=2, lesions=lesions(), progress=False)
+    """Stopped and resumed == uninterrupted; the interrupted run also makes its batches ahead on a thread."""
+    full = train(tiny(tmp_path / "full", generate_ahead="off"), lesions=lesions(), progress=False)
+    part = train(tiny(tmp_path / "part", generate_ahead="on"), stop_at=2, lesions=lesions(), progress=False)
     assert part["step"] == 2 and load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 2
-    rest = train(tiny(tmp_path / "part"), resume=True, lesions=lesions(), progress=False)
+    rest = train(tiny(tmp_path / "part", generate_ahead="on"), resume=True, lesions=lesions(), progress=False)
     assert rest["step"] == full["step"] == 4
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
@@ -163,6 +164,8 @@ def test_presets():
     ("data.lesion.healthy_probability", 2.0, "`lesion.healthy_probability` must be"),
     ("baseline", True, "`baseline` trains on real scans only"),
     ("generator.crop", (44, 48, 48), "multiples of the network stride 8"),
+    ("generate_ahead", "maybe", "`generate_ahead` must be 'auto', 'on' or 'off'"),
+    ("generator.work_dtype", "bfloat16", "`work_dtype` must be 'float32' or 'float16'"),
 ])
 def test_config_errors(path, value, match):
     cfg = quick_preset()

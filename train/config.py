@@ -68,6 +68,8 @@ class TrainConfig:
     val_seed_offset: int = 10 ** 6    # validation stream = seed + this (never used in training)
     ckpt_every: int = 5000            # steps between checkpoints (plus one at the end and on SIGINT/SIGTERM)
     plot_samples: int = 3             # validation samples drawn in val_samples.png
+    generate_ahead: str = "auto"      # make step n + 1's batch on a side stream and thread while step n trains:
+                                      # "auto" (on CUDA), "on", "off"; the run's numbers are the same either way
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -102,6 +104,8 @@ class TrainConfig:
         for name in ("val_every", "ckpt_every", "val_samples", "plot_samples"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be a non-negative int, got {getattr(self, name)!r}")
+        if self.generate_ahead not in ("auto", "on", "off"):
+            raise ValueError(f"`generate_ahead` must be 'auto', 'on' or 'off', got {self.generate_ahead!r}")
         if self.device != "auto" and not str(self.device).startswith(("cpu", "cuda")):
             raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         o = self.optim

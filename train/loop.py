@@ -11,6 +11,7 @@ writes. Paper: Chalcroft et al., arXiv:2404.01946, section 2.
 from __future__ import annotations
 
 import csv
+import functools
 import io as _io
 import json
 import os
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 import synthgen
+from synthgen.data.prefetch import Prefetcher
 from synthgen.sampling import sample_key
 from train import plots
 from train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -314,6 +316,19 @@ class TrainingData:
         return self.generator(self.tissues[which], seed=self.seed, index=index * self.batch, batch_size=self.batch)
 
 
+def _timed_batch(data, cuda: bool, step: int):
+    """``data(step)`` plus its synthesis time: CUDA events around it on the current stream, or host ms."""
+    if cuda:
+        ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        ev[0].record()
+        image, target = data(step)
+        ev[1].record()
+        return image, target, ev
+    t0 = time.perf_counter()
+    image, target = data(step)
+    return image, target, 1e3 * (time.perf_counter() - t0)
+
+
 # ------------------------------------------------------------------------------------------------ output
 
 
@@ -539,18 +554,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     window = {"loss": [], "gn": [], "synth": [], "t0": time.perf_counter(), "n": 0}
     saved_at = step if resume else -1
     cuda = device.type == "cuda"
-    with StopFlag() as stop:
+    timed = functools.partial(_timed_batch, data, cuda)
+    ahead = None
+    if cfg.generate_ahead == "on" or (cfg.generate_ahead == "auto" and cuda):
+        # step n + 1's batch is made on a side stream (and thread) while step n trains; batches depend only on
+        # (seed, step), so the run is the same as without
+        ahead = Prefetcher(timed, range(step, end), depth=1, device=device if cuda else None)
+    with StopFlag() as stop, ahead if ahead is not None else nullcontext():
         while step < end:
-            t_synth = time.perf_counter()
-            if cuda:
-                ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                ev[0].record()
-            image, target = data(step)
-            if cuda:
-                ev[1].record()
-                window["synth"].append(ev)
-            else:
-                window["synth"].append(1e3 * (time.perf_counter() - t_synth))
+            image, target, synth = next(ahead) if ahead is not None else timed(step)
+            window["synth"].append(synth)
             with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
                 logits = model(image)
             if cfg.num_classes > 2 and data.is_real(step):

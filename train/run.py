@@ -23,7 +23,7 @@ if __package__ in (None, ""):   # `python train/run.py`: make the repository imp
 from train.config import PRESETS, TrainConfig, preset  # noqa: E402
 
 # options that may differ from the saved config on --resume (they do not change the recipe)
-RESUMABLE = {"device", "log_every", "val_every", "ckpt_every", "plot_samples"}
+RESUMABLE = {"device", "log_every", "val_every", "ckpt_every", "plot_samples", "generate_ahead"}
 
 
 def _crop(text: str) -> tuple:
@@ -59,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--voxel-size", type=float, help="training grid in mm (paper: 1; quick preset: 3)")
     p.add_argument("--lr", type=float, help="AdamW learning rate")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (auto: bf16 on CUDA)")
+    p.add_argument("--generate-ahead", choices=("auto", "on", "off"),
+                   help="synthesise the next batch on a side stream while this one trains (auto: on CUDA)")
+    p.add_argument("--work-dtype", choices=("float32", "float16"),
+                   help="intermediate volumes of the GPU generator (float16: half the memory traffic)")
     p.add_argument("--log-every", type=int, help="steps per log line")
     p.add_argument("--val-every", type=int, help="steps between validations (0: never)")
     p.add_argument("--val-samples", type=int, help="held-out synthetic validation samples")
@@ -75,7 +79,8 @@ def overrides(args) -> dict:
              "ckpt_every": "ckpt_every", "tissue_maps": "data.tissue_maps", "label_map": "data.label_map",
              "lesions": "data.lesions", "lesion_pattern": "data.lesion.mask_pattern", "real": "data.real", "real_val": "data.real_val",
              "store": "data.store",
-             "voxel_size": "generator.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop"}
+             "voxel_size": "generator.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop",
+             "generate_ahead": "generate_ahead", "work_dtype": "generator.work_dtype"}
     out = {path: getattr(args, name) for name, path in table.items() if getattr(args, name) is not None}
     if args.baseline:
         out["baseline"] = True

@@ -6,6 +6,10 @@ next ``depth`` items, converts numpy arrays to tensors, pins them (only when the
 their host-to-device copy (``non_blocking``, on a side stream). The consumer's stream waits for that
 copy's event, so loading, copying and compute overlap; the queue is bounded, so at most ``depth`` items
 are held (in pinned memory, with their device copies in flight).
+
+On CUDA ``load`` itself runs on the side stream, so a ``load`` that synthesises on the device (the training
+loop's ``generate_ahead``) makes step n + 1's batch while step n trains, and its host work (launches, host
+syncs of lesion placement) happens on the worker thread, off the training thread.
 """
 from __future__ import annotations
 
@@ -76,6 +80,10 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
+        self._ready = None
+        if cuda:    # the side stream must see everything the consumer queued before (e.g. tissue map uploads)
+            self._ready = torch.cuda.Event()
+            self._ready.record(torch.cuda.current_stream(self.device))
         self._thread = threading.Thread(target=self._work, args=(iter(items),), daemon=True,
                                         name="synthgen-prefetch")
         self._thread.start()
@@ -95,6 +103,7 @@ class Prefetcher:
         if self._cuda:
             torch.cuda.set_device(self.device)
             stream = torch.cuda.Stream(self.device)
+            stream.wait_event(self._ready)
         while not self._stop.is_set():
             item = "<next item>"
             try:
@@ -102,16 +111,20 @@ class Prefetcher:
                     item = next(items)
                 except StopIteration:
                     break
-                value = _to_tensors(self.load(item))
-                if self.pin_memory:
-                    value = _map_tensors(value, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
                 event = None
                 if stream is not None:
+                    # load on the side stream too: device work that ``load`` launches (on-the-fly synthesis)
+                    # overlaps the consumer's stream instead of queueing behind it
                     with torch.cuda.stream(stream):
+                        value = _to_tensors(self.load(item))
+                        if self.pin_memory:
+                            value = _map_tensors(value, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
                         value = _map_tensors(value, lambda t: t.to(self.device, non_blocking=True))
                         event = torch.cuda.Event()
                         event.record(stream)
-                elif self.device is not None:
+                else:
+                    value = _to_tensors(self.load(item))
+                if stream is None and self.device is not None:
                     value = _map_tensors(value, lambda t: t.to(self.device))
             except BaseException as err:   # handed to the consumer, re-raised there naming the item
                 self._put(("error", item, err))
