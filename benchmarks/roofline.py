@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import synthgen  # noqa: E402
 from synthgen.config import GeneratorConfig  # noqa: E402
 from synthgen.io import atomic_path  # noqa: E402
-from synthgen.ops.blur import gaussian_kernel1d  # noqa: E402
+from synthgen.ops.blur import gaussian_kernel1d, gaussian_kernel_table  # noqa: E402
 
 F32 = 4
 
@@ -49,15 +49,17 @@ def passes(params, crop, labels_channels: int = 1, lesion: bool = True, lesion_t
     rows.append(("warp+sample+GMM+bias+target, min/max", w + tissue_bytes + (2 * F32 if lesion else 0) + w + 1,
                  warp_flop + (40 if lesion else 0) + 2))
     axis_rows = []
-    for axis in range(3):
-        k = _taps(params.motion_fwhm[:, axis].tolist())
-        if k > 1 or axis == 0:
-            axis_rows.append([f"motion blur axis {axis} ({k} taps{', gamma' if axis == 0 else ''})", 2 * w,
-                              2 * k + (20 * k if axis == 0 else 0)])
-        r = params.spacing[:, axis]
-        if bool((r > 1).any()):
-            k = _taps([float(v) for v in r if v > 1])
-            axis_rows.append([f"slice profile axis {axis} ({k} taps)", 2 * w, 2 * k])
+    profile = torch.where(params.spacing > 1, params.spacing, torch.zeros(()))
+    taps = [gaussian_kernel_table(params.motion_fwhm[:, a].tolist(), profile[:, a].tolist())[0].shape[1]
+            for a in range(3)]
+    gamma = True
+    for axis in sorted(range(3), key=lambda a: taps[a]):       # the gamma rides on the narrowest kernel
+        k = taps[axis]
+        if k > 1 or gamma:
+            axis_rows.append([f"motion blur + slice profile axis {axis} ({k} taps{', gamma' if gamma else ''})",
+                              2 * w, 2 * k + (20 * k if gamma else 0)])
+            gamma = False
+        if bool((params.spacing[:, axis] > 1).any()):
             axis_rows.append([f"thick-slice resample axis {axis}", 2 * w, 20])
     axis_rows[-1][0] += " + noise (Philox, Rician)"
     axis_rows[-1][2] += 2 * 40 + 8

@@ -2,9 +2,10 @@
 
 Passes over the batch (each a kernel with the batch in its launch grid, per-sample parameters from small device
 tensors): [texture: Philox normals + 3 blur passes] -> fused warp/sample/GMM/bias/target (+ image min/max) -> per
-axis: motion blur (gamma folded into the first pass), slice-profile blur, thick-slice resample (noise in the
-epilogue of the last) -> smoothing (+ min/max in the epilogue of the last) -> 2-level histogram quantiles ->
-clip/strip statistics -> one final pass (clip, skull-strip, flip, z-normalise, output dtype, binary target).
+axis: motion blur and slice profile as one kernel (gamma folded into the narrowest), thick-slice resample
+(noise in the epilogue of the last) -> smoothing (+ min/max in the epilogue of the last) -> 2-level histogram
+quantiles -> clip/strip statistics -> one final pass (clip, skull-strip, flip, z-normalise, output dtype, binary
+target).
 Axis passes run only when some sample in the batch needs them. No pass exists only for noise or min/max: each
 rides in the epilogue of the pass that produces its input. Intermediate volumes are ``config.work_dtype``.
 
@@ -30,28 +31,24 @@ OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 WORK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def _kernel_table(fwhms, device, active=None):
+def _kernel_table(device, *fwhms):
     """Per-sample Gaussian taps ``(B, kmax)`` float32 (zero-padded), radii ``(B,)`` int32 and the max radius;
-    samples with ``active`` False get the identity. One vectorised host computation per table."""
-    f = np.asarray(fwhms, dtype=np.float64)
-    if active is not None:
-        f = np.where(np.asarray(active, dtype=bool), f, 0.0)
-    taps, radius = gaussian_kernel_table(f)
+    several FWHM lists compose their Gaussians (:func:`synthgen.ops.blur.gaussian_kernel_table`, one host call)."""
+    taps, radius = gaussian_kernel_table(*fwhms)
     table = torch.from_numpy(taps.astype(np.float32))
     radius_t = torch.from_numpy(radius.astype(np.int32))
     return table.to(device, non_blocking=True), radius_t.to(device, non_blocking=True), int(radius.max(initial=0))
 
 
-def _blur_passes(fwhm_rows, device, gamma=None, axes=(0, 1, 2)):
-    """The blur passes along ``axes`` for per-sample FWHM rows (B, 3): callables ``(x, y, epilogue)``. An axis
-    whose kernels are all identities is skipped, unless ``gamma`` must be applied (folded into its taps)."""
+def _blur_passes(fwhm_rows, device):
+    """The blur passes along the three axes for per-sample FWHM rows (B, 3): callables ``(x, y, epilogue)``;
+    an axis whose kernels are all identities is skipped."""
     from .kernels.triton_blur import blur_axis
     out = []
-    for axis in axes:
-        table, radius, rmax = _kernel_table(fwhm_rows[:, axis].tolist(), device)
-        if rmax > 0 or gamma is not None:
-            out.append(functools.partial(blur_axis, kernels=table, radius=radius, axis=axis, gamma=gamma))
-            gamma = None
+    for axis in range(3):
+        table, radius, rmax = _kernel_table(device, fwhm_rows[:, axis].tolist())
+        if rmax > 0:
+            out.append(functools.partial(blur_axis, kernels=table, radius=radius, axis=axis))
     return out
 
 
@@ -197,22 +194,27 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         from .kernels import triton_warp
         lo, hi = triton_warp.warp_sample(*warp_args, minmax=True)
 
-    # per axis: motion blur (gamma folded into the first pass), slice profile, thick-slice resample; the noise is
-    # added in the epilogue of the last of them, the clip range recorded by the last pass before the clip
+    # per axis: motion blur and slice profile as one kernel, thick-slice resample. Axes commute, so the gamma
+    # (applied to every tap) rides on the narrowest kernel, run first. The noise is added in the epilogue of
+    # the last of these passes, the clip range recorded by the last pass before the clip.
     span = (hi - lo).clamp(min=1e-6)
     gamma = torch.stack([lo, span, p.gamma.to(**f32)], 1).contiguous()
+    profile = torch.where(pc.spacing > 1, pc.spacing.double(), torch.zeros((), dtype=torch.float64))
+    tables = [_kernel_table(dev, pc.motion_fwhm[:, a].tolist(), profile[:, a].tolist()) for a in range(3)]
     passes = []
-    for axis in range(3):
-        passes += _blur_passes(pc.motion_fwhm, dev, gamma if axis == 0 else None, axes=(axis,))
+    for axis in sorted(range(3), key=lambda a: tables[a][2]):
+        table, radius, rmax = tables[axis]
+        if rmax > 0 or gamma is not None:
+            passes.append(functools.partial(triton_blur.blur_axis, kernels=table, radius=radius, axis=axis,
+                                            gamma=gamma))
+            gamma = None
         r = pc.spacing[:, axis]
         if bool((r > 1).any()):
-            table, radius, _ = _kernel_table(r.tolist(), dev, active=(r > 1).tolist())
             n = crop[axis]
             n_low = torch.tensor([len(torch.arange(0, n - 1 + 1e-6, float(ri), dtype=torch.float64))
                                   for ri in r.tolist()], dtype=torch.int32, device=dev)
-            passes += [functools.partial(triton_blur.blur_axis, kernels=table, radius=radius, axis=axis),
-                       functools.partial(triton_blur.resample_axis, spacing=r.to(**f32).contiguous(), n_low=n_low,
-                                         axis=axis)]
+            passes.append(functools.partial(triton_blur.resample_axis, spacing=r.to(**f32).contiguous(),
+                                            n_low=n_low, axis=axis))
     smooth = _blur_passes(pc.smooth_fwhm.reshape(B, 1).expand(B, 3), dev)
     normals = None if noise is None else tuple(v.reshape(B, *crop).to(**f32).contiguous() for v in noise)
     noisy = triton_blur.Epilogue(p.noise_std.to(**f32).contiguous(), p.noise_key.contiguous(), normals,

@@ -149,8 +149,7 @@ class SynthGenerator:
             image = ops.bias_field(image, p.bias)
             image = ops.gamma_transform(image, p.gamma)
         with self._stage("blur", dev):
-            image = ops.gaussian_blur(image, p.motion_fwhm)
-            image = ops.thick_slices(image, p.spacing)
+            image = ops.thick_slices(image, p.spacing, p.motion_fwhm)     # motion blur + slice profile
         with self._stage("noise", dev):
             image = ops.add_noise(image, p.noise_std, gens, cfg.noise.kind)
             image = ops.gaussian_blur(image, p.smooth_fwhm)

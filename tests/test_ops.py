@@ -56,6 +56,26 @@ def test_thick_slices():
         ops.thick_slices(x, torch.ones(2, 2))
     with pytest.raises(ValueError, match="spacing"):
         ops.thick_slices(x, torch.full((2, 3), 0.5))
+    with pytest.raises(ValueError, match="motion_fwhm"):
+        ops.thick_slices(x, torch.ones(2, 3), torch.zeros(2, 2))
+
+
+def test_thick_slices_compose_motion_blur_and_slice_profile():
+    """One kernel per axis: the motion blur alone where r <= 1; motion blur then slice profile away from the
+    faces (within the composed radius the replicate border is applied once instead of twice)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 30, 31, 29, generator=g) * 100
+    motion = torch.tensor([[2.0, 0.0, 1.3], [0.0, 2.5, 0.0]])
+    assert torch.equal(ops.thick_slices(x, torch.ones(2, 3), motion), ops.gaussian_blur(x, motion))
+    spacing = torch.tensor([[1.0, 1.0, 2.5], [1.0, 1.0, 1.0]])
+    both = ops.thick_slices(x, spacing, motion)
+    twice = ops.thick_slices(ops.gaussian_blur(x, motion), spacing)
+    inner = (slice(None), slice(None), slice(10, -10), slice(10, -10), slice(10, -10))
+    torch.testing.assert_close(both[inner], twice[inner], atol=1e-4, rtol=1e-6)
+    assert not torch.allclose(both, twice, atol=1e-3)                    # the faces differ
+    const = torch.full((1, 1, 16, 17, 18), 3.0)
+    out = ops.thick_slices(const, torch.tensor([[1.0, 4.0, 2.5]]), torch.tensor([[1.0, 2.0, 3.0]]))
+    torch.testing.assert_close(out, const, atol=1e-5, rtol=0)
 
 
 def _gens(n, seed=0):

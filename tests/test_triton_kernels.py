@@ -55,7 +55,7 @@ def test_blur_axis_matches_reference_per_sample(axis):
     x = torch.randn(2, *SHAPE, generator=g) * 10 + 50
     fwhm = torch.zeros(2, 3)
     fwhm[0, axis], fwhm[1, axis] = 2.7, 0.9                           # different kernels in one launch
-    table, radius, _ = fast._kernel_table(fwhm[:, axis].tolist(), "cpu")
+    table, radius, _ = fast._kernel_table("cpu", fwhm[:, axis].tolist())
     y = triton_blur.blur_axis(x, torch.empty_like(x), table, radius, axis)
     ref = ops.gaussian_blur(x[:, None], fwhm)[:, 0]
     torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-6)
@@ -68,28 +68,34 @@ def test_blur_applies_the_folded_gamma_on_every_tap():
     lo, hi = x.flatten(1).amin(1), x.flatten(1).amax(1)
     gam = torch.stack([lo, (hi - lo).clamp(min=1e-6), gamma_exp], 1).contiguous()
     fwhm = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
-    table, radius, _ = fast._kernel_table(fwhm[:, 1].tolist(), "cpu")
+    table, radius, _ = fast._kernel_table("cpu", fwhm[:, 1].tolist())
     y = triton_blur.blur_axis(x, torch.empty_like(x), table, radius, 1, gam)
     ref = ops.gaussian_blur(ops.gamma_transform(x[:, None], gamma_exp), fwhm)[:, 0]
     torch.testing.assert_close(y, ref, atol=2e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
-def test_thick_slices_match_reference(axis):
+@pytest.mark.parametrize("motion", [False, True])
+def test_thick_slices_match_reference(axis, motion):
+    """One composed blur (motion blur + slice profile) and the resample, as ops.thick_slices."""
     g = torch.Generator().manual_seed(10 + axis)
     x = torch.randn(2, *SHAPE, generator=g)
-    spacing = torch.ones(2, 3)
-    spacing[0, axis], spacing[1, axis] = 3.3, 1.0                     # sample 1 passes through
+    spacing, motion_fwhm = torch.ones(2, 3), torch.zeros(2, 3)
+    spacing[0, axis], spacing[1, axis] = 3.3, 1.0                     # sample 1 is not resampled
+    if motion:
+        motion_fwhm[0, axis], motion_fwhm[1, axis] = 1.4, 2.2
     r = spacing[:, axis]
-    table, radius, _ = fast._kernel_table(r.tolist(), "cpu", active=(r > 1).tolist())
+    profile = torch.where(r > 1, r, torch.zeros(()))
+    table, radius, _ = fast._kernel_table("cpu", motion_fwhm[:, axis].tolist(), profile.tolist())
     blurred = triton_blur.blur_axis(x, torch.empty_like(x), table, radius, axis)
     n = SHAPE[axis]
     n_low = torch.tensor([len(torch.arange(0, n - 1 + 1e-6, float(v), dtype=torch.float64)) for v in r],
                          dtype=torch.int32)
     y = triton_blur.resample_axis(blurred, torch.empty_like(x), r.contiguous(), n_low, axis)
-    ref = ops.thick_slices(x[:, None], spacing)[:, 0]
+    ref = ops.thick_slices(x[:, None], spacing, motion_fwhm)[:, 0]
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-    assert torch.equal(y[1], x[1])
+    if not motion:
+        assert torch.equal(y[1], x[1])
 
 
 @pytest.mark.parametrize("rician", [True, False])

@@ -13,22 +13,38 @@ import torch
 FWHM_PER_SIGMA = math.sqrt(8.0 * math.log(2.0))
 
 
-def gaussian_kernel_table(fwhms, truncate: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised sampled Gaussians of several FWHMs (voxels) at once, float64.
+def gaussian_kernel_table(*fwhms, truncate: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised sampled Gaussians of several FWHMs (voxels) at once, float64; with several FWHM lists,
+    kernel i is the convolution of the Gaussians of ``fwhms[0][i], fwhms[1][i], ...`` (radii add).
 
     Returns:
         ``taps`` ``(n, 2 rmax + 1)``: kernel i's ``2 r_i + 1`` taps first, zeros after; ``radius`` ``(n,)`` int64.
         FWHM 0 gives the identity ``[1]``.
     """
-    f = np.asarray(fwhms, dtype=np.float64).reshape(-1)
-    if not (np.isfinite(f).all() and (f >= 0).all()):
-        raise ValueError(f"`fwhm` must be finite numbers >= 0, got {f.tolist()}")
-    sigma = f / FWHM_PER_SIGMA
-    radius = np.where(sigma > 0, np.ceil(truncate * sigma), 0).astype(np.int64)
-    t = np.arange(2 * int(radius.max(initial=0)) + 1)
-    x = (t[None, :] - radius[:, None]) / np.where(sigma > 0, sigma, 1.0)[:, None]
-    k = np.where(t[None, :] <= 2 * radius[:, None], np.exp(-0.5 * x * x), 0.0)
-    return k / k.sum(1, keepdims=True), radius
+    tables = []
+    for values in fwhms:
+        f = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not (np.isfinite(f).all() and (f >= 0).all()):
+            raise ValueError(f"`fwhm` must be finite numbers >= 0, got {f.tolist()}")
+        sigma = f / FWHM_PER_SIGMA
+        radius = np.where(sigma > 0, np.ceil(truncate * sigma), 0).astype(np.int64)
+        t = np.arange(2 * int(radius.max(initial=0)) + 1)
+        x = (t[None, :] - radius[:, None]) / np.where(sigma > 0, sigma, 1.0)[:, None]
+        k = np.where(t[None, :] <= 2 * radius[:, None], np.exp(-0.5 * x * x), 0.0)
+        tables.append((k / k.sum(1, keepdims=True), radius))
+    taps, radius = tables[0]
+    for more, more_radius in tables[1:]:
+        if len(more_radius) != len(radius):
+            raise ValueError(f"FWHM lists must have one length, got {len(radius)} and {len(more_radius)}")
+        total = radius + more_radius
+        out = np.zeros((len(total), 2 * int(total.max(initial=0)) + 1))
+        for i, (a, b) in enumerate(zip(radius, more_radius)):
+            if b == 0:      # identity: keep the taps bit for bit
+                out[i, :2 * a + 1] = taps[i, :2 * a + 1]
+            else:
+                out[i, :2 * (a + b) + 1] = np.convolve(taps[i, :2 * a + 1], more[i, :2 * b + 1])
+        taps, radius = out, total
+    return taps, radius
 
 
 def gaussian_kernel1d(fwhm: float, truncate: float = 3.0, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -36,7 +52,7 @@ def gaussian_kernel1d(fwhm: float, truncate: float = 3.0, dtype=torch.float32, d
     fwhm = float(fwhm)
     if fwhm < 0 or not math.isfinite(fwhm):
         raise ValueError(f"`fwhm` must be a finite number >= 0, got {fwhm}")
-    taps, radius = gaussian_kernel_table([fwhm], truncate)
+    taps, radius = gaussian_kernel_table([fwhm], truncate=truncate)
     return torch.from_numpy(taps[0, :2 * int(radius[0]) + 1]).to(dtype=dtype, device=device)
 
 
@@ -93,26 +109,38 @@ def _lerp_axis(x: torch.Tensor, pos: torch.Tensor, axis: int) -> torch.Tensor:
     return x.index_select(dim, i0) * (1 - w).view(shape) + x.index_select(dim, i1) * w.view(shape)
 
 
-def thick_slices(x: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
-    """Simulate low through-plane resolution: per axis with spacing ``r > 1``, blur with a Gaussian slice
-    profile of FWHM ``r``, keep one sample every ``r`` voxels, and interpolate back linearly.
+def thick_slices(x: torch.Tensor, spacing: torch.Tensor, motion_fwhm: torch.Tensor | None = None) -> torch.Tensor:
+    """Simulate the acquisition's blur and low through-plane resolution, axis by axis: blur with the motion
+    blur Gaussian (``motion_fwhm``) convolved with, where ``r > 1``, a Gaussian slice profile of FWHM ``r``;
+    then, where ``r > 1``, keep one sample every ``r`` voxels and interpolate back linearly.
+
+    One composed kernel per axis is the two blurs applied one after the other, except within its radius of
+    the crop's faces (replicate borders are applied once, not twice); the fast path runs one pass per axis.
 
     Args:
         x: ``(B, C, D, H, W)``.
-        spacing: ``(B, 3)`` low-resolution voxel size per axis, in voxels (1 leaves the axis untouched).
+        spacing: ``(B, 3)`` low-resolution voxel size per axis, in voxels (1 leaves the axis at full resolution).
+        motion_fwhm: ``(B, 3)`` FWHM in voxels of the motion blur per axis, or None for none.
     """
     if spacing.shape != (x.shape[0], 3):
         raise ValueError(f"`spacing` must be ({x.shape[0]}, 3), got shape {tuple(spacing.shape)}")
     if bool((spacing < 1).any()):
         raise ValueError(f"`spacing` must be >= 1, got {spacing.tolist()}")
+    motion = torch.zeros(x.shape[0], 3) if motion_fwhm is None else motion_fwhm.detach().cpu()
+    if motion.shape != (x.shape[0], 3):
+        raise ValueError(f"`motion_fwhm` must be ({x.shape[0]}, 3), got shape {tuple(motion.shape)}")
+    spacing_cpu = spacing.detach().cpu().double()
+    profile = torch.where(spacing_cpu > 1, spacing_cpu, torch.zeros_like(spacing_cpu))
     out = []
     for b in range(x.shape[0]):
         y = x[b:b + 1]
         for axis in range(3):
-            r = float(spacing[b, axis])
+            taps, radius = gaussian_kernel_table([float(motion[b, axis])], [float(profile[b, axis])])
+            kernel = torch.from_numpy(taps[0, :2 * int(radius[0]) + 1]).to(dtype=x.dtype, device=x.device)
+            y = _conv_axis(y, kernel, axis)
+            r = float(spacing_cpu[b, axis])
             if r <= 1.0:
                 continue
-            y = _conv_axis(y, gaussian_kernel1d(r, dtype=x.dtype, device=x.device), axis)
             n = y.shape[2 + axis]
             low = torch.arange(0, n - 1 + 1e-6, r, dtype=torch.float64, device=x.device)
             y = _lerp_axis(y, low, axis)                                  # low-resolution slices
