@@ -31,13 +31,25 @@ OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 WORK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device`` without a host sync: on CUDA through pinned memory and a non-blocking copy
+    (torch's pinned-memory allocator keeps the block until the copy has run). A plain ``.to("cuda")`` of a host
+    tensor waits for the stream, i.e. for every kernel queued before it, and the host could not run ahead."""
+    device = torch.device(device)
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _kernel_table(device, *fwhms):
     """Per-sample Gaussian taps ``(B, kmax)`` float32 (zero-padded), radii ``(B,)`` int32 and the max radius;
     several FWHM lists compose their Gaussians (:func:`synthgen.ops.blur.gaussian_kernel_table`, one host call)."""
     taps, radius = gaussian_kernel_table(*fwhms)
     table = torch.from_numpy(taps.astype(np.float32))
     radius_t = torch.from_numpy(radius.astype(np.int32))
-    return table.to(device, non_blocking=True), radius_t.to(device, non_blocking=True), int(radius.max(initial=0))
+    return _to_device(table, device), _to_device(radius_t, device), int(radius.max(initial=0))
 
 
 def _blur_passes(fwhm_rows, device):
@@ -77,7 +89,7 @@ def hist_quantiles(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qs, leve
         k0 = math.floor(pos)
         ranks += [k0, min(k0 + 1, N - 1)]
         weights.append(pos - k0)
-    ranks_t = torch.tensor(ranks, device=x.device, dtype=torch.int64).expand(B, -1).contiguous()
+    ranks_t = _to_device(torch.tensor(ranks, dtype=torch.int64), x.device).expand(B, -1).contiguous()
     h1 = tr.histogram(x, lo, scale).long()
     c1 = h1.cumsum(1)
     bin1 = torch.searchsorted(c1, ranks_t, right=True).clamp(max=NB - 1)
@@ -94,7 +106,7 @@ def hist_quantiles(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qs, leve
         pos_in_bin = bin1.double() + (sub.double() + frac).squeeze(-1) / NB
     vals = lo.double().unsqueeze(1) + pos_in_bin * (span / NB).unsqueeze(1)
     vals = torch.minimum(torch.maximum(vals, lo.double().unsqueeze(1)), hi.double().unsqueeze(1))
-    w = torch.tensor(weights, device=x.device, dtype=torch.float64)
+    w = _to_device(torch.tensor(weights, dtype=torch.float64), x.device)
     return (vals[:, 0::2] * (1 - w) + vals[:, 1::2] * w).float()
 
 
@@ -155,8 +167,12 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     B, crop = len(params), tuple(int(c) for c in config.crop)
     work_dtype = WORK_DTYPES[config.work_dtype]
     pc = params.to("cpu")                       # host copies for kernel tables and launch decisions
-    p = params.to(dev)
+
+    def up(t, dtype=torch.float32):             # per-sample parameters, uploaded without a host sync
+        return _to_device(t.to(dtype).contiguous(), dev)
+
     f32 = dict(device=dev, dtype=torch.float32)
+    seeds, flip, strip = up(pc.noise_key, torch.int64), up(pc.flip, torch.uint8), up(pc.skull_strip, torch.uint8)
 
     labels = not tissue.is_floating_point()
     tis = tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue
@@ -174,18 +190,15 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         tscale = torch.ones(B, **f32)
         image, spare = a, tmp
     else:
-        triton_noise.randn(a, p.noise_key.contiguous(), 0)
+        triton_noise.randn(a, seeds, 0)
         tex, tmp = _run(_blur_passes(pc.gmm_fwhm.reshape(B, 1).expand(B, 3), dev), a, tmp)
         taps, _ = gaussian_kernel_table(pc.gmm_fwhm.tolist())      # unit variance after the 3 axis blurs
-        tscale = torch.from_numpy((np.sqrt((taps ** 2).sum(1)) ** -3).astype(np.float32)).to(dev)
+        tscale = up(torch.from_numpy(np.sqrt((taps ** 2).sum(1)) ** -3))
         image, spare = tmp, tex                 # the texture buffer is free once the warp has read it
     target = torch.empty(B, *crop, device=dev, dtype=torch.uint8)
-    flip = p.flip.to(torch.uint8).contiguous()
-    warp_args = (tis, tis_bstride, les, les_bstride, config.lesion_threshold,
-                 p.matrix.to(**f32).reshape(B, 9).contiguous(), p.center.to(**f32).contiguous(),
-                 p.elastic.to(**f32).contiguous(), p.bias.to(**f32).contiguous(),
-                 p.gmm_mu.to(**f32).contiguous(), p.gmm_sigma.to(**f32).contiguous(), tex, tscale, flip, crop,
-                 image, target)
+    warp_args = (tis, tis_bstride, les, les_bstride, config.lesion_threshold, up(pc.matrix.reshape(B, 9)),
+                 up(pc.center), up(pc.elastic), up(pc.bias), up(pc.gmm_mu), up(pc.gmm_sigma), tex, tscale, flip,
+                 crop, image, target)
     if backend == "cuda":
         from .kernels import cuda_loader
         cuda_loader.warp_sample(*warp_args)
@@ -198,7 +211,7 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     # (applied to every tap) rides on the narrowest kernel, run first. The noise is added in the epilogue of
     # the last of these passes, the clip range recorded by the last pass before the clip.
     span = (hi - lo).clamp(min=1e-6)
-    gamma = torch.stack([lo, span, p.gamma.to(**f32)], 1).contiguous()
+    gamma = torch.stack([lo, span, up(pc.gamma)], 1).contiguous()
     profile = torch.where(pc.spacing > 1, pc.spacing.double(), torch.zeros((), dtype=torch.float64))
     tables = [_kernel_table(dev, pc.motion_fwhm[:, a].tolist(), profile[:, a].tolist()) for a in range(3)]
     passes = []
@@ -212,20 +225,19 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         if bool((r > 1).any()):
             n = crop[axis]
             n_low = torch.tensor([len(torch.arange(0, n - 1 + 1e-6, float(ri), dtype=torch.float64))
-                                  for ri in r.tolist()], dtype=torch.int32, device=dev)
-            passes.append(functools.partial(triton_blur.resample_axis, spacing=r.to(**f32).contiguous(),
-                                            n_low=n_low, axis=axis))
+                                  for ri in r.tolist()], dtype=torch.int32)
+            passes.append(functools.partial(triton_blur.resample_axis, spacing=up(r), n_low=up(n_low, torch.int32),
+                                            axis=axis))
     smooth = _blur_passes(pc.smooth_fwhm.reshape(B, 1).expand(B, 3), dev)
     normals = None if noise is None else tuple(v.reshape(B, *crop).to(**f32).contiguous() for v in noise)
-    noisy = triton_blur.Epilogue(p.noise_std.to(**f32).contiguous(), p.noise_key.contiguous(), normals,
-                                 rician=config.noise.kind == "rician", minmax=not smooth)
+    noisy = triton_blur.Epilogue(up(pc.noise_std), seeds, normals, rician=config.noise.kind == "rician",
+                                 minmax=not smooth)
     last = triton_blur.Epilogue(minmax=True) if smooth else noisy
     x, y = _run(passes, image, spare, noisy)
     x, y = _run(smooth, x, y, last)
 
     lo, hi = last.range
     q = hist_quantiles(x, lo, hi, config.clip, clip_levels).contiguous()
-    strip = p.skull_strip.to(torch.uint8).contiguous()
     psum, pm2 = triton_reduce.clip_strip_stats(x, target, q, strip, flip, crop)
     N = math.prod(crop)
     counts = torch.full((psum.shape[1],), float(triton_reduce.BLOCK), device=dev, dtype=torch.float64)

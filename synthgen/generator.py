@@ -8,6 +8,7 @@ clip to the 1st/99th percentiles, random skull-strip, flips, z-normalisation.
 from __future__ import annotations
 
 import time
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -66,6 +67,7 @@ class SynthGenerator:
         self.lesions = lesions
         self.stage_ms: dict[str, float] = {}
         self.profile = False
+        self._checked: dict = {}
 
     @contextmanager
     def _stage(self, name: str, device):
@@ -79,6 +81,21 @@ class SynthGenerator:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.stage_ms[name] = self.stage_ms.get(name, 0.0) + 1e3 * (time.perf_counter() - t0)
+
+    def _check_tissue_once(self, tissue: torch.Tensor) -> None:
+        """:func:`check_tissue` once per map (again after an in-place change): its min/max would otherwise be a
+        host sync on every batch, which stops the host from queueing work ahead of a GPU."""
+        if not isinstance(tissue, torch.Tensor):
+            check_tissue(tissue)                # raises the clear error
+        key = (tissue.data_ptr(), tissue._version, tuple(tissue.shape), tuple(tissue.stride()), tissue.dtype,
+               tissue.device)
+        ref = self._checked.get(key)
+        if ref is not None and ref() is tissue:
+            return
+        check_tissue(tissue)
+        if len(self._checked) >= 64:
+            self._checked.clear()
+        self._checked[key] = weakref.ref(tissue)
 
     def sample_params(self, tissue_shape, seed: int = 0, index: int = 0, batch: int = 1) -> SampleParams:
         """Parameters of samples ``index .. index + batch - 1`` of stream ``seed`` for a map of spatial shape."""
@@ -101,7 +118,7 @@ class SynthGenerator:
             ``image`` ``(B, 1, *crop)`` float32 z-normalised and ``target`` ``(B, *crop)`` uint8 (6 classes, or
             0/1 when ``config.target == "lesion"``), [and ``params``].
         """
-        check_tissue(tissue)
+        self._check_tissue_once(tissue)
         dev = tissue.device
         n = len(params) if params is not None else (batch_size or tissue.shape[0])
         if tissue.shape[0] not in (1, n):
@@ -113,7 +130,6 @@ class SynthGenerator:
         elif not isinstance(params, SampleParams):
             raise TypeError(f"`params` must be SampleParams, got {type(params).__name__}")
         cfg = self.config
-        p = params.to(dev)
         crop = tuple(int(c) for c in cfg.crop)
 
         with self._stage("lesion", dev):
@@ -122,6 +138,7 @@ class SynthGenerator:
         if backend != "torch":      # fused kernels (synthgen.fast); same parameters, same maths
             image, target = fast.generate_fast(cfg, tissue, params, lesion, backend)
             return (image, target, params) if return_params else (image, target)
+        p = params.to(dev)
         with self._stage("warp", dev):
             coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
             if tissue.is_floating_point():

@@ -156,3 +156,21 @@ def test_cuda_generation_is_reproducible_and_matches_cpu_geometry(phantom):
     # no noise in this config: the device changes nothing but rounding
     assert (ta.cpu() == cpu_target).float().mean() > 0.999
     assert torch.allclose(a.cpu(), cpu_image, atol=1e-3)
+
+
+def test_tissue_map_checked_once_and_again_after_an_in_place_change(monkeypatch):
+    import synthgen.generator as generator_module
+    from conftest import phantom_labels
+    calls = []
+    real_check = generator_module.check_tissue
+    monkeypatch.setattr(generator_module, "check_tissue", lambda t: (calls.append(1), real_check(t)))
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(8, 8, 8)))
+    tissue = phantom_labels((12, 12, 12))
+    gen(tissue, seed=0)
+    gen(tissue, seed=1)
+    assert len(calls) == 1                      # no min/max (a host sync on a GPU) per batch
+    tissue[0, 0, 0, 0, 0] = 99                  # in place: checked again, and refused
+    with pytest.raises(ValueError, match="labels must be in"):
+        gen(tissue, seed=2)
+    gen(phantom_labels((12, 12, 12)), seed=0)   # another map: checked
+    assert len(calls) == 3

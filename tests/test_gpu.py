@@ -102,3 +102,19 @@ def test_batches_made_ahead_on_a_side_stream_equal_the_inline_ones():
     with Prefetcher(make, range(3), depth=1, device="cuda") as ahead:
         for (a, ta), (b, tb) in zip(inline, ahead):
             assert torch.equal(a, b) and torch.equal(ta, tb)
+
+
+@pytest.mark.gpu
+def test_generation_never_waits_for_the_device(monkeypatch):
+    """No host sync in a batch (after the map's one-off check): the host can queue batches ahead of the GPU."""
+    monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)))
+    tissue = default_tissue_map(device="cuda")
+    gen(tissue, seed=0, batch_size=2)                                # compile; check the map once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(3):
+            gen(tissue, seed=0, index=2 * i, batch_size=2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
