@@ -2,6 +2,7 @@
 #define SG_HOST 1
 #include "synth_warp.cu"
 
-extern "C" void synth_warp_host(unsigned grid_x, unsigned grid_y, unsigned block_x, SG_WARP_PARAMS) {
-    sg_launch(synth_warp_kernel, grid_x, grid_y, block_x, SG_WARP_ARGS);
+extern "C" void synth_warp_host(unsigned grid_x, unsigned grid_y, unsigned block_x, SG_WARP_PARAMS, float* pmin,
+                                float* pmax) {
+    sg_launch(synth_warp_kernel, grid_x, grid_y, block_x, SG_WARP_ARGS, pmin, pmax);
 }

@@ -1,5 +1,6 @@
 // Host build of the CUDA kernels: the same source compiles as plain C++, with the launch grid replaced by a loop
-// (no shared memory, no __syncthreads: every kernel here is one independent thread per voxel).
+// (no shared memory, no __syncthreads, no warp shuffles: threads run one after the other, so reductions are
+// written with #ifdef SG_HOST as plain read-modify-writes).
 #pragma once
 #include <math.h>
 

@@ -1,5 +1,6 @@
-// Fused warp + sampling + GMM + bias + target: the CUDA C++ twin of synthgen/kernels/triton_warp.py (same maths,
-// documented there). One thread per output voxel; blockIdx.y is the sample. Compiled at run time by CuPy (NVRTC)
+// Fused warp + sampling + GMM + bias + target (+ the image's min/max): the CUDA C++ twin of
+// synthgen/kernels/triton_warp.py (same maths, documented there). One thread per output voxel; blockIdx.y is the
+// sample. Compiled at run time by CuPy (NVRTC)
 // on a CUDA machine, with nvcc -cubin in the tests, and as host C++ through csrc/host_shim.cpp.
 #ifdef SG_HOST
 #include "host_shim.h"
@@ -75,12 +76,50 @@ __device__ __forceinline__ float sg_lerp3(const float* v, const sg_corners* q) {
     n3, es1, es2, es3, bias, m1, m2, m3, bs1, bs2, bs3, mu, sigma, L, texture, tex_scale, flip, D, H, W,     \
     image, target
 
+#ifdef SG_HOST
+#define SG_INF HUGE_VALF
+#else
+#define SG_INF __int_as_float(0x7f800000)
+#endif
+
+// float atomics through the integer order of IEEE floats (non-negative: as int; negative: reversed, as unsigned)
+__device__ __forceinline__ void sg_atomic_min(float* a, float v) {
+#ifdef SG_HOST
+    if (v < *a) *a = v;                                  // the host build runs threads one after the other
+#else
+    if (v >= 0.0f) atomicMin((int*)a, __float_as_int(v));
+    else atomicMax((unsigned int*)a, __float_as_uint(v));
+#endif
+}
+
+__device__ __forceinline__ void sg_atomic_max(float* a, float v) {
+#ifdef SG_HOST
+    if (v > *a) *a = v;
+#else
+    if (v >= 0.0f) atomicMax((int*)a, __float_as_int(v));
+    else atomicMin((unsigned int*)a, __float_as_uint(v));
+#endif
+}
+
+// this block's min/max of v into its partial slots (pre-filled with +inf / -inf): a warp reduction, then one
+// atomic per warp. Every thread of the block must call it (invalid ones with valid = false).
+__device__ __forceinline__ void sg_partial_minmax(float v, bool valid, float* pmin, float* pmax) {
+    float lo = valid ? v : SG_INF, hi = valid ? v : -SG_INF;
+#ifndef SG_HOST
+    for (int s = 16; s > 0; s >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, s));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, s));
+    }
+    if ((threadIdx.x & 31) != 0) return;
+#endif
+    sg_atomic_min(pmin, lo);
+    sg_atomic_max(pmax, hi);
+}
+
+// one output voxel o of sample b: writes its image value and (flipped) target, returns the image value.
 // labels != nullptr: nearest label map (1 channel); else probs (K channels). lesion may be nullptr.
-extern "C" __global__ void synth_warp_kernel(SG_WARP_PARAMS) {
+__device__ __forceinline__ float sg_warp_voxel(SG_WARP_PARAMS, long long o, int b) {
     const long long N = (long long)D * H * W;
-    const int b = blockIdx.y;
-    const long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (o >= N) return;
     const int d = (int)(o / ((long long)H * W)), h = (int)((o / W) % H), w = (int)(o % W);
     const float fd = (float)d, fh = (float)h, fw = (float)w;
     const float od = fd - (D - 1) * 0.5f, oh = fh - (H - 1) * 0.5f, ow = fw - (W - 1) * 0.5f;
@@ -153,4 +192,19 @@ extern "C" __global__ void synth_warp_kernel(SG_WARP_PARAMS) {
     const unsigned char* fb = flip + b * 3;
     const int td = fb[0] ? D - 1 - d : d, th = fb[1] ? H - 1 - h : h, tw = fb[2] ? W - 1 - w : w;
     target[(long long)b * N + ((long long)td * H + th) * W + tw] = (unsigned char)cls;
+    return img;
+}
+
+// blockIdx.y is the sample; pmin / pmax (nullable): (B, gridDim.x) per-block partials of the image's range,
+// which the gamma stage needs (no separate min/max pass)
+extern "C" __global__ void synth_warp_kernel(SG_WARP_PARAMS, float* pmin, float* pmax) {
+    const long long N = (long long)D * H * W;
+    const int b = blockIdx.y;
+    const long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool valid = o < N;
+    const float img = valid ? sg_warp_voxel(SG_WARP_ARGS, o, b) : 0.0f;
+    if (pmin) {
+        const long long slot = (long long)b * gridDim.x + blockIdx.x;
+        sg_partial_minmax(img, valid, pmin + slot, pmax + slot);
+    }
 }

@@ -200,12 +200,10 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
                  up(pc.center), up(pc.elastic), up(pc.bias), up(pc.gmm_mu), up(pc.gmm_sigma), tex, tscale, flip,
                  crop, image, target)
     if backend == "cuda":
-        from .kernels import cuda_loader
-        cuda_loader.warp_sample(*warp_args)
-        lo, hi = triton_reduce.minmax(image)
+        from .kernels import cuda_loader as warp
     else:
-        from .kernels import triton_warp
-        lo, hi = triton_warp.warp_sample(*warp_args, minmax=True)
+        from .kernels import triton_warp as warp
+    lo, hi = warp.warp_sample(*warp_args, minmax=True)
 
     # per axis: motion blur and slice profile as one kernel, thick-slice resample. Axes commute, so the gamma
     # (applied to every tap) rides on the narrowest kernel, run first. The noise is added in the epilogue of

@@ -87,23 +87,50 @@ def host_lib(tmp_path_factory):
     return ctypes.CDLL(str(out))
 
 
-def _run_host(lib, args):
+def _run_host(lib, args, threads=64):
+    """Run the host build; returns the (B, blocks) min/max partials it filled."""
     kinds = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_longlong, "f": ctypes.c_float}
-    values = [kinds[k](v) for k, v in cuda_loader.warp_args(*args)]
     image = args[-2]
     B, N = image.shape[0], image[0].numel()
-    lib.synth_warp_host(ctypes.c_uint((N + 63) // 64), ctypes.c_uint(B), ctypes.c_uint(64), *values)
+    blocks = (N + threads - 1) // threads
+    pmin, pmax = torch.full((B, blocks), float("inf")), torch.full((B, blocks), float("-inf"))
+    values = [kinds[k](v) for k, v in cuda_loader.warp_args(*args, pmin=pmin, pmax=pmax)]
+    lib.synth_warp_host(ctypes.c_uint(blocks), ctypes.c_uint(B), ctypes.c_uint(threads), *values)
+    return pmin, pmax
 
 
 @pytest.mark.parametrize("kind", ["labels", "probs", "labels-lesion", "probs-lesion"])
 def test_host_build_matches_reference(host_lib, kind):
     tissue, lesion, params, texture = make_case(kind)
     args = prepared_args(tissue, lesion, params, texture)
-    _run_host(host_lib, args)
+    pmin, pmax = _run_host(host_lib, args)
     ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture)
     assert torch.equal(args[-1], ref_tgt)
     # float32 spline/affine arithmetic in another order: coordinates agree to ~1e-5 voxel
     torch.testing.assert_close(args[-2], ref_img, atol=2e-4, rtol=2e-6)   # measured <= 3e-7 relative
+    # block partials of the image's range (the last block is partly outside the volume)
+    blocks = torch.nn.functional.pad(args[-2].flatten(1), (0, 64 * pmin.shape[1] - args[-2][0].numel()),
+                                     value=float("nan")).reshape(len(params), -1, 64)
+    torch.testing.assert_close(pmin, blocks.nan_to_num(float("inf")).amin(2))
+    torch.testing.assert_close(pmax, blocks.nan_to_num(float("-inf")).amax(2))
+
+
+def test_float_atomics_by_integer_order():
+    """The order sg_atomic_min / sg_atomic_max rely on on the device (the host build compares floats): a
+    non-negative float is ordered as its int32 bits, a negative one reversed as its uint32 bits."""
+    import numpy as np
+    vals = np.random.default_rng(0).standard_normal(2000).astype(np.float32) * 100
+    vals[::97] = 0.0
+    as_int, as_uint = (lambda v: int(np.float32(v).view(np.int32))), (lambda v: int(np.float32(v).view(np.uint32)))
+    lo, hi = np.float32(np.inf), np.float32(-np.inf)
+    for v in vals:
+        if v >= 0:
+            lo = np.int32(min(as_int(lo), as_int(v))).view(np.float32)
+            hi = np.int32(max(as_int(hi), as_int(v))).view(np.float32)
+        else:
+            lo = np.uint32(max(as_uint(lo), as_uint(v))).view(np.float32)
+            hi = np.uint32(min(as_uint(hi), as_uint(v))).view(np.float32)
+    assert lo == vals.min() and hi == vals.max()
 
 
 def test_nvcc_compiles_the_kernel(tmp_path):

@@ -20,11 +20,12 @@ def spline_scale(n_ctrl: int, n_out: int) -> float:
 
 
 def warp_args(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matrix, center, elastic, bias, mu, sigma,
-              texture, tex_scale, flip, crop, image, target):
+              texture, tex_scale, flip, crop, image, target, pmin=None, pmax=None):
     """Arguments of ``synth_warp_kernel`` as ``(kind, value)``: kind "p" pointer, "i" int32, "q" int64, "f" float32.
 
     Tensors as prepared by :func:`synthgen.fast.generate_fast` (float32 / uint8, contiguous); ``tissue`` uint8
-    labels or float32 probabilities.
+    labels or float32 probabilities; ``pmin`` / ``pmax`` ``(B, blocks)`` float32 partials filled with +inf / -inf,
+    or None for no min/max.
     """
     D, H, W = crop
     labels = not tissue.is_floating_point()
@@ -39,7 +40,7 @@ def warp_args(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matrix,
             ptr(bias), ("i", m1), ("i", m2), ("i", m3),
             ("f", spline_scale(m1, D)), ("f", spline_scale(m2, H)), ("f", spline_scale(m3, W)),
             ptr(mu), ptr(sigma), ("i", mu.shape[1]), ptr(texture), ptr(tex_scale), ptr(flip),
-            ("i", D), ("i", H), ("i", W), ptr(image), ptr(target)]
+            ("i", D), ("i", H), ("i", W), ptr(image), ptr(target), ptr(pmin), ptr(pmax)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,16 +56,23 @@ def _kernel(name: str):
     return module.get_function(name)
 
 
-def warp_sample(*args):
-    """Launch ``synth_warp_kernel`` on the current torch CUDA stream (arguments as :func:`warp_args`)."""
+def warp_sample(*args, minmax: bool = False):
+    """Launch ``synth_warp_kernel`` on the current torch CUDA stream (arguments as :func:`warp_args`, without the
+    partials). Returns the image's per-sample ``(min, max)``, each ``(B,)``, with ``minmax``; else None."""
     import numpy as np
     import torch
     kernel = _kernel("synth_warp_kernel")
     image = args[-2]
     B, N = image.shape[0], image[0].numel()
+    blocks = (N + THREADS - 1) // THREADS
+    pmin = pmax = None
+    if minmax:
+        pmin = torch.full((B, blocks), float("inf"), device=image.device)
+        pmax = torch.full((B, blocks), float("-inf"), device=image.device)
     cast = {"p": np.uint64, "i": np.int32, "q": np.int64, "f": np.float32}
-    values = tuple(cast[k](v) for k, v in warp_args(*args))
+    values = tuple(cast[k](v) for k, v in warp_args(*args, pmin=pmin, pmax=pmax))
     import cupy
     with cupy.cuda.Device(image.device.index):
         stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(image.device).cuda_stream)
-        kernel(((N + THREADS - 1) // THREADS, B), (THREADS,), values, stream=stream)
+        kernel((blocks, B), (THREADS,), values, stream=stream)
+    return (pmin.amin(1), pmax.amax(1)) if minmax else None
