@@ -184,6 +184,8 @@ class GeneratorConfig:
     flip_probability: float = 0.5   # per axis; paper: random flipping in all axes
     lesion_threshold: float = 0.5   # lesion weight above which a voxel is lesion in the target
     target: str = "tissue"          # "tissue": 6 classes (TARGET_CLASSES); "lesion": binary (paper's baseline)
+    image_dtype: str = "float32"    # output image: "float32", "float16" or "bfloat16" (target: uint8); the GPU
+                                    # fast path writes it directly (half the bytes for a bf16 autocast model)
     work_dtype: str = "float32"     # intermediate volumes of the GPU fast path (synthgen.fast): "float32" gives
                                     # the reference's result to float tolerance; "float16" halves the memory
                                     # traffic (math stays float32, stores round to 11 bits: statistics unchanged)
@@ -203,6 +205,8 @@ class GeneratorConfig:
             raise ValueError(f"`lesion_threshold` must be in (0, 1), got {self.lesion_threshold}")
         if self.target not in ("tissue", "lesion"):
             raise ValueError(f"`target` must be 'tissue' or 'lesion', got {self.target!r}")
+        if self.image_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"`image_dtype` must be 'float32', 'float16' or 'bfloat16', got {self.image_dtype!r}")
         if self.work_dtype not in ("float32", "float16"):
             raise ValueError(f"`work_dtype` must be 'float32' or 'float16', got {self.work_dtype!r}")
         return self

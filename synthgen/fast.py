@@ -27,7 +27,7 @@ from .sampling import SampleParams
 
 # "cuda" swaps in the CUDA C++ warp (csrc/synth_warp.cu); the other passes are Triton in both backends
 AVAILABLE = ("torch", "triton", "cuda") if importlib.util.find_spec("triton") else ("torch",)
-OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WORK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -110,7 +110,7 @@ def hist_quantiles(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qs, leve
     return (vals[:, 0::2] * (1 - w) + vals[:, 1::2] * w).float()
 
 
-def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels, out_dtype):
+def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels):
     if not isinstance(config, GeneratorConfig):
         raise TypeError(f"`config` must be a GeneratorConfig, got {type(config).__name__}")
     if not isinstance(params, SampleParams):
@@ -119,8 +119,8 @@ def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels,
         raise ValueError(f"`backend` must be 'triton' or 'cuda', got {backend!r}")
     if clip_levels not in (1, 2):
         raise ValueError(f"`clip_levels` must be 1 or 2, got {clip_levels!r}")
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"`out_dtype` must be one of {OUT_DTYPES}, got {out_dtype}")
+    if config.image_dtype not in OUT_DTYPES:
+        raise ValueError(f"`config.image_dtype` must be one of {tuple(OUT_DTYPES)}, got {config.image_dtype!r}")
     if config.work_dtype not in WORK_DTYPES:
         raise ValueError(f"`config.work_dtype` must be one of {tuple(WORK_DTYPES)}, got {config.work_dtype!r}")
     if backend == "cuda" and config.work_dtype != "float32":
@@ -141,11 +141,12 @@ def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels,
 @torch.no_grad()
 def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleParams, lesion=None,
                   backend: str = "triton", *, texture: torch.Tensor | None = None, noise=None,
-                  clip_levels: int = 2, out_dtype: torch.dtype = torch.float32):
+                  clip_levels: int = 2):
     """The generator's batch through the fast kernels.
 
     Args:
-        config: validated generator config (crop, clip, noise kind, lesion threshold, target, work dtype).
+        config: validated generator config (crop, clip, noise kind, lesion threshold, target, image and work
+            dtypes).
         tissue: ``(1 | B, 1, X, Y, Z)`` integer labels or ``(1 | B, K, X, Y, Z)`` float probabilities.
         params: the batch's :class:`SampleParams` (CPU or device).
         lesion: ``(intensity_weight, label_weight)``, each ``(B, 1, X, Y, Z)``, or None.
@@ -153,7 +154,6 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         texture: unit-variance within-class texture ``(B, 1, *crop)`` to use instead of drawing it (tests).
         noise: two standard-normal volumes ``(B, 1, *crop)`` to use instead of Philox (tests).
         clip_levels: histogram levels of the percentile clip (see :func:`hist_quantiles`).
-        out_dtype: image dtype (float32, float16, bfloat16); the target stays uint8.
 
     Returns:
         ``image`` ``(B, 1, *crop)`` and ``target`` ``(B, *crop)`` uint8, as :class:`SynthGenerator`.
@@ -161,7 +161,7 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     Raises:
         TypeError / ValueError: bad argument types, shapes, backend, clip levels or dtype.
     """
-    _check(config, tissue, params, lesion, backend, texture, noise, clip_levels, out_dtype)
+    _check(config, tissue, params, lesion, backend, texture, noise, clip_levels)
     from .kernels import triton_blur, triton_noise, triton_reduce
     dev = tissue.device
     B, crop = len(params), tuple(int(c) for c in config.crop)
@@ -245,6 +245,6 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     m2 = pm2.sum(1) + (counts * (psum / counts - mean[:, None]) ** 2).sum(1)
     std = (m2 / N).sqrt()
     ms = torch.stack([mean, 1.0 / std.clamp(min=1e-6)], 1).float().contiguous()
-    out = torch.empty(B, 1, *crop, device=dev, dtype=out_dtype)
+    out = torch.empty(B, 1, *crop, device=dev, dtype=OUT_DTYPES[config.image_dtype])
     triton_reduce.finalise(x, target, out, q, strip, flip, ms, crop, config.target == "lesion")
     return out, target

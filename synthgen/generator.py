@@ -175,7 +175,7 @@ class SynthGenerator:
             image = ops.skull_strip(image, brain, p.skull_strip)
             image = ops.flip(image, p.flip)
             target = ops.flip(target, p.flip)
-            image = ops.z_normalise(image)
+            image = ops.z_normalise(image).to(getattr(torch, cfg.image_dtype))
         target = target[:, 0]
         if cfg.target == "lesion":
             target = (target == LESION_CLASS).to(torch.uint8)

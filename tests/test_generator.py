@@ -174,3 +174,13 @@ def test_tissue_map_checked_once_and_again_after_an_in_place_change(monkeypatch)
         gen(tissue, seed=2)
     gen(phantom_labels((12, 12, 12)), seed=0)   # another map: checked
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_image_dtype(phantom, dtype):
+    a, ta = synthgen.SynthGenerator(_cfg())(phantom, seed=4)
+    b, tb = synthgen.SynthGenerator(_cfg(image_dtype=dtype))(phantom, seed=4)
+    assert b.dtype == getattr(torch, dtype) and torch.equal(ta, tb)
+    torch.testing.assert_close(b.float(), a, atol=0, rtol=2 ** -7 if dtype == "bfloat16" else 2 ** -10)
+    with pytest.raises(ValueError, match="`image_dtype` must be"):
+        _cfg(image_dtype="float64").validate()

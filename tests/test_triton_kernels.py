@@ -198,8 +198,9 @@ def philox_sample():
 
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
 def test_mixed_precision_output(philox_sample, out_dtype):
+    import dataclasses
     cfg, tissue, params, (img32, t32) = philox_sample
-    img, t = fast.generate_fast(cfg, tissue, params, out_dtype=out_dtype)
+    img, t = fast.generate_fast(dataclasses.replace(cfg, image_dtype=str(out_dtype)[6:]), tissue, params)
     assert img.dtype == out_dtype and t.dtype == torch.uint8 and torch.equal(t, t32)
     # fp16: half an ulp (round to nearest); bf16: one ulp (the interpreter's cast truncates, the GPU's rounds)
     tol = 2 ** -11 if out_dtype == torch.float16 else 2 ** -7
@@ -235,8 +236,8 @@ def test_generate_fast_rejects_bad_arguments():
         fast.generate_fast(cfg, tissue, params, backend="torch")
     with pytest.raises(ValueError, match="`clip_levels` must be 1 or 2"):
         fast.generate_fast(cfg, tissue, params, clip_levels=3)
-    with pytest.raises(ValueError, match="`out_dtype` must be one of"):
-        fast.generate_fast(cfg, tissue, params, out_dtype=torch.int8)
+    with pytest.raises(ValueError, match="`config.image_dtype` must be one of"):
+        fast.generate_fast(GeneratorConfig(crop=CROP, image_dtype="int8"), tissue, params)
     with pytest.raises(TypeError, match="`config` must be a GeneratorConfig"):
         fast.generate_fast({}, tissue, params)
     with pytest.raises(TypeError, match="`params` must be SampleParams"):

@@ -10,6 +10,7 @@ kernels before they can be compiled).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import re
@@ -63,7 +64,7 @@ def record_launches():
 
 def launched_variants() -> dict:
     """Every kernel variant the fast path launches, over label / probability maps, lesions, Rician / Gaussian
-    noise, tissue / lesion targets, float32 / float16 work volumes, 1 / 2 clip levels, output dtypes, and
+    noise, tissue / lesion targets, float32 / float16 work volumes, 1 / 2 clip levels, image dtypes, and
     Philox / given noise."""
     from .. import fast
     from ..config import AnisotropyConfig, GeneratorConfig, MotionBlurConfig, NoiseConfig, SmoothConfig
@@ -84,9 +85,9 @@ def launched_variants() -> dict:
         for tissue, les, kw in cases:
             cfg = GeneratorConfig(crop=(9, 10, 11), **kw).validate()
             params = sample_params(cfg, tuple(tissue.shape[2:]), 0, 0, 2)
-            for clip_levels in (1, 2):
-                fast.generate_fast(cfg, tissue, params, les, "triton", clip_levels=clip_levels,
-                                   out_dtype=torch.bfloat16 if clip_levels == 1 else torch.float32)
+            for clip_levels, image_dtype in ((1, "bfloat16"), (2, "float32"), (2, "float16")):
+                fast.generate_fast(dataclasses.replace(cfg, image_dtype=image_dtype), tissue, params, les, "triton",
+                                   clip_levels=clip_levels)
             given = torch.randn(2, 1, *cfg.crop, generator=g)
             fast.generate_fast(cfg, tissue, params, les, "triton", texture=given, noise=(given, given))
     return seen
