@@ -34,3 +34,13 @@ def test_roofline_model_of_the_fast_path():
     assert sum("min/max" in n for n in names) == 2
     assert sum(r[1] for r in rows16) < 0.6 * sum(r[1] for r in rows32)
     assert sum(r[2] for r in rows16) == sum(r[2] for r in rows32)
+
+
+def test_train_step_times_four_ways(tmp_path):
+    import train_step
+    out = tmp_path / "s.json"
+    assert train_step.main(["--preset", "quick", "--device", "cpu", "--steps", "2", "--warmup", "0", "--crop", "24",
+                            "--json", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert set(row["ms"]) == {"synthesis", "premade", "on_the_fly", "ahead"}
+    assert all(v["median"] > 0 for v in row["ms"].values()) and 0 < row["synthesis_share"] < 1
