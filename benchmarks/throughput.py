@@ -5,7 +5,8 @@
         [--work-dtypes float32 float16]
 
 Providers: ``synthgen`` (this project, batch B per call, once per ``--backends`` entry; SYNTHGEN_BACKEND is
-set for the row), and when installed the equivalent chain in
+set for the row), ``synthgen+lesions`` (the same with procedural stroke lesions, as training runs it; default on
+CUDA), and when installed the equivalent chain in
 ``cornucopia`` (SynthFromLabelTransform: affine+elastic, GMM, bias, gamma, smoothing, low-res, noise, quantile),
 ``torchio`` and ``monai`` (affine, elastic, label->GMM image, bias, gamma, blur, anisotropy, noise, percentile
 rescale, flips, z-normalisation). Peers get the tissue map already cropped to the output size (less work than
@@ -36,6 +37,7 @@ import synthgen  # noqa: E402
 from synthgen.config import GeneratorConfig  # noqa: E402
 from synthgen.data.default_map import default_tissue_map  # noqa: E402
 from synthgen.io import atomic_path  # noqa: E402
+from synthgen.lesions import LesionSource  # noqa: E402
 
 
 def _sync(device):
@@ -69,8 +71,8 @@ def _centre_crop(tissue: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def synthgen_provider(tissue, size, batch, device, work_dtype="float32"):
-    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(size, size, size), work_dtype=work_dtype))
+def synthgen_provider(tissue, size, batch, device, work_dtype="float32", lesions=None):
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(size, size, size), work_dtype=work_dtype), lesions=lesions)
     state = {"index": 0}
 
     def run():
@@ -175,7 +177,8 @@ def forced_backend(name: str | None):
 def floor_ms(gen, tissue, size: int, batch: int, bandwidth: float, peak_tflops: float) -> tuple[float, float]:
     """Roofline floor per sample (ms) and bytes moved per sample, from benchmarks/roofline.py's pass model."""
     params = gen.sample_params(tissue.shape, seed=0, index=0, batch=batch)
-    passes = roofline.passes(params, (size,) * 3, work_bytes=2 if gen.config.work_dtype == "float16" else 4)
+    passes = roofline.passes(params, (size,) * 3, lesion=gen.lesions is not None,
+                             work_bytes=2 if gen.config.work_dtype == "float16" else 4)
     voxels = size ** 3
     nbytes = voxels * sum(p[1] for p in passes)
     flop = voxels * sum(p[2] for p in passes)
@@ -194,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--work-dtypes", nargs="+", default=None, choices=("float32", "float16"),
                         help="GeneratorConfig.work_dtype of the fast path (default cpu: float32; cuda: both)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (default cpu 3, cuda 20)")
-    parser.add_argument("--providers", nargs="+", default=["synthgen", *PEERS],
+    parser.add_argument("--providers", nargs="+", default=None,
                         help="synthgen cornucopia torchio monai (peers run only when installed)")
     parser.add_argument("--peak-tflops", type=float, default=67.0,
                         help="fp32 peak for the roofline floor (H100 SXM: 67; meaningless on a CPU)")
@@ -206,20 +209,27 @@ def main(argv=None):
     batches = args.batch or ([1, 8] if cuda else [1])
     backends = args.backends or (["triton", "cuda"] if cuda else [None])
     work_dtypes = args.work_dtypes or (["float32", "float16"] if cuda else ["float32"])
-    tissue = default_tissue_map(device=args.device)
+    tissue, affine = default_tissue_map(device=args.device, with_affine=True)
+    # "synthgen+lesions": the same chain with procedural stroke lesions (what training runs; peers have none)
+    providers = args.providers or (["synthgen", "synthgen+lesions", *PEERS] if cuda else ["synthgen", *PEERS])
     bandwidth = roofline.bandwidth(args.device, nbytes=(1 << 30) if cuda else (1 << 28))
     rows = []
     for size in sizes:
-        for provider in args.providers:
-            configs = ([(b, k, w) for b in backends for k in batches for w in work_dtypes
-                        if not (w == "float16" and b in ("torch", "cuda"))]      # float16 work: Triton only
-                       if provider == "synthgen" else [(None, 1, None)])
+        for provider in providers:
+            if provider == "synthgen":
+                configs = [(b, k, w) for b in backends for k in batches for w in work_dtypes
+                           if not (w == "float16" and b in ("torch", "cuda"))]      # float16 work: Triton only
+            elif provider == "synthgen+lesions":
+                configs = [(backends[0], k, "float32") for k in batches]
+            else:
+                configs = [(None, 1, None)]
             for backend, batch, work in configs:
                 row = {"provider": provider, "backend": backend or "", "size": size, "batch": batch,
                        "device": args.device, "work_dtype": work or ""}
                 try:
-                    if provider == "synthgen":
-                        run, gen = synthgen_provider(tissue, size, batch, args.device, work)
+                    if provider.startswith("synthgen"):
+                        lesions = LesionSource.procedural(affine) if provider == "synthgen+lesions" else None
+                        run, gen = synthgen_provider(tissue, size, batch, args.device, work, lesions)
                     else:
                         run, gen = PEERS[provider](tissue, size, args.device), None
                 except ImportError as err:
@@ -257,7 +267,7 @@ def main(argv=None):
                       f"{row['ms_per_sample']:.1f} ms/sample", file=sys.stderr)
     # ratios against the fastest peer of the same size, in this run
     for row in rows:
-        peers = [r["ms_per_sample"] for r in rows if r["size"] == row["size"] and r["provider"] != "synthgen"]
+        peers = [r["ms_per_sample"] for r in rows if r["size"] == row["size"] and not r["provider"].startswith("synthgen")]
         if row["provider"] == "synthgen" and peers:
             row["speedup_vs_fastest_peer"] = min(peers) / row["ms_per_sample"]
     print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {_git_sha()}; "
