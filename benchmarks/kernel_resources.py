@@ -38,7 +38,8 @@ def main(argv=None):
             warps = min(MAX_WARPS_PER_SM, blocks * use["warps"])
             rows.append(dict(kernel=name, arch=arch, flags=flags, float_pointers=types, **use,
                              occupancy=warps / MAX_WARPS_PER_SM))
-    print("| kernel | flags | float buffers | sm | regs/thread | stack (spills) | shared | warps | register-bound occupancy |")
+    print("| kernel | flags | float buffers | sm | regs/thread | stack (spills) | shared | warps "
+          "| register-bound occupancy |")
     print("|---|---|---|---|---|---|---|---|---|")
     seen = set()
     for r in rows:

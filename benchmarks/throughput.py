@@ -267,7 +267,8 @@ def main(argv=None):
                       f"{row['ms_per_sample']:.1f} ms/sample", file=sys.stderr)
     # ratios against the fastest peer of the same size, in this run
     for row in rows:
-        peers = [r["ms_per_sample"] for r in rows if r["size"] == row["size"] and not r["provider"].startswith("synthgen")]
+        peers = [r["ms_per_sample"] for r in rows
+                 if r["size"] == row["size"] and not r["provider"].startswith("synthgen")]
         if row["provider"] == "synthgen" and peers:
             row["speedup_vs_fastest_peer"] = min(peers) / row["ms_per_sample"]
     print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {_git_sha()}; "

@@ -4,8 +4,9 @@ Blur (``synthgen.ops.blur``): ``y[i] = sum_t k_b[t] * g(x[clamp(i - r_b + t, 0, 
 sampled Gaussian ``k_b`` of radius ``r_b`` (zero-padded to the batch's widest kernel) and ``g`` the identity or,
 folded in from the previous stage, the per-sample gamma ``g(v) = clamp((v - lo) / span, 0, 1) ** gamma * span + lo``.
 
-Resample (``thick_slices`` after its slice-profile blur): low-resolution samples ``L[k] = lerp(y, k r)`` for
-``k < n_low``, then ``out[i] = lerp(L, min(i / r, n_low - 1))``; samples with ``r <= 1`` are copied.
+Resample (``thick_slices`` after its motion blur + slice-profile kernel): low-resolution samples
+``L[k] = lerp(y, k r)`` for ``k < n_low``, then ``out[i] = lerp(L, min(i / r, n_low - 1))``; samples with
+``r <= 1`` are copied.
 
 Either pass can finish with an :class:`Epilogue` instead of a pass of its own: the acquisition noise
 (:func:`synthgen.kernels.triton_noise.noisy`) and per-block min/max partials of what it stores. Volumes may be

@@ -47,7 +47,8 @@ def noisy(v, b, offs, mask, N, std_ptr, seed_ptr, n1_ptr, n2_ptr,
 
 
 def randn(out, seeds, stream: int):
-    """Fill ``out`` ``(B, ...)`` (float32 or float16) with standard normals from ``seeds`` ``(B,)`` int64 on ``stream``."""
+    """Fill ``out`` ``(B, ...)`` (float32 or float16) with standard normals from ``seeds`` ``(B,)`` int64 on
+    ``stream``."""
     B = out.shape[0]
     N = out[0].numel()
     _randn_kernel[(triton.cdiv(N, BLOCK), B)](out, seeds, N, stream, BLOCK=BLOCK)
