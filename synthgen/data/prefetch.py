@@ -98,6 +98,13 @@ class Prefetcher:
                 continue
         return False
 
+    def _load(self, item):
+        """``load(item)`` with numpy arrays as tensors, host tensors pinned when asked."""
+        value = _to_tensors(self.load(item))
+        if self.pin_memory:
+            value = _map_tensors(value, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
+        return value
+
     def _work(self, items):
         stream = None
         if self._cuda:
@@ -116,16 +123,13 @@ class Prefetcher:
                     # load on the side stream too: device work that ``load`` launches (on-the-fly synthesis)
                     # overlaps the consumer's stream instead of queueing behind it
                     with torch.cuda.stream(stream):
-                        value = _to_tensors(self.load(item))
-                        if self.pin_memory:
-                            value = _map_tensors(value, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
-                        value = _map_tensors(value, lambda t: t.to(self.device, non_blocking=True))
+                        value = _map_tensors(self._load(item), lambda t: t.to(self.device, non_blocking=True))
                         event = torch.cuda.Event()
                         event.record(stream)
                 else:
-                    value = _to_tensors(self.load(item))
-                if stream is None and self.device is not None:
-                    value = _map_tensors(value, lambda t: t.to(self.device))
+                    value = self._load(item)
+                    if self.device is not None:
+                        value = _map_tensors(value, lambda t: t.to(self.device))
             except BaseException as err:   # handed to the consumer, re-raised there naming the item
                 self._put(("error", item, err))
                 return

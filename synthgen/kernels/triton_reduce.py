@@ -1,6 +1,7 @@
 """Per-sample reductions and the final elementwise pass (Triton).
 
-- min/max: one partial per block, reduced by torch over the (B, blocks) partials (deterministic, no atomics).
+- min/max: one partial per block (:func:`partial_minmax`, in the epilogue of the pass that produces the volume),
+  reduced by torch over the (B, blocks) partials (deterministic, no atomics).
 - histogram quantiles: level 1 bins ``t = (x - lo) * NB / (hi - lo)`` into ``NB = 4096`` bins over [min, max];
   level 2 re-bins the voxels of one level-1 bin (``frac(t) * NB``) into NB sub-bins, so a quantile is located to
   one sub-bin: ``|q - torch.quantile| <= 2 (max - min) / NB**2`` (the 2 covers float32 rounding of ``t``);
@@ -22,21 +23,11 @@ HIST_ITERS = 16      # blocks per histogram program: CHUNK = 16 Ki voxels, 1/4 a
 
 @triton.jit
 def partial_minmax(v, mask, pmin_ptr, pmax_ptr, b, pid, nblk):
-    """Store block ``pid``'s min and max of ``v`` at ``[b, pid]`` of the ``(B, nblk)`` partials (also used in
-    the epilogue of the pass that produces a volume, which then needs no min/max pass)."""
+    """Store block ``pid``'s min and max of ``v`` at ``[b, pid]`` of the ``(B, nblk)`` partials; called in the
+    epilogue of the pass that produces a volume, so no pass exists only for min/max."""
     v = v.to(tl.float32)
     tl.store(pmin_ptr + b * nblk + pid, tl.min(tl.where(mask, v, float("inf")), axis=0))
     tl.store(pmax_ptr + b * nblk + pid, tl.max(tl.where(mask, v, float("-inf")), axis=0))
-
-
-@triton.jit
-def _minmax_kernel(x_ptr, pmin_ptr, pmax_ptr, N, nblk, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    partial_minmax(tl.load(x_ptr + b.to(tl.int64) * N + offs, mask=mask, other=0.0), mask, pmin_ptr, pmax_ptr,
-                   b, pid, nblk)
 
 
 @triton.jit
@@ -142,15 +133,6 @@ class MinMax:
 
     def result(self):
         return self.pmin.amin(1), self.pmax.amax(1)
-
-
-def minmax(x):
-    """Per-sample ``(min, max)`` of ``x`` ``(B, ...)``, each ``(B,)``, without a host sync."""
-    B = x.shape[0]
-    N = x[0].numel()
-    mm = MinMax(B, triton.cdiv(N, BLOCK), x.device)
-    _minmax_kernel[(mm.nblk, B)](x, mm.pmin, mm.pmax, N, mm.nblk, BLOCK=BLOCK)
-    return mm.result()
 
 
 def histogram(x, lo, scale, select=None):
