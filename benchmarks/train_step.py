@@ -30,7 +30,9 @@ import synthgen  # noqa: E402
 from synthgen.data.prefetch import Prefetcher  # noqa: E402
 from synthgen.io import atomic_path  # noqa: E402
 from train.config import preset  # noqa: E402
-from train.loop import amp_dtype, load_tissues, make_lesion_source, resolve_device  # noqa: E402
+from synthgen.data.sources import tissue_maps  # noqa: E402
+from synthgen.data.training import training_lesions  # noqa: E402
+from train.loop import amp_dtype, resolve_device  # noqa: E402
 from train.losses import DiceCE  # noqa: E402
 from train.model import build_unet  # noqa: E402
 
@@ -61,8 +63,9 @@ def bench(preset_name: str, device: torch.device, steps: int, warmup: int, crop=
         cfg.generator.crop = crop
     cfg.device = str(device)
     cfg.validate()
-    tissues, affines = load_tissues(cfg, device)
-    lesions = make_lesion_source(cfg, "train", tissues[0], affines[0])
+    item = tissue_maps(voxel_size=cfg.generator.voxel_size).load(0)      # the bundled map
+    tissue, affine = item.tensor().to(device), item.affine
+    lesions, _ = training_lesions(cfg.data.lesion)
     gen = synthgen.SynthGenerator(cfg.generator, lesions=lesions)
     model = build_unet(**cfg.model_kwargs()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
@@ -70,7 +73,7 @@ def bench(preset_name: str, device: torch.device, steps: int, warmup: int, crop=
     dtype = amp_dtype(cfg, device)
 
     def synth(i):
-        return gen(tissues[0], seed=0, index=i, batch_size=cfg.batch_size)
+        return gen(tissue, seed=0, index=i, batch_size=cfg.batch_size, affine=affine)
 
     def step(image, target):
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():

@@ -70,11 +70,12 @@ __device__ __forceinline__ float sg_lerp3(const float* v, const sg_corners* q) {
     const float* elastic, int n1, int n2, int n3, float es1, float es2, float es3,                          \
     const float* bias, int m1, int m2, int m3, float bs1, float bs2, float bs3,                             \
     const float* mu, const float* sigma, int L, const float* texture, const float* tex_scale,               \
-    const unsigned char* flip, int D, int H, int W, float* image, unsigned char* target
+    const unsigned char* flip, int D, int H, int W, float* image, unsigned char* target,                    \
+    const unsigned char* classes, int lesion_class
 #define SG_WARP_ARGS                                                                                        \
     labels, probs, K, tis_bstride, X, Y, Z, lesion, les_bstride, threshold, matrix, center, elastic, n1, n2, \
     n3, es1, es2, es3, bias, m1, m2, m3, bs1, bs2, bs3, mu, sigma, L, texture, tex_scale, flip, D, H, W,     \
-    image, target
+    image, target, classes, lesion_class
 
 #ifdef SG_HOST
 #define SG_INF HUGE_VALF
@@ -117,7 +118,8 @@ __device__ __forceinline__ void sg_partial_minmax(float v, bool valid, float* pm
 }
 
 // one output voxel o of sample b: writes its image value and (flipped) target, returns the image value.
-// labels != nullptr: nearest label map (1 channel); else probs (K channels). lesion may be nullptr.
+// labels != nullptr: nearest label map (1 channel); else probs (K channels). lesion may be nullptr. classes maps
+// a label (or the most probable channel) to its target class.
 __device__ __forceinline__ float sg_warp_voxel(SG_WARP_PARAMS, long long o, int b) {
     const long long N = (long long)D * H * W;
     const int d = (int)(o / ((long long)H * W)), h = (int)((o / W) % H), w = (int)(o % W);
@@ -148,7 +150,7 @@ __device__ __forceinline__ float sg_warp_voxel(SG_WARP_PARAMS, long long o, int 
         int lab = in ? (int)labels[b * tis_bstride + ((long long)ix * Y + iy) * Z + iz] : 0;
         mean = mub[lab];
         stdv = sgb[lab];
-        cls = lab < 5 ? lab : 0;
+        cls = classes[lab];                            // label -> target class
     } else {
         sg_corners q;
         sg_corners_of(cx, cy, cz, X, Y, Z, &q);
@@ -167,7 +169,7 @@ __device__ __forceinline__ float sg_warp_voxel(SG_WARP_PARAMS, long long o, int 
         mean += p0 * mub[0];
         stdv += p0 * sgb[0];
         if (p0 >= best) cls = 0;
-        if (cls >= 5) cls = 0;
+        cls = classes[cls];                            // channel -> target class
     }
     const float t = texture[(long long)b * N + o] * tex_scale[b];
     float img = mean + stdv * t;
@@ -178,7 +180,7 @@ __device__ __forceinline__ float sg_warp_voxel(SG_WARP_PARAMS, long long o, int 
         float wi = fminf(fmaxf(sg_lerp3(lb, &q), 0.0f), 1.0f);
         float wl = sg_lerp3(lb + XYZ, &q);
         img = img * (1.0f - wi) + (mub[L - 1] + sgb[L - 1] * t) * wi;
-        if (wl > threshold) cls = 5;
+        if (wl > threshold) cls = lesion_class;
     }
     if (bias) {
         float f;

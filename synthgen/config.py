@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 TISSUE_CLASSES = ("background", "gm", "wm", "pv", "csf")
 TARGET_CLASSES = ("background", "gm", "wm", "pv", "csf", "lesion")
 LESION_CLASS = 5
+NON_BRAIN = 5                 # tissue class of the extra non-brain labels (scalp, skull, ...): background in targets
+DEFAULT_NUM_LABELS = 15       # labels 0..14 in our convention (0-4 the tissue classes, 5-14 non-brain tissues)
+MAX_LABELS = 256              # hard labels are uint8 on the device
 
 
 def _check_range(name: str, lo_hi, lo_bound=None, hi_bound=None):
@@ -164,6 +167,68 @@ class SmoothConfig:
         _check_range("smooth.fwhm", self.fwhm, 0.0)
 
 
+def _int_table(name: str, value, lo: int, hi: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (tuple, list)) or not value or any(
+            isinstance(v, bool) or int(v) != v or not lo <= v <= hi for v in value):
+        raise ValueError(f"`{name}` must be a non-empty sequence of integers in [{lo}, {hi}], got {value!r}")
+
+
+@dataclass
+class LabelConfig:
+    """What the labels of a hard-label tissue map mean (SynthSeg's generation labels, classes and output labels).
+
+    Label ``g`` of the map draws its intensity from Gaussian ``gaussians[g]`` (labels sharing a number share one
+    distribution, e.g. the left and right copy of a structure), belongs to tissue class ``classes[g]`` (which
+    decides the 6-class target, where lesions may grow and what a skull-strip removes) and, for
+    ``GeneratorConfig.target == "labels"``, has target class ``targets[g]``. A mapping
+    (:class:`synthgen.data.LabelMapping`, e.g. ``--label-map freesurfer``) fills these in; the default is our
+    convention, in which every label is its own Gaussian and its own class. Soft maps read channel ``k`` as label
+    ``k``. Billot et al. 2023 (SynthSeg), doi:10.1016/j.media.2023.102789.
+    """
+    classes: tuple | None = None      # tissue class of each label (index = label): 0 background, 1 GM, 2 WM,
+                                      # 3 PV, 4 CSF, 5 non-brain. None: labels 0-4 are their own class,
+                                      # 5..14 non-brain (the bundled map, MultiBrain maps)
+    gaussians: tuple | None = None    # Gaussian of each label (labels with one number share it); None: one each
+    targets: tuple | None = None      # target class of each label for target "labels" (0 background); the
+                                      # lesion class is max(targets) + 1
+    target_names: tuple | None = None   # names of target classes 0..max(targets) (logs, metrics)
+    names: tuple | None = None        # name of each label (e.g. its source label value), for reports
+
+    @property
+    def num_labels(self) -> int:
+        """How many labels a map may hold (labels 0 .. num_labels - 1; channels of a soft map)."""
+        return len(self.classes) if self.classes is not None else DEFAULT_NUM_LABELS
+
+    @property
+    def num_gaussians(self) -> int:
+        return max(self.gaussians) + 1 if self.gaussians is not None else self.num_labels
+
+    def class_table(self) -> tuple:
+        """Tissue class of every label."""
+        if self.classes is not None:
+            return tuple(int(c) for c in self.classes)
+        return tuple(min(g, NON_BRAIN) for g in range(DEFAULT_NUM_LABELS))
+
+    def validate(self) -> "LabelConfig":
+        n = self.num_labels
+        _int_table("labels.classes", self.classes, 0, NON_BRAIN)
+        if n > MAX_LABELS:
+            raise ValueError(f"`labels.classes` must describe at most {MAX_LABELS} labels (uint8 maps), got {n}")
+        for name in ("gaussians", "targets", "names"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"`labels.{name}` must have one entry per label ({n}), got {len(value)}")
+        _int_table("labels.gaussians", self.gaussians, 0, MAX_LABELS - 1)
+        _int_table("labels.targets", self.targets, 0, MAX_LABELS - 2)
+        if self.target_names is not None:
+            if self.targets is None or len(self.target_names) != max(self.targets) + 1:
+                raise ValueError(f"`labels.target_names` must name target classes 0..max(targets), got "
+                                 f"{len(self.target_names)} names for targets {self.targets!r}")
+        return self
+
+
 @dataclass
 class GeneratorConfig:
     """The whole synthetic-sample pipeline (paper section 2, steps in order)."""
@@ -183,7 +248,9 @@ class GeneratorConfig:
     skull_strip_probability: float = 0.3   # paper: random skull-stripping on 30 % of samples
     flip_probability: float = 0.5   # per axis; paper: random flipping in all axes
     lesion_threshold: float = 0.5   # lesion weight above which a voxel is lesion in the target
-    target: str = "tissue"          # "tissue": 6 classes (TARGET_CLASSES); "lesion": binary (paper's baseline)
+    target: str = "tissue"          # "tissue": 6 classes (TARGET_CLASSES); "lesion": binary (paper's baseline);
+                                    # "labels": the label set of labels.targets, lesion last (e.g. a parcellation)
+    labels: LabelConfig = field(default_factory=LabelConfig)   # meaning of hard labels (one Gaussian per label)
     image_dtype: str = "float32"    # output image: "float32", "float16" or "bfloat16" (target: uint8); the GPU
                                     # fast path writes it directly (half the bytes for a bf16 autocast model)
     work_dtype: str = "float32"     # intermediate volumes of the GPU fast path (synthgen.fast): "float32" gives
@@ -203,8 +270,12 @@ class GeneratorConfig:
         _check_prob("flip_probability", self.flip_probability)
         if not 0 < self.lesion_threshold < 1:
             raise ValueError(f"`lesion_threshold` must be in (0, 1), got {self.lesion_threshold}")
-        if self.target not in ("tissue", "lesion"):
-            raise ValueError(f"`target` must be 'tissue' or 'lesion', got {self.target!r}")
+        if self.target not in ("tissue", "lesion", "labels"):
+            raise ValueError(f"`target` must be 'tissue', 'lesion' or 'labels', got {self.target!r}")
+        self.labels.validate()
+        if self.target == "labels" and self.labels.targets is None:
+            raise ValueError("`target` 'labels' needs a target label set (`labels.targets`, from a label mapping "
+                             "with a \"target\" list, e.g. --label-map freesurfer), got none")
         if self.image_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"`image_dtype` must be 'float32', 'float16' or 'bfloat16', got {self.image_dtype!r}")
         if self.work_dtype not in ("float32", "float16"):
@@ -213,7 +284,25 @@ class GeneratorConfig:
 
     @property
     def num_target_classes(self) -> int:
+        """Classes of the target, lesion last."""
+        if self.target == "labels":
+            return max(self.labels.targets) + 2
         return len(TARGET_CLASSES) if self.target == "tissue" else 2
+
+    @property
+    def target_class_names(self) -> tuple:
+        if self.target == "labels":
+            names = self.labels.target_names or tuple(f"label_{i}" for i in range(max(self.labels.targets) + 1))
+            return tuple(names) + ("lesion",)
+        return TARGET_CLASSES if self.target == "tissue" else ("background", "lesion")
+
+    def target_table(self) -> tuple[tuple, int]:
+        """``(table, lesion)``: the class each label is drawn as in the target before flips and binarisation
+        (tissue classes, non-brain as background; or ``labels.targets``), and the lesion's class there.
+        ``target == "lesion"`` binarises this target afterwards (a skull-strip still needs the tissue classes)."""
+        if self.target == "labels":
+            return tuple(int(t) for t in self.labels.targets), max(self.labels.targets) + 1
+        return tuple(0 if c == NON_BRAIN else c for c in self.labels.class_table()), LESION_CLASS
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": to
 WORK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
     """A host tensor on ``device`` without a host sync: on CUDA through pinned memory and a non-blocking copy
     (torch's pinned-memory allocator keeps the block until the copy has run). A plain ``.to("cuda")`` of a host
     tensor waits for the stream, i.e. for every kernel queued before it, and the host could not run ahead."""
@@ -49,7 +50,7 @@ def _kernel_table(device, *fwhms):
     taps, radius = gaussian_kernel_table(*fwhms)
     table = torch.from_numpy(taps.astype(np.float32))
     radius_t = torch.from_numpy(radius.astype(np.int32))
-    return _to_device(table, device), _to_device(radius_t, device), int(radius.max(initial=0))
+    return to_device(table, device), to_device(radius_t, device), int(radius.max(initial=0))
 
 
 def _blur_passes(fwhm_rows, device):
@@ -89,7 +90,7 @@ def hist_quantiles(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qs, leve
         k0 = math.floor(pos)
         ranks += [k0, min(k0 + 1, N - 1)]
         weights.append(pos - k0)
-    ranks_t = _to_device(torch.tensor(ranks, dtype=torch.int64), x.device).expand(B, -1).contiguous()
+    ranks_t = to_device(torch.tensor(ranks, dtype=torch.int64), x.device).expand(B, -1).contiguous()
     h1 = tr.histogram(x, lo, scale).long()
     c1 = h1.cumsum(1)
     bin1 = torch.searchsorted(c1, ranks_t, right=True).clamp(max=NB - 1)
@@ -106,8 +107,70 @@ def hist_quantiles(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qs, leve
         pos_in_bin = bin1.double() + (sub.double() + frac).squeeze(-1) / NB
     vals = lo.double().unsqueeze(1) + pos_in_bin * (span / NB).unsqueeze(1)
     vals = torch.minimum(torch.maximum(vals, lo.double().unsqueeze(1)), hi.double().unsqueeze(1))
-    w = _to_device(torch.tensor(weights, dtype=torch.float64), x.device)
+    w = to_device(torch.tensor(weights, dtype=torch.float64), x.device)
     return (vals[:, 0::2] * (1 - w) + vals[:, 1::2] * w).float()
+
+
+@dataclass
+class WarpArgs:
+    """Everything one launch of the fused warp (``triton_warp`` or ``cuda_loader``) reads and writes."""
+    tissue: torch.Tensor            # (1 | B, C, X, Y, Z) uint8 labels or float probabilities, contiguous
+    tissue_bstride: int             # elements between the maps of two samples (0: one map for all)
+    lesion: torch.Tensor | None     # (1 | B, 2, X, Y, Z) float32 [intensity weight, label weight], or None
+    lesion_bstride: int
+    threshold: float                # label weight above which a voxel is lesion
+    matrix: torch.Tensor            # (B, 9) float32
+    center: torch.Tensor            # (B, 3) float32
+    elastic: torch.Tensor           # (B, 3, n, n, n) float32 B-spline coefficients (voxels)
+    bias: torch.Tensor              # (B, 1, m, m, m) float32 log-field coefficients
+    mu: torch.Tensor                # (B, L + 1) float32 per-label means, the lesion's last
+    sigma: torch.Tensor             # (B, L + 1) float32
+    texture: torch.Tensor           # (B, *crop) unit texture (work dtype)
+    tex_scale: torch.Tensor         # (B,) float32, multiplies the texture
+    flip: torch.Tensor              # (B, 3) uint8
+    crop: tuple
+    image: torch.Tensor             # (B, *crop) out: intensity after GMM, lesion and bias (work dtype)
+    target: torch.Tensor            # (B, *crop) uint8 out: target class, flipped
+    classes: torch.Tensor           # (L,) uint8 label -> target class
+    lesion_class: int
+
+
+def warp_args(tissue, lesion, params: SampleParams, texture, tex_scale, image, target, tables,
+              threshold: float) -> WarpArgs:
+    """The fused warp's :class:`WarpArgs` for a batch: per-sample parameters uploaded without a host sync.
+
+    Args:
+        tissue: ``(1 | B, C, X, Y, Z)`` labels (any integer dtype) or probabilities (float32 / float16 are read
+            as they are).
+        lesion: ``(intensity_weight, label_weight)``, each ``(1 | B, 1, X, Y, Z)``, or None.
+        tables: ``(classes, lesion_class)`` as :func:`label_tables`.
+    """
+    dev = image.device
+    B = len(params)
+    pc = params.to("cpu")
+
+    def up(t, dtype=torch.float32):
+        return to_device(t.to(dtype).contiguous(), dev)
+
+    if not tissue.is_floating_point():
+        tissue = tissue.to(torch.uint8)
+    elif tissue.dtype not in (torch.float32, torch.float16):
+        tissue = tissue.to(torch.float32)
+    tis = (tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue).contiguous()
+    les = None
+    if lesion is not None:
+        les = torch.cat([lesion[0], lesion[1]], 1).to(device=dev, dtype=torch.float32).contiguous()
+    return WarpArgs(tis, 0 if tis.shape[0] == 1 else tis[0].numel(), les,
+                    0 if les is None or les.shape[0] == 1 else les[0].numel(), float(threshold),
+                    up(pc.matrix.reshape(B, 9)), up(pc.center), up(pc.elastic), up(pc.bias), up(pc.gmm_mu),
+                    up(pc.gmm_sigma), texture, tex_scale, up(pc.flip, torch.uint8),
+                    tuple(int(c) for c in image.shape[1:]), image, target, tables[0], int(tables[1]))
+
+
+def label_tables(config: GeneratorConfig, device) -> tuple[torch.Tensor, int]:
+    """``config.target_table()`` as a uint8 device tensor, and the lesion class."""
+    table, lesion = config.target_table()
+    return to_device(torch.tensor(table, dtype=torch.uint8), device), lesion
 
 
 def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels):
@@ -141,7 +204,7 @@ def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels)
 @torch.no_grad()
 def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleParams, lesion=None,
                   backend: str = "triton", *, texture: torch.Tensor | None = None, noise=None,
-                  clip_levels: int = 2):
+                  clip_levels: int = 2, tables=None):
     """The generator's batch through the fast kernels.
 
     Args:
@@ -154,6 +217,7 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         texture: unit-variance within-class texture ``(B, 1, *crop)`` to use instead of drawing it (tests).
         noise: two standard-normal volumes ``(B, 1, *crop)`` to use instead of Philox (tests).
         clip_levels: histogram levels of the percentile clip (see :func:`hist_quantiles`).
+        tables: ``(target_of_label, lesion_class)`` as :func:`label_tables` gives them (None: made here).
 
     Returns:
         ``image`` ``(B, 1, *crop)`` and ``target`` ``(B, *crop)`` uint8, as :class:`SynthGenerator`.
@@ -169,19 +233,12 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     pc = params.to("cpu")                       # host copies for kernel tables and launch decisions
 
     def up(t, dtype=torch.float32):             # per-sample parameters, uploaded without a host sync
-        return _to_device(t.to(dtype).contiguous(), dev)
+        return to_device(t.to(dtype).contiguous(), dev)
 
     f32 = dict(device=dev, dtype=torch.float32)
     seeds, flip, strip = up(pc.noise_key, torch.int64), up(pc.flip, torch.uint8), up(pc.skull_strip, torch.uint8)
-
-    labels = not tissue.is_floating_point()
-    tis = tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue
-    tis = (tis.to(torch.uint8) if labels else tis.to(torch.float32)).contiguous()
-    tis_bstride = 0 if tis.shape[0] == 1 else tis[0].numel()
-    les, les_bstride = None, 0
-    if lesion is not None:
-        les = torch.cat([lesion[0], lesion[1]], 1).to(**f32).contiguous()
-        les_bstride = 0 if les.shape[0] == 1 else les[0].numel()
+    if tissue.is_floating_point():
+        tissue = tissue.to(torch.float32)
 
     a = torch.empty(B, *crop, device=dev, dtype=work_dtype)
     tmp = torch.empty_like(a)
@@ -196,14 +253,14 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         tscale = up(torch.from_numpy(np.sqrt((taps ** 2).sum(1)) ** -3))
         image, spare = tmp, tex                 # the texture buffer is free once the warp has read it
     target = torch.empty(B, *crop, device=dev, dtype=torch.uint8)
-    warp_args = (tis, tis_bstride, les, les_bstride, config.lesion_threshold, up(pc.matrix.reshape(B, 9)),
-                 up(pc.center), up(pc.elastic), up(pc.bias), up(pc.gmm_mu), up(pc.gmm_sigma), tex, tscale, flip,
-                 crop, image, target)
+    tables = tables if tables is not None else label_tables(config, dev)
     if backend == "cuda":
         from .kernels import cuda_loader as warp
     else:
         from .kernels import triton_warp as warp
-    lo, hi = warp.warp_sample(*warp_args, minmax=True)
+    lo, hi = warp.warp_sample(warp_args(tissue, lesion, pc, tex, tscale, image, target, tables,
+                                        config.lesion_threshold), minmax=True)
+    lesion_class = tables[1]
 
     # per axis: motion blur and slice profile as one kernel, thick-slice resample. Axes commute, so the gamma
     # (applied to every tap) rides on the narrowest kernel, run first. The noise is added in the epilogue of
@@ -246,5 +303,5 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     std = (m2 / N).sqrt()
     ms = torch.stack([mean, 1.0 / std.clamp(min=1e-6)], 1).float().contiguous()
     out = torch.empty(B, 1, *crop, device=dev, dtype=OUT_DTYPES[config.image_dtype])
-    triton_reduce.finalise(x, target, out, q, strip, flip, ms, crop, config.target == "lesion")
+    triton_reduce.finalise(x, target, out, q, strip, flip, ms, crop, config.target == "lesion", lesion_class)
     return out, target

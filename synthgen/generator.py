@@ -15,22 +15,20 @@ import torch
 
 from . import fast, ops
 from .backend import select_backend
-from .config import LESION_CLASS, GeneratorConfig
-from .sampling import MAX_TISSUE_CHANNELS, SampleParams, generator_for, sample_params
-
-# tissue channel / label -> target class: bg, GM, WM, PV, CSF keep their index, extra channels -> background
-_TISSUE_TO_TARGET = torch.tensor([0, 1, 2, 3, 4] + [0] * (MAX_TISSUE_CHANNELS - 5), dtype=torch.uint8)
+from .config import DEFAULT_NUM_LABELS, GeneratorConfig
+from .sampling import SampleParams, generator_for, sample_params
 
 
-def check_tissue(tissue: torch.Tensor) -> None:
-    """Raise a clear error unless ``tissue`` is a batch of label maps or probability maps."""
+def check_tissue(tissue: torch.Tensor, num_labels: int = DEFAULT_NUM_LABELS) -> None:
+    """Raise a clear error unless ``tissue`` is a batch of label maps (labels < ``num_labels``) or probability maps
+    (at most ``num_labels`` channels)."""
     if not isinstance(tissue, torch.Tensor):
         raise TypeError(f"`tissue` must be a torch.Tensor, got {type(tissue).__name__}")
     if tissue.ndim != 5:
         raise ValueError(f"`tissue` must be (B, C, D, H, W), got shape {tuple(tissue.shape)}")
     if tissue.is_floating_point():
-        if tissue.shape[1] < 2 or tissue.shape[1] > MAX_TISSUE_CHANNELS:
-            raise ValueError(f"probability `tissue` must have 2..{MAX_TISSUE_CHANNELS} channels "
+        if tissue.shape[1] < 2 or tissue.shape[1] > num_labels:
+            raise ValueError(f"probability `tissue` must have 2..{num_labels} channels "
                              f"[bg, GM, WM, PV, CSF, ...], got {tissue.shape[1]}")
         if not bool(torch.isfinite(tissue).all()):
             raise ValueError("`tissue` probabilities contain NaN or Inf")
@@ -41,10 +39,50 @@ def check_tissue(tissue: torch.Tensor) -> None:
         if tissue.shape[1] != 1:
             raise ValueError(f"integer `tissue` labels must have 1 channel, got shape {tuple(tissue.shape)}")
         lo, hi = int(tissue.min()), int(tissue.max())
-        if lo < 0 or hi >= MAX_TISSUE_CHANNELS:
-            raise ValueError(f"`tissue` labels must be in [0, {MAX_TISSUE_CHANNELS - 1}], got [{lo}, {hi}]")
+        if lo < 0 or hi >= num_labels:
+            raise ValueError(f"`tissue` labels must be in [0, {num_labels - 1}] (GeneratorConfig.labels: a label "
+                             f"mapping describes larger label sets), got [{lo}, {hi}]")
     else:
         raise TypeError(f"`tissue` must be integer labels or float probabilities, got dtype {tissue.dtype}")
+
+
+def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture: torch.Tensor, crop,
+                    classes: torch.Tensor, lesion_class: int, threshold: float):
+    """The warp + sampling + GMM + bias stage of the pipeline, by the reference ops: what one fused kernel does
+    on the GPU (:func:`synthgen.fast.warp_args`), and the definition it is tested against.
+
+    One transform (affine + elastic) pulls the tissue map (nearest for labels, linear for probabilities; outside
+    the map is background) and the lesion weights onto the output grid; the GMM draws each label's intensity with
+    the within-class ``texture``, the lesion is blended in by its intensity weight, the bias field multiplies.
+
+    Args:
+        tissue: ``(B, 1, X, Y, Z)`` integer labels or ``(B, K, X, Y, Z)`` probabilities.
+        lesion: ``(intensity_weight, label_weight)``, each ``(B, 1, X, Y, Z)``, or None.
+        params: the batch's parameters on ``tissue``'s device.
+        texture: ``(B, 1, *crop)`` unit-variance texture.
+        classes: ``(L,)`` uint8 target class of each label (or channel), ``lesion_class`` the lesion's.
+        threshold: label weight above which a voxel is lesion.
+
+    Returns:
+        ``(image, target)``: ``(B, 1, *crop)`` float32 and uint8, before flips.
+    """
+    coords = ops.affine_elastic_coords(crop, params.matrix, params.center, params.elastic)
+    if tissue.is_floating_point():
+        probs = ops.grid_pull(tissue.float(), coords, "linear")
+        outside = (1 - probs.sum(1, keepdim=True)).clamp(min=0)
+        warped = torch.cat([probs[:, :1] + outside, probs[:, 1:]], 1)   # outside the map is background
+        label = warped.argmax(1, keepdim=True)
+    else:
+        warped = ops.grid_pull(tissue, coords, "nearest")
+        label = warped.long()
+    target = classes[label]                                                  # (B, 1, *crop) uint8
+    w_int = None
+    if lesion is not None:
+        w = ops.grid_pull(torch.cat([lesion[0], lesion[1]], 1).float(), coords, "linear")
+        w_int, w_lab = w[:, :1].clamp(0, 1), w[:, 1:]
+        target = torch.where(w_lab > threshold, torch.full_like(target, lesion_class), target)
+    image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture, w_int)
+    return ops.bias_field(image, params.bias), target
 
 
 class SynthGenerator:
@@ -58,8 +96,9 @@ class SynthGenerator:
 
     Args:
         config: the ranges (:class:`synthgen.config.GeneratorConfig`); the paper's by default.
-        lesions: an object with ``sample(tissue, keys) -> (intensity_weight, label_weight) | None`` (see
-            :mod:`synthgen.lesions`), or None for healthy samples.
+        lesions: an object with ``sample(tissue, keys, affine=None, classes=None) -> (intensity_weight,
+            label_weight) | None`` (see :class:`synthgen.lesions.LesionSource`: ``affine`` is the map's voxel ->
+            world affine, ``classes`` the tissue class of each label), or None for healthy samples.
     """
 
     def __init__(self, config: GeneratorConfig | None = None, lesions=None):
@@ -68,6 +107,15 @@ class SynthGenerator:
         self.stage_ms: dict[str, float] = {}
         self.profile = False
         self._checked: dict = {}
+        self._tables: dict = {}
+
+    def label_tables(self, device) -> tuple[torch.Tensor, int]:
+        """``(target_of_label, lesion_class)``: the uint8 table of ``config.target_table()`` on ``device``
+        (uploaded once per device) and the lesion's class."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = fast.label_tables(self.config, device)
+        return self._tables[device]
 
     @contextmanager
     def _stage(self, name: str, device):
@@ -85,14 +133,15 @@ class SynthGenerator:
     def _check_tissue_once(self, tissue: torch.Tensor) -> None:
         """:func:`check_tissue` once per map (again after an in-place change): its min/max would otherwise be a
         host sync on every batch, which stops the host from queueing work ahead of a GPU."""
+        num_labels = self.config.labels.num_labels
         if not isinstance(tissue, torch.Tensor):
-            check_tissue(tissue)                # raises the clear error
+            check_tissue(tissue, num_labels)    # raises the clear error
         key = (tissue.data_ptr(), tissue._version, tuple(tissue.shape), tuple(tissue.stride()), tissue.dtype,
                tissue.device)
         ref = self._checked.get(key)
         if ref is not None and ref() is tissue:
             return
-        check_tissue(tissue)
+        check_tissue(tissue, num_labels)
         if len(self._checked) >= 64:
             self._checked.clear()
         self._checked[key] = weakref.ref(tissue)
@@ -103,20 +152,23 @@ class SynthGenerator:
 
     @torch.no_grad()
     def __call__(self, tissue: torch.Tensor, seed: int = 0, index: int = 0, batch_size: int | None = None,
-                 params: SampleParams | None = None, return_params: bool = False):
+                 params: SampleParams | None = None, return_params: bool = False, affine=None):
         """Generate a batch.
 
         Args:
-            tissue: ``(B, 1, D, H, W)`` integer labels (0 bg, 1 GM, 2 WM, 3 PV, 4 CSF, 5+ extra non-brain) or
-                ``(B, K, D, H, W)`` float probabilities in that channel order. ``B == 1`` is broadcast.
+            tissue: ``(B, 1, D, H, W)`` integer labels (0 bg, 1 GM, 2 WM, 3 PV, 4 CSF, 5+ extra non-brain; or any
+                label set that ``config.labels`` describes) or ``(B, K, D, H, W)`` float probabilities in that
+                channel order. ``B == 1`` is broadcast.
             seed, index: sample ``i`` of the batch is sample ``index + i`` of stream ``seed``.
             batch_size: number of samples (default: the tissue batch).
             params: replay these parameters instead of drawing new ones.
             return_params: also return the :class:`SampleParams` used.
+            affine: the map's 4x4 voxel -> world (MNI mm) affine; lesion sources place their masks by it
+                (None: the lesion source's own).
 
         Returns:
-            ``image`` ``(B, 1, *crop)`` float32 z-normalised and ``target`` ``(B, *crop)`` uint8 (6 classes, or
-            0/1 when ``config.target == "lesion"``), [and ``params``].
+            ``image`` ``(B, 1, *crop)`` float32 z-normalised and ``target`` ``(B, *crop)`` uint8 (6 classes, 0/1
+            when ``config.target == "lesion"``, or ``config.labels.targets`` and the lesion), [and ``params``].
         """
         self._check_tissue_once(tissue)
         dev = tissue.device
@@ -132,38 +184,25 @@ class SynthGenerator:
         cfg = self.config
         crop = tuple(int(c) for c in cfg.crop)
 
+        table, lesion_class = self.label_tables(dev)
         with self._stage("lesion", dev):
-            lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key]) if self.lesions else None
+            lesion = None
+            if self.lesions:
+                lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key], affine=affine,
+                                             classes=cfg.labels.class_table())
         backend = select_backend(dev, available=fast.AVAILABLE)
         if backend != "torch":      # fused kernels (synthgen.fast); same parameters, same maths
-            image, target = fast.generate_fast(cfg, tissue, params, lesion, backend)
+            image, target = fast.generate_fast(cfg, tissue, params, lesion, backend, tables=(table, lesion_class))
             return (image, target, params) if return_params else (image, target)
         p = params.to(dev)
-        with self._stage("warp", dev):
-            coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
-            if tissue.is_floating_point():
-                probs = ops.grid_pull(tissue.float(), coords, "linear")
-                outside = (1 - probs.sum(1, keepdim=True)).clamp(min=0)
-                probs = torch.cat([probs[:, :1] + outside, probs[:, 1:]], 1)   # outside the map is background
-                tissue_class = probs.argmax(1, keepdim=True)
-                warped = probs
-            else:
-                warped = ops.grid_pull(tissue, coords, "nearest")
-                tissue_class = warped.long()
-            target = _TISSUE_TO_TARGET.to(dev)[tissue_class]                       # (B, 1, *crop) uint8
-            w_int = None
-            if lesion is not None:
-                w = ops.grid_pull(torch.cat([lesion[0], lesion[1]], 1).float(), coords, "linear")
-                w_int, w_lab = w[:, :1].clamp(0, 1), w[:, 1:]
-                target = torch.where(w_lab > cfg.lesion_threshold, torch.full_like(target, LESION_CLASS), target)
-            brain = target > 0
-        with self._stage("gmm", dev):
+        with self._stage("warp_gmm_bias", dev):
             gens = [generator_for(int(k), dev) for k in params.noise_key]
             texture = ops.texture_noise(crop, p.gmm_fwhm, gens, device=dev)
-            image = ops.gmm_sample(warped, p.gmm_mu, p.gmm_sigma, texture, w_int)
-            del texture, warped
-        with self._stage("bias_gamma", dev):
-            image = ops.bias_field(image, p.bias)
+            image, target = warp_sample_ref(tissue, lesion, p, texture, crop, table, lesion_class,
+                                            cfg.lesion_threshold)
+            brain = target > 0
+            del texture
+        with self._stage("gamma", dev):
             image = ops.gamma_transform(image, p.gamma)
         with self._stage("blur", dev):
             image = ops.thick_slices(image, p.spacing, p.motion_fwhm)     # motion blur + slice profile
@@ -178,5 +217,5 @@ class SynthGenerator:
             image = ops.z_normalise(image).to(getattr(torch, cfg.image_dtype))
         target = target[:, 0]
         if cfg.target == "lesion":
-            target = (target == LESION_CLASS).to(torch.uint8)
+            target = (target == lesion_class).to(torch.uint8)
         return (image, target, params) if return_params else (image, target)

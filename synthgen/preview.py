@@ -73,7 +73,7 @@ def _lesion_source(kind: str, tissue: torch.Tensor, affine, pattern: str | None 
     from .lesions import LesionSource
     if kind == "procedural":
         return LesionSource.procedural(affine=affine)
-    return LesionSource.from_folder(kind, like_shape=tuple(tissue.shape[2:]), like_affine=affine, pattern=pattern)
+    return LesionSource.from_folder(kind, pattern=pattern, affine=affine)
 
 
 def main(argv=None) -> int:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import GeneratorConfig
+from .config import DEFAULT_NUM_LABELS, GeneratorConfig
 
 _MASK64 = (1 << 64) - 1
-MAX_TISSUE_CHANNELS = 15      # class Gaussians drawn per sample; the lesion uses one more (the last)
+MAX_TISSUE_CHANNELS = DEFAULT_NUM_LABELS   # Gaussians drawn at least per sample; the lesion uses one more (last)
 
 
 def _splitmix64(x: int) -> int:
@@ -66,8 +66,8 @@ class SampleParams:
     matrix: torch.Tensor          # (B, 3, 3) float64, output offsets -> input offsets (voxels)
     center: torch.Tensor          # (B, 3) float64, input voxel at the centre of the output crop
     elastic: torch.Tensor         # (B, 3, n, n, n) float32, B-spline coefficients of the displacement (voxels)
-    gmm_mu: torch.Tensor          # (B, MAX_TISSUE_CHANNELS + 1) class means; the last one is the lesion's
-    gmm_sigma: torch.Tensor       # (B, MAX_TISSUE_CHANNELS + 1) class stds
+    gmm_mu: torch.Tensor          # (B, L + 1) mean of each label (L >= 15 labels); the last one is the lesion's
+    gmm_sigma: torch.Tensor       # (B, L + 1) std of each label
     gmm_fwhm: torch.Tensor        # (B,) within-class smoothing FWHM (voxels)
     bias: torch.Tensor            # (B, 1, m, m, m) float32, B-spline coefficients of the log bias field
     gamma: torch.Tensor           # (B,) gamma exponent
@@ -132,13 +132,18 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int) -> Samp
     el_std = _uniform(g, 0, c.elastic.max_std).float() * mm
     elastic = torch.randn(3, n, n, n, generator=g) * el_std
 
-    k = MAX_TISSUE_CHANNELS + 1
+    # one Gaussian per label, or per group of labels tied together (c.labels.gaussians), then the lesion's; at
+    # least 15 + 1 are drawn, so that label sets of up to 15 labels draw the same numbers
+    k = max(MAX_TISSUE_CHANNELS, c.labels.num_gaussians) + 1
     mu = _uniform(g, *c.gmm.mu, k).float()
     if c.gmm.lesion_mu is not None:      # same draw, rescaled: the order of draws never changes
         lo, hi = c.gmm.mu
         u = (mu[-1] - lo) / (hi - lo) if hi > lo else torch.zeros(())
         mu[-1] = c.gmm.lesion_mu[0] + (c.gmm.lesion_mu[1] - c.gmm.lesion_mu[0]) * u
     sigma = _uniform(g, *c.gmm.sigma, k).float()
+    if c.labels.gaussians is not None:   # per label: its group's Gaussian (a table lookup in the kernels)
+        of_label = torch.tensor(list(c.labels.gaussians) + [k - 1])
+        mu, sigma = mu[of_label], sigma[of_label]
     fwhm = _uniform(g, *c.gmm.fwhm).float() * mm
 
     m = c.bias.control_points

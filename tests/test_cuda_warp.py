@@ -6,9 +6,9 @@ import subprocess
 import pytest
 import torch
 
-from synthgen import ops
+from synthgen import fast, ops
 from synthgen.config import GeneratorConfig
-from synthgen.generator import _TISSUE_TO_TARGET
+from synthgen.generator import warp_sample_ref
 from synthgen.kernels import cuda_loader
 from synthgen.sampling import sample_params
 
@@ -38,43 +38,26 @@ def make_case(kind: str, B: int = 2, seed: int = 0):
     return tissue, lesion, params, texture
 
 
-def reference_warp(tissue, lesion, params, texture, threshold=0.5):
-    """Warp + sample + GMM + bias + target (flipped) with the reference ops, as in SynthGenerator."""
+def tables(config=None):
+    return fast.label_tables(config or GeneratorConfig(crop=CROP), "cpu")
+
+
+def reference_warp(tissue, lesion, params, texture, threshold=0.5, config=None):
+    """The generator's reference warp stage (:func:`synthgen.generator.warp_sample_ref`), target flipped as
+    the kernels write it."""
     B = len(params)
-    tissue = tissue.expand(B, *tissue.shape[1:])
-    coords = ops.affine_elastic_coords(CROP, params.matrix, params.center, params.elastic)
-    if tissue.is_floating_point():
-        probs = ops.grid_pull(tissue.float(), coords, "linear")
-        outside = (1 - probs.sum(1, keepdim=True)).clamp(min=0)
-        warped = torch.cat([probs[:, :1] + outside, probs[:, 1:]], 1)
-        cls = warped.argmax(1, keepdim=True)
-    else:
-        warped = ops.grid_pull(tissue, coords, "nearest")
-        cls = warped.long()
-    target = _TISSUE_TO_TARGET[cls]
-    w_int = None
-    if lesion is not None:
-        w = ops.grid_pull(torch.cat([lesion[0], lesion[1]], 1).float(), coords, "linear")
-        w_int = w[:, :1].clamp(0, 1)
-        target = torch.where(w[:, 1:] > threshold, torch.full_like(target, 5), target)
-    image = ops.bias_field(ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture, w_int), params.bias)
+    image, target = warp_sample_ref(tissue.expand(B, *tissue.shape[1:]), lesion, params, texture, CROP,
+                                    *tables(config), threshold)
     return image[:, 0], ops.flip(target, params.flip)[:, 0]
 
 
-def prepared_args(tissue, lesion, params, texture, threshold=0.5):
-    """The warp launch arguments exactly as synthgen.fast prepares them."""
+def prepared_args(tissue, lesion, params, texture, threshold=0.5, config=None):
+    """The warp launch arguments exactly as synthgen.fast prepares them (outputs pre-filled with garbage)."""
     B = len(params)
-    f32 = dict(dtype=torch.float32)
-    labels = not tissue.is_floating_point()
-    tis = (tissue.to(torch.uint8) if labels else tissue.float()).contiguous()
-    les = None if lesion is None else torch.cat([lesion[0], lesion[1]], 1).float().contiguous()
     image = torch.full((B, *CROP), float("nan"))
     target = torch.full((B, *CROP), 255, dtype=torch.uint8)
-    return (tis, 0 if tis.shape[0] == 1 else tis[0].numel(), les, 0 if les is None else les[0].numel(), threshold,
-            params.matrix.to(**f32).reshape(B, 9).contiguous(), params.center.to(**f32).contiguous(),
-            params.elastic.float().contiguous(), params.bias.float().contiguous(), params.gmm_mu.float().contiguous(),
-            params.gmm_sigma.float().contiguous(), texture.reshape(B, *CROP).contiguous(), torch.ones(B),
-            params.flip.to(torch.uint8).contiguous(), CROP, image, target)
+    return fast.warp_args(tissue, lesion, params, texture.reshape(B, *CROP).contiguous(), torch.ones(B), image,
+                          target, tables(config), threshold)
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +73,10 @@ def host_lib(tmp_path_factory):
 def _run_host(lib, args, threads=64):
     """Run the host build; returns the (B, blocks) min/max partials it filled."""
     kinds = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_longlong, "f": ctypes.c_float}
-    image = args[-2]
-    B, N = image.shape[0], image[0].numel()
+    B, N = args.image.shape[0], args.image[0].numel()
     blocks = (N + threads - 1) // threads
     pmin, pmax = torch.full((B, blocks), float("inf")), torch.full((B, blocks), float("-inf"))
-    values = [kinds[k](v) for k, v in cuda_loader.warp_args(*args, pmin=pmin, pmax=pmax)]
+    values = [kinds[k](v) for k, v in cuda_loader.kernel_args(args, pmin=pmin, pmax=pmax)]
     lib.synth_warp_host(ctypes.c_uint(blocks), ctypes.c_uint(B), ctypes.c_uint(threads), *values)
     return pmin, pmax
 
@@ -105,11 +87,11 @@ def test_host_build_matches_reference(host_lib, kind):
     args = prepared_args(tissue, lesion, params, texture)
     pmin, pmax = _run_host(host_lib, args)
     ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture)
-    assert torch.equal(args[-1], ref_tgt)
+    assert torch.equal(args.target, ref_tgt)
     # float32 spline/affine arithmetic in another order: coordinates agree to ~1e-5 voxel
-    torch.testing.assert_close(args[-2], ref_img, atol=2e-4, rtol=2e-6)   # measured <= 3e-7 relative
+    torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)   # measured <= 3e-7 relative
     # block partials of the image's range (the last block is partly outside the volume)
-    blocks = torch.nn.functional.pad(args[-2].flatten(1), (0, 64 * pmin.shape[1] - args[-2][0].numel()),
+    blocks = torch.nn.functional.pad(args.image.flatten(1), (0, 64 * pmin.shape[1] - args.image[0].numel()),
                                      value=float("nan")).reshape(len(params), -1, 64)
     torch.testing.assert_close(pmin, blocks.nan_to_num(float("inf")).amin(2))
     torch.testing.assert_close(pmax, blocks.nan_to_num(float("-inf")).amax(2))

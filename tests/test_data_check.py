@@ -68,6 +68,7 @@ def test_every_kind_of_bad_file_is_listed_with_its_own_message(tmp_path):
     _save(t / "lnan.nii.gz", np.full((5, 5, 5), np.nan, np.float32))
     _save(t / "neg.nii.gz", np.full((5, 5, 5), -2, np.int16))
     _save(t / "freesurfer.nii.gz", np.full((5, 5, 5), 42, np.int16))
+    _save(t / "nogm.nii.gz", np.full((5, 5, 5), 2, np.int16))
     _save(t / "big.nii.gz", np.full((5, 5, 5), 530, np.int16))
     for name, (i, j, value) in {"nanaffine": (0, 0, np.nan), "singular": (2, 2, 0.0)}.items():
         bad_aff = MNI.copy()
@@ -105,7 +106,8 @@ def test_every_kind_of_bad_file_is_listed_with_its_own_message(tmp_path):
         "frac.nii.gz": "non-integer values",
         "lnan.nii.gz": "label map has NaN",
         "neg.nii.gz": "negative labels",
-        "freesurfer.nii.gz": "no GM (label 1)",
+        "freesurfer.nii.gz": "labels up to 42 are not in our convention",
+        "nogm.nii.gz": "no GM (label 1)",
         "big.nii.gz": "labels up to 530",
         "nanaffine.nii.gz": "affine has NaN",
         "singular.nii.gz": "affine is singular",

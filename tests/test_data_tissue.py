@@ -97,11 +97,35 @@ def test_soft_channels_errors():
 
 def test_label_mapping_json_cli_and_freesurfer(tmp_path):
     fs = freesurfer_mapping()
-    lab = np.array([0, 2, 3, 4, 41, 42, 24, 502, 30, 62], dtype=np.int32).reshape(1, 2, 5)
-    out = fs.apply(lab)
-    assert out.ravel().tolist() == [0, 2, 1, 4, 2, 1, 4, 7, 6, 6]      # 85 -> 5, vessels -> 6, 502 -> 7
     cli = LabelMapping.parse("gm=3,42;wm=2,41;csf=4,24;extra=502+503,30")
-    assert cli.num_classes == 7 and cli.table()[503] == 5 and cli.table()[30] == 6
+    # every source label its own label, in increasing source order: 2 3 4 24 30 41 42 502 503 -> 1..9
+    lab = np.array([0, 2, 3, 4, 41, 42, 24, 502, 503, 30], dtype=np.int32).reshape(1, 2, 5)
+    assert cli.apply(lab).ravel().tolist() == [0, 1, 2, 3, 6, 7, 4, 8, 9, 5]
+    c = cli.label_config()
+    assert c.classes == (0, 2, 1, 4, 4, 5, 2, 1, 5, 5) and c.names[1:] == ("2", "3", "4", "24", "30", "41", "42",
+                                                                          "502", "503")
+    assert c.gaussians == tuple(range(10)) and c.targets is None            # one Gaussian per label
+    # one Gaussian per class (and per extra entry), numbered by first appearance
+    assert LabelMapping.parse("gm=3,42;wm=2,41;csf=4,24;extra=502+503,30;gaussians=class").label_config(
+        ).gaussians == (0, 1, 2, 3, 3, 4, 1, 2, 5, 5)
+    tied = LabelMapping.parse("gm=3,42;wm=2,41;csf=4;tied=2+41,3+42;target=3,42,2+41").label_config()
+    assert tied.gaussians == (0, 1, 2, 3, 1, 2)          # labels 2 3 4 41 42: 41 with 2, 42 with 3
+    assert tied.targets == (0, 3, 1, 0, 3, 2) and tied.target_names == ("background", "3", "42", "2+41")
+    # FreeSurfer / SynthSeg: 56 labels + background; contralateral copies share a Gaussian; SynthSeg's 32 targets
+    fc = fs.label_config()
+    g = {int(n): i for i, n in enumerate(fc.names) if n != "background"}
+    assert fc.num_labels == 57 and fc.gaussians[g[2]] == fc.gaussians[g[41]] != fc.gaussians[g[3]]
+    assert fc.classes[g[3]] == 1 and fc.classes[g[502]] == 5 and fc.targets[g[502]] == 0
+    assert fc.targets[g[2]] == 1 and fc.targets[g[41]] == 19 and max(fc.targets) == 32
+    assert fc.target_names[1] == "left_cerebral_white_matter"
+    with pytest.raises(ValueError, match="`tied` label 7 is not in the label mapping"):
+        LabelMapping.parse("gm=3;tied=3+7")
+    with pytest.raises(ValueError, match="`target` label 3 must be in one group"):
+        LabelMapping.parse("gm=3;target=3,3")
+    with pytest.raises(ValueError, match="`gaussians` must be 'label' or 'class'"):
+        LabelMapping.from_dict({"gm": [3], "gaussians": "each"})
+    with pytest.raises(ValueError, match="`target_names` must be one name per target entry"):
+        LabelMapping.from_dict({"gm": [3], "target": [3], "target_names": ["a", "b"]})
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"gm": [3], "wm": [2], "csf": [4]}))
     assert resolve_mapping(str(path)).gm == (3,)
@@ -146,9 +170,16 @@ def test_read_tissue_map_with_mapping_and_errors(tmp_path):
     fs_lab[0, 0, 0] = 530
     t, aff = load_tissue_map(_save(tmp_path / "fs.nii.gz", fs_lab, np.eye(4)), label_map="freesurfer",
                              with_affine=True)
-    assert t.shape == (1, 1, 4, 4, 4) and t.dtype == torch.uint8 and int(t.max()) == 17 and aff.shape == (4, 4)
-    with pytest.raises(ValueError, match="fs.nii.gz: labels up to 530 need a label mapping"):
+    # 530 is the largest of the mapping's 56 source labels besides background: generator label 56
+    assert t.shape == (1, 1, 4, 4, 4) and t.dtype == torch.uint8 and int(t.max()) == 56 and aff.shape == (4, 4)
+    assert int(t[0, 0, 1, 1, 1]) == sorted(freesurfer_mapping().source_labels - {0}).index(42) + 1
+    with pytest.raises(ValueError, match="fs.nii.gz: labels up to 530 are not in our convention"):
         read_tissue_map(tmp_path / "fs.nii.gz")
+    with pytest.raises(ValueError, match="p.nii.gz: a label mapping describes 3D label maps, got a 4D"):
+        read_tissue_map(_save(tmp_path / "p.nii.gz", np.full((3, 3, 3, 5), 0.2, np.float32), np.eye(4)),
+                        label_map="freesurfer")
+    with pytest.raises(ValueError, match="p16.nii.gz: a 4D tissue map may have at most 15 channels"):
+        read_tissue_map(_save(tmp_path / "p16.nii.gz", np.full((3, 3, 3, 16), 1 / 16, np.float32), np.eye(4)))
     with pytest.raises(ValueError, match="frac.nii.gz: 3D tissue map has non-integer values"):
         read_tissue_map(_save(tmp_path / "frac.nii.gz", np.full((3, 3, 3), 0.5, np.float32), np.eye(4)))
     with pytest.raises(ValueError, match="nan.nii.gz: label map has NaN"):

@@ -85,7 +85,7 @@ def test_soft_probabilities_give_the_same_classes_as_labels(phantom):
 class _FixedLesion:
     """A cube of lesion in the middle of the map, at full weight."""
 
-    def sample(self, tissue, keys):
+    def sample(self, tissue, keys, affine=None, classes=None):
         w = torch.zeros(tissue.shape[0], 1, *tissue.shape[2:])
         w[..., 10:20, 12:24, 10:20] = 1.0
         return w, w
@@ -163,7 +163,7 @@ def test_tissue_map_checked_once_and_again_after_an_in_place_change(monkeypatch)
     from conftest import phantom_labels
     calls = []
     real_check = generator_module.check_tissue
-    monkeypatch.setattr(generator_module, "check_tissue", lambda t: (calls.append(1), real_check(t)))
+    monkeypatch.setattr(generator_module, "check_tissue", lambda t, n=15: (calls.append(1), real_check(t, n)))
     gen = synthgen.SynthGenerator(GeneratorConfig(crop=(8, 8, 8)))
     tissue = phantom_labels((12, 12, 12))
     gen(tissue, seed=0)

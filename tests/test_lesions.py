@@ -185,21 +185,27 @@ def test_mask_reproducible_per_key_and_differs_between_keys():
     assert len(outs) > 1
 
 
-def test_mask_on_other_grid_resampled_by_affine_or_error():
+def test_mask_on_other_grid_placed_by_affine():
     # masks on a 2 mm grid, tissue on 1 mm: both cover the same world box
     m2 = torch.zeros(1, 10, 10, 10)
     m2[0, 3:6, 3:6, 3:6] = 1
     aff2 = np.diag([2.0, 2.0, 2.0, 1.0])
     aff1 = np.eye(4)
     aff1[:3, 3] = 0.25                                   # off the half-voxel ties of nearest neighbour
-    bank = masks_from_tensor(m2, like_shape=(20, 20, 20), like_affine=aff1, masks_affine=aff2)
-    assert bank.shape == (20, 20, 20)
-    assert bank.volumes_ml[0] == pytest.approx(27 * 8 / 1000)
-    with pytest.raises(ValueError, match="differs from the tissue grid"):
-        masks_from_tensor(m2, like_shape=(20, 20, 20))
-    src = LesionSource.from_tensor(m2)
-    with pytest.raises(ValueError, match="grid the lesion masks were resampled to"):
+    bank = masks_from_tensor(m2, masks_affine=aff2)
+    assert bank.space == "world" and bank.volumes_ml[0] == pytest.approx(27 * 8 / 1000)
+    dense = torch.zeros(20, 20, 20, dtype=torch.bool)
+    bank.paste(0, dense, aff1)
+    # the 2 mm voxels 3..5 cover world [5, 11) mm: the 1 mm voxels whose centre i + 0.25 lies there, i = 5..10
+    expected = torch.zeros(20, 20, 20, dtype=torch.bool)
+    expected[5:11, 5:11, 5:11] = True
+    assert torch.equal(dense, expected)
+    src = LesionSource.from_tensor(m2, masks_affine=aff2)
+    with pytest.raises(ValueError, match="placed by the tissue map's affine"):
         src.sample(tissue_map(), [0])
+    _, lw = LesionSource.from_tensor(m2, masks_affine=aff2, config=no_fading(clip_to="none")).sample(
+        tissue_map((20, 20, 20)), [0], affine=aff1)
+    assert torch.equal(lw[0, 0] > 0.5, expected)
 
 
 def test_multiple_masks_per_sample():
@@ -217,7 +223,7 @@ def _write(path, data, affine):
     return path
 
 
-def test_from_folder_las_masks_resampled_onto_ras_grid(tmp_path):
+def test_from_folder_las_masks_placed_onto_ras_grid(tmp_path):
     ras = np.eye(4)
     ras[:3, 3] = [-10, -10, -10]
     las = ras.copy()
@@ -228,13 +234,22 @@ def test_from_folder_las_masks_resampled_onto_ras_grid(tmp_path):
     _write(tmp_path / "a_lesion.nii.gz", data, las)
     _write(tmp_path / "b_lesion.nii.gz", np.zeros((21, 21, 21), np.uint8), las)
     with pytest.warns(UserWarning, match="empty"):
-        src = LesionSource.from_folder(tmp_path, (21, 21, 21), ras, progress=False)
+        src = LesionSource.from_folder(tmp_path, progress=False)
     assert src.bank.names == ["a_lesion.nii.gz"] and src.bank.dropped["empty"] == ["b_lesion.nii.gz"]
+    assert src.bank.crops[0].shape == (4, 4, 4)           # kept as its bounding box
     dense = torch.zeros(21, 21, 21, dtype=torch.bool)
-    src.bank.paste(0, dense)
+    src.bank.paste(0, dense, ras)
     expected = np.zeros((21, 21, 21), bool)
     expected[15:19, 8:12, 8:12] = True                    # i_ras = x + 10
     assert np.array_equal(dense.numpy(), expected)
+    # the same bank on a map whose grid sits elsewhere (shifted by 3 voxels, 2 mm): placed by world position
+    other = np.diag([2.0, 2.0, 2.0, 1.0])
+    other[:3, 3] = [-4, -10, -10]
+    small = torch.zeros(12, 11, 11, dtype=torch.bool)
+    src.bank.paste(0, small, other)
+    idx = torch.nonzero(small)
+    world = idx.double() * 2 + torch.tensor([-4.0, -10, -10])
+    assert len(idx) and bool(((world[:, 0] >= 4.5) & (world[:, 0] <= 8.5)).all())
 
 
 def test_filters_and_clear_errors(tmp_path):
@@ -247,23 +262,27 @@ def test_filters_and_clear_errors(tmp_path):
     _write(tmp_path / "small.nii.gz", small, aff)
     brain = np.zeros((20, 20, 20), bool)
     brain[4:16, 4:16, 4:16] = True
-    bank = load_mask_bank(list_mask_files(tmp_path), (20, 20, 20), aff, max_volume_ml=1.0, progress=False)
+    bank = load_mask_bank(list_mask_files(tmp_path), max_volume_ml=1.0, progress=False)
     assert bank.names == ["small.nii.gz"] and bank.dropped == {"too_large": ["big.nii.gz"]}
     with pytest.raises(ValueError, match=r"no lesion mask left out of 2 files.*too_large.*outside_brain"):
-        load_mask_bank(list_mask_files(tmp_path), (20, 20, 20), aff, max_volume_ml=1.0, brain_mask=brain,
+        load_mask_bank(list_mask_files(tmp_path), max_volume_ml=1.0, brain_mask=(brain, aff),
                        max_outside_fraction=0.2, progress=False)
+    shifted = aff.copy()
+    shifted[:3, 3] = -4                                   # the brain box moved onto the corner: "small" inside
+    assert load_mask_bank(list_mask_files(tmp_path), max_volume_ml=1.0, brain_mask=(brain, shifted),
+                          max_outside_fraction=0.2, progress=False).names == ["small.nii.gz"]
     with pytest.raises(ValueError, match="binarised|binary"):
         _write(tmp_path / "x.nii.gz", big * 3, aff)
-        load_mask_bank([tmp_path / "x.nii.gz"], (20, 20, 20), aff, progress=False)
+        load_mask_bank([tmp_path / "x.nii.gz"], progress=False)
     with pytest.raises(ValueError, match="must be 3D"):
         _write(tmp_path / "four.nii.gz", np.zeros((4, 4, 4, 2), np.uint8), aff)
-        load_mask_bank([tmp_path / "four.nii.gz"], (20, 20, 20), aff, progress=False)
-    with pytest.raises(ValueError, match="`brain_mask` must have shape"):
-        load_mask_bank([tmp_path / "big.nii.gz"], (20, 20, 20), aff, brain_mask=np.ones((3, 3, 3)), progress=False)
+        load_mask_bank([tmp_path / "four.nii.gz"], progress=False)
+    with pytest.raises(ValueError, match="`brain_mask` must be"):
+        load_mask_bank([tmp_path / "big.nii.gz"], brain_mask=np.ones((3, 3, 3)), progress=False)
     with pytest.raises(ValueError, match="`split` must be one of"):
-        load_mask_bank([tmp_path / "big.nii.gz"], (20, 20, 20), aff, split="test", progress=False)
+        load_mask_bank([tmp_path / "big.nii.gz"], split="test", progress=False)
     with pytest.raises(ValueError, match="`threshold` must be in"):
-        load_mask_bank([tmp_path / "big.nii.gz"], (20, 20, 20), aff, threshold=1.5, progress=False)
+        load_mask_bank([tmp_path / "big.nii.gz"], threshold=1.5, progress=False)
     with pytest.raises(FileNotFoundError, match="no NIfTI lesion masks matching"):
         list_mask_files(tmp_path, "*.mgz")
     with pytest.raises(FileNotFoundError, match="folder does not exist"):
@@ -272,7 +291,7 @@ def test_filters_and_clear_errors(tmp_path):
         list_mask_files([tmp_path / "nope.nii.gz"])
 
 
-def test_mask_bank_outside_grid_reported(tmp_path):
+def test_mask_outside_a_grid_pastes_nothing(tmp_path):
     aff = np.eye(4)
     far = aff.copy()
     far[:3, 3] = 500.0
@@ -280,9 +299,11 @@ def test_mask_bank_outside_grid_reported(tmp_path):
     m[2:4, 2:4, 2:4] = 1
     _write(tmp_path / "far.nii.gz", m, far)
     _write(tmp_path / "near.nii.gz", m, aff)
-    with pytest.warns(UserWarning, match="outside_grid"):
-        bank = load_mask_bank(list_mask_files(tmp_path), (8, 8, 8), aff, progress=False)
-    assert bank.names == ["near.nii.gz"] and bank.dropped["outside_grid"] == ["far.nii.gz"]
+    bank = load_mask_bank(list_mask_files(tmp_path), progress=False)
+    assert bank.names == ["far.nii.gz", "near.nii.gz"]     # a mask belongs to no grid: every map decides
+    dense = torch.zeros(8, 8, 8, dtype=torch.bool)
+    assert bank.paste(0, dense, aff) is None and not dense.any()
+    assert bank.paste(1, dense, aff) is not None and int(dense.sum()) == 8
 
 
 def test_holdout_split_deterministic_and_disjoint(tmp_path):
@@ -292,13 +313,17 @@ def test_holdout_split_deterministic_and_disjoint(tmp_path):
     for i in range(12):
         _write(tmp_path / f"s{i:02d}.nii.gz", m, aff)
     files = list_mask_files(tmp_path)
-    train = load_mask_bank(files, (6, 6, 6), aff, split="train", holdout_fraction=0.4, progress=False).names
-    hold = load_mask_bank(files, (6, 6, 6), aff, split="holdout", holdout_fraction=0.4, progress=False).names
-    assert set(train).isdisjoint(hold) and sorted(train + hold) == [f.name for f in files]
-    assert hold == [f.name for f in files if holdout_bucket(f.name) < 0.4]
+    train = load_mask_bank(files, split="train", holdout_fraction=0.4, progress=False)
+    hold = load_mask_bank(files, split="holdout", holdout_fraction=0.4, progress=False)
+    assert set(train.names).isdisjoint(hold.names) and sorted(train.names + hold.names) == [f.name for f in files]
+    assert hold.names == [f.name for f in files if holdout_bucket(f.name) < 0.4]
+    assert train.reads == len(train) and hold.reads == len(hold)   # the other split's files are not read
+    # one bank read once gives both splits
+    both = load_mask_bank(files, progress=False)
+    assert both.split("train", 0.4).names == train.names and both.split("holdout", 0.4).names == hold.names
     # a file's split does not depend on the other files present
-    assert load_mask_bank(files[:6], (6, 6, 6), aff, split="train", holdout_fraction=0.4,
-                          progress=False).names == [n for n in train if n in {f.name for f in files[:6]}]
+    assert load_mask_bank(files[:6], split="train", holdout_fraction=0.4,
+                          progress=False).names == [n for n in train.names if n in {f.name for f in files[:6]}]
 
 
 def test_source_input_errors():
@@ -363,17 +388,20 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.mark.skipif(not (DATA / "lesions_soop_mni").is_dir(), reason="shared data absent")
-def test_real_soop_masks_resampled_to_2mm_ras_keep_volume():
+def test_real_soop_masks_placed_on_a_2mm_ras_grid_keep_volume():
     folder = DATA / "lesions_soop_mni"
     files = sorted(folder.glob("*_lesion.nii.gz"))[:3]
     like = np.diag([2.0, 2.0, 2.0, 1.0])
     like[:3, 3] = [-96, -132, -78]
-    bank = load_mask_bank(files, (97, 115, 97), like, progress=False)
-    for f, vol in zip(files, bank.volumes_ml):
+    bank = load_mask_bank(files, progress=False)
+    for i, f in enumerate(files):
         ref = float((nib.load(str(f)).get_fdata() > 0.5).sum()) / 1000.0
-        assert vol == pytest.approx(ref, rel=0.25, abs=0.05)
+        assert bank.volumes_ml[i] == pytest.approx(ref)
+        dense = torch.zeros(97, 115, 97, dtype=torch.bool)
+        bank.paste(i, dense, like)
+        assert float(dense.sum()) * 8 / 1000 == pytest.approx(ref, rel=0.25, abs=0.05)
     with pytest.raises(ValueError, match="values must lie in"):
-        LesionSource.from_folder(folder, (97, 115, 97), like, pattern="ArterialAtlas136.nii.gz", progress=False)
+        LesionSource.from_folder(folder, pattern="ArterialAtlas136.nii.gz", progress=False)
 
 
 def test_box_restricted_weights_equal_the_full_volume_formula():
@@ -390,7 +418,7 @@ def test_box_restricted_weights_equal_the_full_volume_formula():
     src = LesionSource.from_tensor(masks)
     keys = [11, 12, 13]
     intensity, label = src.sample(tissue.expand(3, -1, -1, -1, -1), keys)
-    drawn, gens = src.sample_masks(tissue.expand(3, -1, -1, -1, -1), keys)
+    drawn, gens, _ = src.sample_masks(tissue.expand(3, -1, -1, -1, -1), keys)
     cfg = src.config
     for i, g in enumerate(gens):
         coeffs = fading_coefficients(g, shape, cfg.fading.control_spacing)
@@ -429,24 +457,28 @@ def test_from_store_same_masks_and_split_as_from_folder(tmp_path):
     folder, store, shape, grid = _store_fixture(tmp_path)
     cfg = LesionConfig(holdout_fraction=0.4, max_volume_ml=0.15)
     for split in (None, "train", "holdout"):
-        a = LesionSource.from_folder(folder, shape, grid, split=split, config=cfg, progress=False).bank
+        a = LesionSource.from_folder(folder, split=split, config=cfg, progress=False).bank
         for s in (store, open_store(store)):
-            b = LesionSource.from_store(s, shape, grid, split=split, config=cfg, progress=False).bank
+            b = LesionSource.from_store(s, split=split, config=cfg, progress=False).bank
             assert b.names == a.names and b.dropped == a.dropped and b.volumes_ml == a.volumes_ml
-            assert b.offsets == a.offsets and all(torch.equal(x, y) for x, y in zip(a.crops, b.crops))
-    train = LesionSource.from_store(store, shape, grid, split="train", config=cfg, progress=False).bank.names
-    hold = LesionSource.from_store(store, shape, grid, split="holdout", config=cfg, progress=False).bank.names
+            for i in range(len(a)):     # placed alike on the training grid (the store's crops are RAS, the folder's LAS)
+                da, db = torch.zeros(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)
+                a.paste(i, da, grid)
+                b.paste(i, db, grid)
+                assert torch.equal(da, db)
+    train = LesionSource.from_store(store, split="train", config=cfg, progress=False).bank.names
+    hold = LesionSource.from_store(store, split="holdout", config=cfg, progress=False).bank.names
     assert train and hold and set(train).isdisjoint(hold)
     # the pattern selects by source file name, as a folder glob does
-    only = LesionSource.from_store(store, shape, grid, pattern="a0[1-3]_*", progress=False).bank.names
+    only = LesionSource.from_store(store, pattern="a0[1-3]_*", progress=False).bank.names
     assert only == ["a01_lesion.nii.gz", "a02_lesion.nii.gz", "a03_lesion.nii.gz"]
 
 
 def test_from_store_errors(tmp_path):
     _, store, shape, grid = _store_fixture(tmp_path, n=2)
     with pytest.raises(ValueError, match=r"store: no lesion mask in the store packed from a file matching '\*.mgz'"):
-        LesionSource.from_store(store, shape, grid, pattern="*.mgz", progress=False)
+        LesionSource.from_store(store, pattern="*.mgz", progress=False)
     with pytest.raises(FileNotFoundError, match="not a packed store"):
-        LesionSource.from_store(tmp_path / "nowhere", shape, grid, progress=False)
+        LesionSource.from_store(tmp_path / "nowhere", progress=False)
     with pytest.raises(ValueError, match=r"no lesion mask left out of 1 files.*too_large"):
-        LesionSource.from_store(store, shape, grid, pattern="a0*", max_volume_ml=1e-6, progress=False)
+        LesionSource.from_store(store, pattern="a0*", max_volume_ml=1e-6, progress=False)

@@ -135,7 +135,7 @@ def test_lesion_touching_volume_border():
     src = LesionSource.procedural(None, LesionConfig(healthy_probability=0.0,
                                                      procedural=cfg))
     _, lw = src.sample(t, [1])
-    masks, _ = src.sample_masks(t, [1])
+    masks, _, _ = src.sample_masks(t, [1])
     assert torch.equal(lw > 0.5, masks)                   # Soft-CP keeps the target equal to the mask
 
 

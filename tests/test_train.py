@@ -7,11 +7,15 @@ import signal
 import pytest
 import torch
 
+import synthgen
+
 from train import checkpoint as ckpt_mod
 from train import run
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig, paper_preset, preset, quick_preset
-from train.loop import TrainingData, amp_dtype, make_lesion_source, real_source, resolve_device, train
+from synthgen.data.sources import RealScans, TensorTissueMaps
+from synthgen.data.training import TrainingBatches, training_lesions
+from train.loop import amp_dtype, resolve_device, train
 from train.losses import DiceCE
 from train.model import load_checkpoint_model
 
@@ -40,7 +44,7 @@ class BlobLesions:
     def __init__(self, radius=(2, 4)):
         self.radius = radius
 
-    def sample(self, tissue, keys):
+    def sample(self, tissue, keys, affine=None, classes=None):
         out = torch.zeros(tissue.shape[0], 1, *tissue.shape[2:])
         grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in tissue.shape[2:]],
                                           indexing="ij"), -1)
@@ -98,7 +102,7 @@ def test_sigint_finishes_step_saves_and_stops(tmp_path):
     class Interrupting(BlobLesions):
         calls = 0
 
-        def sample(self, tissue, keys):
+        def sample(self, tissue, keys, affine=None, classes=None):
             Interrupting.calls += 1
             if Interrupting.calls == 2:          # during the synthesis of the second step
                 os.kill(os.getpid(), signal.SIGINT)
@@ -111,22 +115,28 @@ def test_sigint_finishes_step_saves_and_stops(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_training_data_streams_and_real_alternation():
+def test_training_batches_streams_and_real_alternation(tmp_path):
     tissue = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
     calls = []
 
-    def gen(t, seed, index, batch_size):
-        calls.append(("syn", seed, index))
-        return None
+    class Gen:
+        config = synthgen.GeneratorConfig(crop=(8, 8, 8))
+        lesions = None
 
-    def real(seed, index, batch_size):
-        calls.append(("real", seed, index))
-        return None
+        def __call__(self, t, seed, index, batch_size, affine=None):
+            calls.append(("syn", seed, index))
 
-    TrainingData(gen, [tissue], seed=3, batch_size=2)(5)
+    class Augment:
+        def __call__(self, scan, mask, seed, index):
+            calls.append(("real", seed, index))
+            return scan.float(), mask
+
+    maps = TensorTissueMaps([tissue], [torch.eye(4).numpy()])
+    TrainingBatches(Gen(), maps, seed=3, batch_size=2, device="cpu")(5)
     assert calls == [("syn", 3, 10)]
     calls.clear()
-    data = TrainingData(gen, [tissue], seed=3, batch_size=1, real=real)
+    data = TrainingBatches(Gen(), maps, seed=3, batch_size=1, device="cpu", real=RealScans(_real_folder(tmp_path / "real")))
+    data._augment = Augment()
     for step in range(4):
         data(step)
     assert calls == [("syn", 3, 0), ("real", 3, 0), ("syn", 3, 1), ("real", 3, 1)]
@@ -241,8 +251,9 @@ def test_real_scans_mixed_and_baseline(tmp_path, baseline):
     assert "real_lesion_dice" in out and ("val_lesion_dice" in out) != baseline   # no synthetic val set
     model, config = load_checkpoint_model(tmp_path / "out" / "last.pt")
     assert config["model"]["out_channels"] == (2 if baseline else 6)
-    src = real_source(cfg, torch.device("cpu"))
-    image, target = src(seed=0, index=0, batch_size=2)
+    data = TrainingBatches(synthgen.SynthGenerator(cfg.generator), None, 0, 2, "cpu", real=RealScans(str(real)),
+                           real_only=True)
+    image, target = data(0)
     assert image.shape == (2, 1, 24, 24, 24) and set(target.unique().tolist()) <= {0, 1}
 
 
@@ -254,27 +265,53 @@ def test_lesion_vs_rest_marginalises_tissue_classes():
     assert torch.allclose(q[:, 1], p[:, 5], atol=1e-6) and torch.allclose(q[:, 0], p[:, :5].sum(1), atol=1e-6)
 
 
-def test_procedural_and_folder_lesion_sources(tmp_path):
+def test_procedural_and_folder_lesion_sources(tmp_path, monkeypatch):
     import nibabel as nib
     import numpy as np
+    import synthgen.lesions.masks as masks_mod
     cfg = tiny(tmp_path)
-    tissue = torch.zeros(1, 1, 20, 24, 20, dtype=torch.uint8)
-    tissue[:, :, 4:16, 4:20, 4:16] = 2
     affine = np.diag([4.0, 4.0, 4.0, 1.0])
     affine[:3, 3] = [-40, -60, -40]
-    src = make_lesion_source(cfg, "train", tissue, affine)
-    assert src.bank is None                                         # procedural by default
+    train_src, val_src = training_lesions(cfg.data.lesion)
+    assert train_src.bank is None and val_src.bank is None          # procedural by default
     folder = tmp_path / "lesions"
     folder.mkdir()
     for i in range(8):
         mask = np.zeros((20, 24, 20), np.uint8)
         mask[8:11, 8 + i:11 + i, 8:11] = 1
         nib.save(nib.Nifti1Image(mask, affine), str(folder / f"les{i}.nii.gz"))
-    cfg.data.lesions = str(folder)
+    reads = []
+    real_load = masks_mod.load_nifti
+    monkeypatch.setattr(masks_mod, "load_nifti", lambda p, *a: (reads.append(p), real_load(p, *a))[1])
     cfg.data.lesion.holdout_fraction = 0.5
-    train_src = make_lesion_source(cfg, "train", tissue, affine)
-    val_src = make_lesion_source(cfg, "holdout", tissue, affine)
+    train_src, val_src = training_lesions(cfg.data.lesion, folder=folder)
     assert len(train_src.bank) + len(val_src.bank) == 8 and len(val_src.bank) >= 1
+    assert sorted(reads) == sorted(folder.glob("*.nii.gz"))          # one bank, every mask read once
+    assert set(train_src.bank.names).isdisjoint(val_src.bank.names)
+    assert train_src.bank.crops[0] is not None and val_src.bank.crops   # the splits share the crops
+
+
+def test_small_lesion_folders_train_with_a_warning(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from synthgen.lesions import holdout_bucket
+    folder = tmp_path / "lesions"
+    folder.mkdir()
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1
+    # names chosen by their hash: one all-hold-out folder, one with no hold-out
+    names = [f"m{i}.nii.gz" for i in range(40)]
+    held = [n for n in names if holdout_bucket(n) < 0.2][:1]
+    kept = [n for n in names if holdout_bucket(n) >= 0.2][:3]
+    cfg = tiny(tmp_path).data.lesion
+    for name, expect in ((held, "all 1 lesion masks fall in the hold-out"), (kept, "no lesion mask of 3")):
+        for f in folder.glob("*"):
+            f.unlink()
+        for n in name:
+            nib.save(nib.Nifti1Image(mask, np.eye(4)), str(folder / n))
+        with pytest.warns(UserWarning, match=expect):
+            train_src, val_src = training_lesions(cfg, folder=folder)
+        assert len(train_src.bank) == len(name) and len(val_src.bank) == len(name)
 
 
 def test_cli_resume_keeps_recipe(tmp_path):

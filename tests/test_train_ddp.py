@@ -25,10 +25,11 @@ def _worker(rank: int, world: int, port: int, out: str, result: str):
         cfg.device = "cpu"
         metrics = train(cfg, lesions=(BlobLesions(), BlobLesions()), progress=False)
         # what each rank trained on, and the weights it ended with
-        from train.loop import TrainingData, load_tissues
         import synthgen
-        tissues, _ = load_tissues(cfg, torch.device("cpu"))
-        image, _ = TrainingData(synthgen.SynthGenerator(cfg.generator), tissues, cfg.seed + rank, 1)(0)
+        from synthgen.data.sources import tissue_maps
+        from synthgen.data.training import TrainingBatches
+        maps = tissue_maps(voxel_size=cfg.generator.voxel_size)
+        image, _ = TrainingBatches(synthgen.SynthGenerator(cfg.generator), maps, cfg.seed + rank, 1, "cpu")(0)
         torch.save({"metrics": metrics, "image": image}, f"{result}.{rank}")
     finally:
         dist.destroy_process_group()

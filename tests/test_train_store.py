@@ -4,16 +4,18 @@ import numpy as np
 import pytest
 import torch
 
+import synthgen
 from synthgen.data import open_store, pack
 from train import run
 from train.config import TrainConfig
-from train.loop import RealSource, load_tissues, make_lesion_source, real_source, train
+from synthgen.data.sources import RealScans, real_scans, tissue_maps
+from synthgen.data.training import TrainingBatches, training_lesions
+from train.loop import train
 
 from test_train import tiny
 
 LAS = np.array([[-1.0, 0, 0, 24], [0, 1, 0, -30], [0, 0, 1, -20], [0, 0, 0, 1]])   # packing reorients
 SHAPE = (48, 56, 44)
-CPU = torch.device("cpu")
 
 
 def _save(path, data, affine=LAS):
@@ -57,16 +59,18 @@ def test_two_steps_from_store_equal_two_steps_from_folders(data, tmp_path):
     b.data.store = str(data["store"])
     store = open_store(data["store"])
     # same tissue maps on the training grid, same lesion masks in the same split
-    (ta,), (aa,) = load_tissues(a, CPU)
-    (tb,), (ab,) = load_tissues(b, CPU, store)
-    assert torch.equal(ta, tb) and np.array_equal(aa, ab) and ta.shape == (1, 1, 12, 14, 11)
-    for split, names in (("train", 8), ("holdout", 2)):
-        la = make_lesion_source(a, split, ta, aa).bank
-        lb = make_lesion_source(b, split, tb, ab, store).bank
-        assert len(lb) == names and lb.names == la.names and lb.offsets == la.offsets
-        assert all(torch.equal(x, y) for x, y in zip(la.crops, lb.crops))
-    assert {"sub-05_lesion.nii.gz", "sub-07_lesion.nii.gz"} == set(make_lesion_source(b, "holdout", tb, ab,
-                                                                                      store).bank.names)
+    vs = a.generator.voxel_size
+    ma, mb = tissue_maps(folder=data["t"], voxel_size=vs).load(0), tissue_maps(store, voxel_size=vs).load(0)
+    assert np.array_equal(ma.data, mb.data) and np.array_equal(ma.affine, mb.affine) and ma.data.shape == (12, 14, 11)
+    la, lb = training_lesions(a.data.lesion, folder=data["l"]), training_lesions(b.data.lesion, store)
+    for i, names in ((0, 8), (1, 2)):
+        assert len(lb[i].bank) == names and lb[i].bank.names == la[i].bank.names
+        for j in range(names):       # placed alike on the training grid
+            da, db = torch.zeros(ma.data.shape, dtype=torch.bool), torch.zeros(ma.data.shape, dtype=torch.bool)
+            la[i].bank.paste(j, da, ma.affine)
+            lb[i].bank.paste(j, db, mb.affine)
+            assert torch.equal(da, db) and da.any()
+    assert {"sub-05_lesion.nii.gz", "sub-07_lesion.nii.gz"} == set(lb[1].bank.names)
     # the store also holds a real scan: step 1 is real there, so compare the synthetic step 0 of both runs
     out_a = train(a, stop_at=1, progress=False)
     b_synth = tiny(tmp_path / "store_synth", steps=2)
@@ -79,14 +83,15 @@ def test_two_steps_from_store_equal_two_steps_from_folders(data, tmp_path):
 
 def test_real_scans_from_store_match_folder(data):
     cfg = tiny("unused")
-    a = RealSource(str(data["r"]), cfg.generator, CPU)
-    b = real_source(cfg, CPU, open_store(data["store"]))
-    c = RealSource(None, cfg.generator, CPU, store=data["store"])   # a path works too
+    a = RealScans(folder=str(data["r"]))
+    b = real_scans(open_store(data["store"]))
+    c = RealScans(store=data["store"])            # a path works too
     assert len(a) == len(b) == len(c) == 1
-    (sa, ma), (sb, mb) = a.items[0], b.items[0]
-    assert torch.equal(ma, mb) and torch.equal(sb, c.items[0][0])
+    (sa, ma), (sb, mb) = a.load(0), b.load(0)
+    assert torch.equal(ma, mb) and torch.equal(sb, c.load(0)[0])
     assert torch.allclose(sa.float(), sb.float(), rtol=2e-3, atol=0.1)     # packed as fp16
-    image, target = b(seed=0, index=0, batch_size=1)
+    image, target = TrainingBatches(synthgen.SynthGenerator(cfg.generator), None, 0, 1, "cpu", real=b,
+                                    real_only=True)(0)
     assert image.shape == (1, 1, 24, 24, 24) and set(target.unique().tolist()) <= {0, 1}
 
 
@@ -94,13 +99,12 @@ def test_empty_sections_fall_back(data, tmp_path):
     cfg = tiny(tmp_path, steps=1)
     cfg.data.store = str(data["lesions_only"])
     store = open_store(data["lesions_only"])
-    (t,), (aff,) = load_tissues(cfg, CPU, store)
-    (t0,), _ = load_tissues(tiny(tmp_path), CPU)              # the bundled map
-    assert torch.equal(t, t0)
-    assert make_lesion_source(cfg, "train", t, aff, store).bank is not None
+    assert type(tissue_maps(store)).__name__ == "DefaultTissueMap"        # the bundled map
+    assert training_lesions(cfg.data.lesion, store)[0].bank is not None
     only_tissue = tmp_path / "only_tissue"
     pack(only_tissue, tissue_maps=data["t"], progress=False)
-    assert make_lesion_source(cfg, "train", t, aff, open_store(only_tissue)).bank is None   # procedural
+    assert training_lesions(cfg.data.lesion, open_store(only_tissue))[0].bank is None   # procedural
+    assert real_scans(store) is None
     cfg.val_every = 0
     out = train(cfg, progress=False)            # no real section: no real steps
     assert out["step"] == 1
@@ -124,6 +128,6 @@ def test_store_errors(data, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="nowhere: not a packed store"):
         train(cfg, progress=False)
     with pytest.raises(ValueError, match="`folder` or `store` must be given, not both nor neither"):
-        RealSource(None, cfg.generator, CPU)
+        RealScans()
     with pytest.raises(ValueError, match="`folder` or `store` must be given, not both nor neither"):
-        RealSource(str(data["r"]), cfg.generator, CPU, store=data["store"])
+        RealScans(str(data["r"]), store=data["store"])

@@ -30,23 +30,21 @@ def test_warp_matches_reference(kind, tissue_dtype):
     tissue, lesion, params, texture = make_case(kind)
     if tissue_dtype is not None:
         tissue = tissue.to(tissue_dtype)
-    args = list(prepared_args(tissue, lesion, params, texture))
-    if tissue_dtype == torch.float16:
-        args[0] = tissue.contiguous()                    # the kernel reads fp16 probabilities directly
-    triton_warp.warp_sample(*args)
+    args = prepared_args(tissue, lesion, params, texture)       # the kernel reads fp16 probabilities directly
+    triton_warp.warp_sample(args)
     ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture)
-    assert torch.equal(args[-1], ref_tgt)
-    torch.testing.assert_close(args[-2], ref_img, atol=2e-4, rtol=2e-6)
+    assert torch.equal(args.target, ref_tgt)
+    torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)
 
 
 def test_warp_reads_a_batch_of_maps_with_its_own_stride():
     tissue, _, params, texture = make_case("labels")
     both = torch.cat([tissue, torch.flip(tissue, [2])])              # two different maps
-    args = list(prepared_args(both, None, params, texture))
-    triton_warp.warp_sample(*args)
+    args = prepared_args(both, None, params, texture)
+    triton_warp.warp_sample(args)
     ref_img, ref_tgt = reference_warp(both, None, params, texture)
-    assert torch.equal(args[-1], ref_tgt)
-    torch.testing.assert_close(args[-2], ref_img, atol=2e-4, rtol=2e-6)
+    assert torch.equal(args.target, ref_tgt)
+    torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

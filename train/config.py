@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from synthgen.config import TARGET_CLASSES, GeneratorConfig, GMMConfig, LesionConfig, ProceduralLesionConfig, _from_dict
+from synthgen.config import GeneratorConfig, GMMConfig, LesionConfig, ProceduralLesionConfig, _from_dict
 
 PRESETS = ("paper", "quick")
 
@@ -47,6 +47,8 @@ class DataConfig:
     real_val: str | None = None       # folder of real validation scans + masks
     store: str | None = None          # packed store (python -m synthgen.data pack) read instead of tissue_maps,
                                       # lesions and real; an empty section: as if that folder were not given
+    prefetch: int = 2                 # steps whose maps / scans are read ahead into pinned memory (a bounded
+                                      # queue; the device holds only the map in use)
     lesion: LesionConfig = field(default_factory=LesionConfig)   # synthgen.lesions.LesionSource settings;
                                       # validation uses its "holdout" split of a lesion folder
 
@@ -77,11 +79,26 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        return 2 if self.baseline or self.generator.target == "lesion" else len(TARGET_CLASSES)
+        """The network's outputs: the generator's target classes (lesion last), 2 for the baseline."""
+        return 2 if self.baseline else self.generator.num_target_classes
 
     @property
     def class_names(self) -> tuple:
-        return ("background", "lesion") if self.num_classes == 2 else TARGET_CLASSES
+        return ("background", "lesion") if self.baseline else self.generator.target_class_names
+
+    def resolve_labels(self) -> "TrainConfig":
+        """Set ``generator.labels`` from the data (the store's index or the label mapping), so that the class
+        count, the target and ``config.json`` describe the maps; return self.
+
+        Raises:
+            ValueError / FileNotFoundError: a bad label mapping or store, or labels that contradict the data's.
+        """
+        if self.baseline:
+            return self
+        from synthgen.data.training import data_labels, merge_labels
+        d = self.data
+        self.generator.labels = merge_labels(data_labels(d.store, d.label_map), self.generator.labels)
+        return self
 
     def model_kwargs(self) -> dict:
         """Keyword arguments of ``build_unet`` (the checkpoint's ``config["model"]``)."""
@@ -122,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"`optim.amp` must be 'auto', 'bf16' or 'off', got {o.amp!r}")
         self.data.lesion.validate()
         d = self.data
+        if int(d.prefetch) != d.prefetch or d.prefetch < 1:
+            raise ValueError(f"`data.prefetch` must be an int >= 1, got {d.prefetch!r}")
         if d.store:
             both = [f"data.{k}" for k in ("tissue_maps", "lesions", "real", "label_map") if getattr(d, k)]
             if both:

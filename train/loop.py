@@ -28,13 +28,14 @@ import torch
 
 import synthgen
 from synthgen.data.prefetch import Prefetcher
-from synthgen.sampling import sample_key
+from synthgen.data.sources import real_scans, tissue_maps
+from synthgen.data.training import TrainingBatches, training_lesions, validation_set
 from train import plots
 from train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.losses import DiceCE
 from train.model import build_unet, n_params
-from train.validate import REAL_CLASSES, evaluate, synthetic_val_set
+from train.validate import REAL_CLASSES, evaluate
 
 # ----------------------------------------------------------------------------------------------- devices
 
@@ -103,29 +104,6 @@ def check_data(cfg: TrainConfig) -> None:
         raise ValueError("training data have problems:\n" + check.format_problems(problems))
 
 
-def tissue_on_grid(data, affine: np.ndarray, kind: str, voxel_size: float, device) -> tuple:
-    """A tissue map resampled to the training grid (RAS, ``voxel_size`` mm), as a tensor on ``device``.
-
-    Args:
-        data: ``(X, Y, Z)`` labels (``kind`` "labels", nearest neighbour) or ``(C, X, Y, Z)`` probabilities
-            (``kind`` "soft", trilinear); an array already at ``voxel_size`` mm in RAS is only copied.
-        affine: its 4x4 voxel -> MNI affine.
-
-    Returns:
-        ``(tensor, affine)``: ``(1, 1, X, Y, Z)`` uint8 labels or ``(1, C, X, Y, Z)`` float32 probabilities,
-        and the grid's voxel -> MNI affine.
-    """
-    from synthgen import io
-    if kind == "labels":
-        labels, affine = io.to_ras_1mm(np.asarray(data, dtype=np.uint8), affine, order=0, voxel_size=voxel_size)
-        t = torch.from_numpy(np.ascontiguousarray(labels))[None, None]
-    else:
-        soft = np.moveaxis(np.asarray(data, dtype=np.float32), 0, -1)
-        soft, affine = io.to_ras_1mm(soft, affine, order=1, voxel_size=voxel_size)
-        t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(soft, -1, 0)))[None]
-    return t.to(device), affine
-
-
 def open_data_store(cfg: TrainConfig):
     """The packed store of ``data.store`` (a :class:`synthgen.data.store.PackedStore`), or None.
 
@@ -136,123 +114,6 @@ def open_data_store(cfg: TrainConfig):
         return None
     from synthgen.data.store import open_store
     return open_store(cfg.data.store)
-
-
-def load_tissues(cfg: TrainConfig, device: torch.device, store=None) -> tuple[list, list]:
-    """The tissue maps on ``device`` at ``generator.voxel_size`` mm, and their voxel -> MNI affines.
-
-    From ``store``'s tissue maps when it has any, else from ``data.tissue_maps``, else the bundled map.
-    """
-    d, voxel_size = cfg.data, cfg.generator.voxel_size
-    if store is not None and len(store.tissue_maps):
-        # probabilities may be packed as uint8 x scale; labels are uint8 already (copied: memmaps are read-only)
-        maps = [(np.array(item.data) if item.kind == "labels"
-                 else item.data.astype(np.float32) * np.float32(item.scale), item.affine, item.kind)
-                for item in store.tissue_maps]
-    elif d.tissue_maps is None:
-        from synthgen.data import default_tissue_map
-        labels, affine = default_tissue_map(with_affine=True)
-        maps = [(labels[0, 0].numpy(), affine, "labels")]
-    else:
-        from synthgen.data import check
-        from synthgen.data.tissue import read_tissue_map
-        files, _ = check.list_nifti(d.tissue_maps)
-        # read straight at the training voxel size (one resampling); tissue_on_grid then only copies
-        maps = [(m.data, m.affine, m.kind) for m in (read_tissue_map(f, label_map=d.label_map, voxel_size=voxel_size)
-                                                     for f in files)]
-    out = [tissue_on_grid(data, affine, kind, voxel_size, device) for data, affine, kind in maps]
-    return [t for t, _ in out], [a for _, a in out]
-
-
-def make_lesion_source(cfg: TrainConfig, split: str, tissue: torch.Tensor, affine: np.ndarray, store=None):
-    """The lesion source of one tissue map for ``split`` ("train" or "holdout"): masks from ``store`` (when its
-    lesion section is not empty) or the lesion folder, resampled onto the map's grid (the held-out files for
-    "holdout"; the same files either way), or procedural lesions."""
-    from synthgen.lesions import LesionSource
-    d = cfg.data
-    if store is not None and len(store.lesions):
-        return LesionSource.from_store(store, tuple(tissue.shape[2:]), affine, split=split, config=d.lesion,
-                                       device=tissue.device, progress=False)
-    folder = d.lesions or d.lesion.mask_dir
-    if folder:
-        return LesionSource.from_folder(folder, tuple(tissue.shape[2:]), affine, split=split, config=d.lesion,
-                                        device=tissue.device, progress=False)
-    return LesionSource.procedural(affine=affine, config=d.lesion)
-
-
-class RealSource:
-    """Real labelled scans augmented on the device (``synthgen.real.RealAugmenter``), one item per sample.
-
-    Scans and masks are read once (RAS, ``generator.voxel_size`` mm) from ``folder`` or from the ``real``
-    section of a packed ``store`` (a path or :class:`synthgen.data.store.PackedStore`) and kept in host memory
-    (fp16 / uint8); each sample moves its item to the device. Real sample ``i`` of stream ``seed`` uses item
-    ``synthgen.real.real_item(seed, i, n)`` (a fresh permutation per pass). Targets are lesion masks {0, 1}.
-
-    Raises:
-        ValueError: not exactly one of ``folder`` and ``store`` given.
-    """
-
-    def __init__(self, folder, generator_config, device: torch.device, store=None):
-        from synthgen.real import RealAugmenter, real_item
-        if (folder is None) == (store is None):
-            raise ValueError(f"`folder` or `store` must be given, not both nor neither, got {folder!r} and "
-                             f"{store!r}")
-        voxel_size = generator_config.voxel_size
-        self.items = []
-        if store is not None:
-            from synthgen import io
-            if not hasattr(store, "real"):
-                from synthgen.data.store import open_store
-                store = open_store(store)
-            for item in store.real:
-                scan = item.scan.astype(np.float32) * np.float32(item.scale)   # packed as fp16 / scale
-                scan, _ = io.to_ras_1mm(scan, item.affine, order=1, voxel_size=voxel_size)
-                mask, _ = io.to_ras_1mm(np.array(item.mask), item.affine, order=0, voxel_size=voxel_size)
-                self.items.append((torch.from_numpy(np.ascontiguousarray(scan)).half(),
-                                   torch.from_numpy(np.ascontiguousarray(mask))))
-        else:
-            from synthgen.data import check
-            from synthgen.data.tissue import read_mask, read_scan
-            files, _ = check.list_nifti(folder)
-            pairs, _ = check.pair_real_files(files)
-            for pair in pairs:
-                scan, _ = read_scan(pair.scan, voxel_size=voxel_size)
-                mask, _ = read_mask(pair.mask, voxel_size=voxel_size)
-                self.items.append((torch.from_numpy(scan).half(), torch.from_numpy(mask)))
-        self.augment, self.item_of, self.device = RealAugmenter(generator_config), real_item, device
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @torch.no_grad()
-    def __call__(self, seed: int, index: int, batch_size: int):
-        images, targets = [], []
-        for i in range(index, index + batch_size):
-            scan, mask = self.items[self.item_of(seed, i, len(self.items))]
-            image, target = self.augment(scan.to(self.device)[None, None], mask.to(self.device)[None, None],
-                                         seed=seed, index=i)
-            images.append(image)
-            targets.append(target)
-        return torch.cat(images), torch.cat(targets)
-
-
-def real_source(cfg: TrainConfig, device: torch.device, store=None):
-    """The real-scan branch (``synthgen.real``), alternated 1:1 with synthetic samples: from ``store``'s real
-    scans when it has any, else from ``data.real``.
-
-    Raises:
-        NotImplementedError: ``synthgen/real.py`` is not available.
-    """
-    try:
-        from synthgen import real
-    except ImportError:
-        real = None
-    if real is None or not hasattr(real, "RealAugmenter"):
-        raise NotImplementedError("--real: real-scan training needs synthgen/real.py (real-scan augmentation), "
-                                  "which is not available yet")
-    if store is not None and len(store.real):
-        return RealSource(None, cfg.generator, device, store=store)
-    return RealSource(cfg.data.real, cfg.generator, device)
 
 
 def lesion_vs_rest(logits: torch.Tensor) -> torch.Tensor:
@@ -287,33 +148,6 @@ def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
         target = np.pad(mask.astype(np.uint8) * (cfg.num_classes - 1), pad)
         out.append((torch.from_numpy(image)[None, None].to(device), torch.from_numpy(target)[None].to(device)))
     return out
-
-
-class TrainingData:
-    """The batch of step ``n``: synthetic, or (with a real source) real on odd steps, exactly 1:1.
-
-    The tissue map of a synthetic step is drawn from ``(seed, step)``; ``lesions[i]`` (if given) is the lesion
-    source of map ``i`` (sources hold masks resampled onto their map's grid).
-    """
-
-    def __init__(self, generator, tissues: list, seed: int, batch_size: int, real=None, real_only: bool = False,
-                 lesions: list | None = None):
-        self.generator, self.tissues, self.seed, self.batch = generator, tissues, seed, batch_size
-        self.real, self.real_only, self.lesions = real, real_only, lesions
-
-    def is_real(self, step: int) -> bool:
-        return self.real is not None and (self.real_only or step % 2 == 1)
-
-    @torch.no_grad()
-    def __call__(self, step: int):
-        if self.is_real(step):
-            index = step if self.real_only else step // 2    # synthgen.real.mixed_source: even synthetic, odd real
-            return self.real(seed=self.seed, index=index * self.batch, batch_size=self.batch)
-        index = step if self.real is None else step // 2
-        which = sample_key(self.seed, index, "tissue") % len(self.tissues)
-        if self.lesions is not None:
-            self.generator.lesions = self.lesions[which]
-        return self.generator(self.tissues[which], seed=self.seed, index=index * self.batch, batch_size=self.batch)
 
 
 def _timed_batch(data, cuda: bool, step: int):
@@ -412,7 +246,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
         resume: continue from ``<out>/last.pt`` exactly (model, optimiser, scheduler, step, random states).
         stop_at: stop after this step (checkpointing it) without changing the schedule; for tests and
             time-sliced jobs.
-        lesions: ``(train_source, val_source)`` to use instead of :func:`make_lesion_source`.
+        lesions: ``(train_source, val_source)`` to use instead of
+            :func:`synthgen.data.training.training_lesions`.
         progress: show the tqdm bar (rank 0).
 
     Returns:
@@ -424,7 +259,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
         FileNotFoundError: ``resume`` without a checkpoint in ``out``, or ``data.store`` not a packed store.
         NotImplementedError: ``--real``/``--lesions`` before the modules that read them have landed.
     """
-    cfg.validate()
+    cfg.resolve_labels().validate()
     rank, world, device = init_distributed(cfg.device)
     is_main = rank == 0
     out = Path(cfg.out)
@@ -440,23 +275,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     torch.manual_seed(seed)          # dropout and weight init; saved and restored with every checkpoint
     dtype = amp_dtype(cfg, device)
 
-    # data: on the training device, in this process
+    # data: read by index from the store or the folders (a bounded read-ahead), synthesised on the training device
+    d = cfg.data
     store = open_data_store(cfg)
-    if cfg.baseline and cfg.data.store and not len(store.real):
-        raise ValueError(f"`baseline` trains on real scans only: the store {cfg.data.store} must hold real scans "
+    if cfg.baseline and d.store and not len(store.real):
+        raise ValueError(f"`baseline` trains on real scans only: the store {d.store} must hold real scans "
                          "(pack --real DIR), got none")
-    use_real = cfg.data.real or (store is not None and len(store.real))
-    real = real_source(cfg, device, store) if use_real else None
-    tissues, affines = ([], []) if cfg.baseline else load_tissues(cfg, device, store)
-    if lesions is not None:
-        train_lesions, val_lesions = [lesions[0]] * len(tissues), [lesions[1]] * len(tissues)
-    else:
-        train_lesions = [make_lesion_source(cfg, "train", t, a, store) for t, a in zip(tissues, affines)]
-        val_lesions = [make_lesion_source(cfg, "holdout", t, a, store) for t, a in zip(tissues, affines)]
+    real = real_scans(store, d.real, cfg.generator.voxel_size)
+    maps = None if cfg.baseline else tissue_maps(store, d.tissue_maps, d.label_map, cfg.generator.voxel_size)
+    if lesions is None:
+        lesions = training_lesions(d.lesion, store, d.lesions or d.lesion.mask_dir, progress=False)
+    train_lesions, val_lesions = lesions
     gen_cfg = cfg.generator
-    generator = synthgen.SynthGenerator(gen_cfg)
-    data = TrainingData(generator, tissues, seed, cfg.batch_size, real, real_only=cfg.baseline,
-                        lesions=train_lesions)
+    data = TrainingBatches(synthgen.SynthGenerator(gen_cfg), maps, seed, cfg.batch_size, device,
+                           lesions=train_lesions, real=real, real_only=cfg.baseline, prefetch=d.prefetch)
 
     # model and optimiser
     model_kwargs = cfg.model_kwargs()
@@ -487,9 +319,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
 
     # validation set: its own stream, held-out lesions; built once, kept on the device (rank 0 only)
     val_set, real_val = [], []
-    if is_main and cfg.val_every and cfg.val_samples and tissues:
-        val_set = synthetic_val_set(synthgen.SynthGenerator(gen_cfg), tissues, cfg.seed + cfg.val_seed_offset,
-                                    cfg.val_samples, lesions=val_lesions)
+    if is_main and cfg.val_every and cfg.val_samples and maps is not None:
+        val_set = validation_set(synthgen.SynthGenerator(gen_cfg), maps, cfg.seed + cfg.val_seed_offset,
+                                 cfg.val_samples, device, lesions=val_lesions)
     if is_main and cfg.val_every and cfg.data.real_val:
         real_val = load_real_val(cfg, device)
 
@@ -560,7 +392,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
         # step n + 1's batch is made on a side stream (and thread) while step n trains; batches depend only on
         # (seed, step), so the run is the same as without
         ahead = Prefetcher(timed, range(step, end), depth=1, device=device if cuda else None)
-    with StopFlag() as stop, ahead if ahead is not None else nullcontext():
+    data.start(step, end)
+    with StopFlag() as stop, data, ahead if ahead is not None else nullcontext():
         while step < end:
             image, target, synth = next(ahead) if ahead is not None else timed(step)
             window["synth"].append(synth)

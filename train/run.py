@@ -23,7 +23,7 @@ if __package__ in (None, ""):   # `python train/run.py`: make the repository imp
 from train.config import PRESETS, TrainConfig, preset  # noqa: E402
 
 # options that may differ from the saved config on --resume (they do not change the recipe)
-RESUMABLE = {"device", "log_every", "val_every", "ckpt_every", "plot_samples", "generate_ahead"}
+RESUMABLE = {"device", "log_every", "val_every", "ckpt_every", "plot_samples", "generate_ahead", "data.prefetch"}
 
 
 def _crop(text: str) -> tuple:
@@ -52,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
                                    "--lesions and --real")
     p.add_argument("--real-val", help="folder of real validation scans + lesion masks")
     p.add_argument("--baseline", action="store_true", help="real scans only, 2 classes (needs --real)")
+    p.add_argument("--target", choices=("tissue", "lesion", "labels"),
+                   help="what the network segments: tissue (6 classes), lesion (binary) or labels (the label "
+                        "mapping's target label set, e.g. SynthSeg's 32 structures with --label-map freesurfer)")
+    p.add_argument("--prefetch", type=int, help="training steps whose maps / scans are read ahead (default 2)")
     p.add_argument("--seed", type=int, help="base seed (rank r uses seed + r)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, help="samples per step per rank (paper: 1)")
@@ -80,7 +84,8 @@ def overrides(args) -> dict:
              "lesions": "data.lesions", "lesion_pattern": "data.lesion.mask_pattern", "real": "data.real", "real_val": "data.real_val",
              "store": "data.store",
              "voxel_size": "generator.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop",
-             "generate_ahead": "generate_ahead", "work_dtype": "generator.work_dtype"}
+             "generate_ahead": "generate_ahead", "work_dtype": "generator.work_dtype", "target": "generator.target",
+             "prefetch": "data.prefetch"}
     out = {path: getattr(args, name) for name, path in table.items() if getattr(args, name) is not None}
     if args.baseline:
         out["baseline"] = True
@@ -131,7 +136,7 @@ def resolve_config(args) -> TrainConfig:
         cfg = preset(name)
     for path, value in opts.items():
         _set(cfg, path, value)
-    return cfg.validate()
+    return cfg.resolve_labels().validate()
 
 
 def _normal(v):

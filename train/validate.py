@@ -1,7 +1,8 @@
 """Validation: a fixed held-out synthetic set and, when given, real labelled scans.
 
-The synthetic set is drawn once from its own stream (``seed + val_seed_offset``, never used in training) with
-the held-out lesions, and kept on the device, so every validation sees the same samples. Dice per class uses
+The synthetic set (:func:`synthgen.data.training.validation_set`) is drawn once from its own stream (``seed +
+val_seed_offset``, never used in training) with the held-out lesions, and kept on the device, so every validation
+sees the same samples. Dice per class uses
 ``train.metrics.dice`` (both masks empty -> 1); ``lesion_dice`` is the mean lesion Dice over the samples whose
 target holds a lesion (the number that matters for stroke), NaN when none does.
 """
@@ -14,27 +15,6 @@ import numpy as np
 import torch
 
 from train.metrics import dice
-
-
-def synthetic_val_set(generator, tissues: list, seed: int, n: int, lesions: list | None = None) -> list:
-    """Draw ``n`` fixed validation samples: sample ``i`` uses tissue map ``i % len(tissues)``.
-
-    Args:
-        generator: a ``synthgen.SynthGenerator``.
-        tissues: tissue-map tensors on the training device.
-        seed: the validation stream (keep it apart from every training stream).
-        lesions: the held-out lesion source of each tissue map (None: the generator's own).
-
-    Returns:
-        A list of ``(image (1, 1, *crop) float32, target (1, *crop) uint8)`` on the tissue maps' device.
-    """
-    out = []
-    for i in range(n):
-        if lesions is not None:
-            generator.lesions = lesions[i % len(tissues)]
-        image, target = generator(tissues[i % len(tissues)], seed=seed, index=i, batch_size=1)
-        out.append((image, target))
-    return out
 
 
 def _autocast(device: torch.device, amp_dtype):

@@ -115,35 +115,22 @@ def check_tissue_map(path, label_map=None, background_channel=None,
     if data is None:
         return report
     if data.ndim == 3:
-        if np.issubdtype(data.dtype, np.floating):
-            if not np.all(np.isfinite(data)):
-                report.error("label map has NaN or Inf values")
-                return report
-            if not np.array_equal(np.rint(data), data):
-                report.error("3D tissue map has non-integer values: a probability map must be 4D "
-                             "(channels [bg, GM, WM, PV, CSF, extra...]); a label map must hold integers")
-                return report
-        values = np.unique(data).astype(np.int64)
-        if values.min() < 0:
-            report.error(f"label map has negative labels {values[values < 0].tolist()}")
+        try:       # the rule training reads maps by (synthgen.data.tissue.tissue_labels)
+            tissue_mod.tissue_labels(data, path, mapping)
+        except ValueError as err:
+            report.error(_strip_path(str(err), path))
             return report
         if mapping is not None:
-            missing = mapping.unmapped(values)
-            if missing:
-                report.error(f"labels {tissue_mod._short_list(missing)} are not in the label mapping "
-                             f"{mapping.name!r}")
             brain = np.isin(data, list(mapping.gm + mapping.wm))
         else:
-            if values.max() > 255:
-                report.error(f"labels up to {values.max()} are not in our convention (0 bg, 1 GM, 2 WM, 3 PV, "
-                             "4 CSF, 5+ extra): pass a label mapping (--label-map freesurfer or a JSON file)")
-            elif 1 not in values:
-                report.error(f"no GM (label 1) among labels {tissue_mod._short_list(values.tolist())}: another "
-                             "label set? pass a label mapping (--label-map freesurfer or a JSON file)")
             brain = (data == 1) | (data == 2)
         _foreground(report, brain)
         return report
     if data.ndim == 4:
+        if mapping is not None:
+            report.error("a label mapping describes 3D label maps, got a 4D probability map: keep label maps and "
+                         "probability maps in separate runs (or drop --label-map)")
+            return report
         try:
             soft = tissue_mod.soft_channels(data, path, background_channel, tolerance)
         except ValueError as err:

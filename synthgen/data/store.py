@@ -215,16 +215,19 @@ def _mask_writer(path, threshold, crop=False):
     def write(folder: Path, name: str) -> dict:
         mask, affine = tissue_mod.read_mask(path, threshold)
         meta = {"full_shape": list(mask.shape), "crop_offset": [0, 0, 0]}
-        if crop and mask.any():
-            idx = np.argwhere(mask)
-            lo, hi = idx.min(0), idx.max(0) + 1
+        idx = np.argwhere(mask)
+        lo, hi = (idx.min(0), idx.max(0) + 1) if len(idx) else (np.zeros(3, int), np.zeros(3, int))
+        if crop and len(idx):
             mask = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
             affine = affine.copy()
             affine[:3, 3] += affine[:3, :3] @ lo   # voxel 0 of the crop sits where voxel lo was
             meta["crop_offset"] = lo.tolist()
+            lo, hi = lo - lo, hi - lo
+        # the foreground box: the lesion bank reads the mask as a view of it, without scanning the file
+        meta["box"] = [lo.tolist(), hi.tolist()]
         _atomic_save_npy(folder / f"{name}.npy", mask)
         return {"kind": "mask", "shape": list(mask.shape), "dtype": "uint8", "scale": 1.0,
-                "affine": affine.tolist(), "voxels": int(mask.sum()), **meta, "files": {"data": f"{name}.npy"}}
+                "affine": affine.tolist(), "voxels": int(len(idx)), **meta, "files": {"data": f"{name}.npy"}}
     return write
 
 

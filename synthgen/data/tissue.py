@@ -5,7 +5,10 @@ Tissue-map convention (the generator's input): labels 0 background, 1 GM, 2 WM, 
 
 - A 3D integer map with these labels is used as it is; any other label set (FreeSurfer, SynthSeg, ...)
   needs a :class:`LabelMapping` (``--label-map`` JSON, a CLI string, or ``"freesurfer"`` for the
-  mapping shipped in ``synthgen/data/mappings/freesurfer.json``).
+  mapping shipped in ``synthgen/data/mappings/freesurfer.json``). A mapping keeps every source label as a
+  label of its own (one Gaussian each, or per tied group, as in SynthSeg) and gives each its tissue class
+  and, optionally, a target class (:meth:`LabelMapping.label_config`, the generator's
+  :class:`synthgen.config.LabelConfig`).
 - A 4D map is soft: per-voxel probabilities, channels ``[bg, GM, WM, PV, CSF, extra...]``. A map
   without the background channel (SPM MultiBrain style: ``[GM, WM, PV, CSF, extra...]``, summing to
   less than 1 outside the head) gets ``bg = 1 - sum`` prepended. By default the background channel is
@@ -26,12 +29,13 @@ import numpy as np
 import torch
 
 from synthgen import io
+from synthgen.config import NON_BRAIN
 
 TISSUE_LABELS = {"background": 0, "gm": 1, "wm": 2, "pv": 3, "csf": 4}
-FIRST_EXTRA_LABEL = 5
 MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
 PROBABILITY_TOLERANCE = 1e-2   # sums up to 1 + this are fine (rounding of uint8 / fp16 maps)
 _CLASS_KEYS = ("background", "gm", "wm", "pv", "csf", "extra")
+_OPTION_KEYS = ("gaussians", "tied", "target", "target_names")
 
 
 def _as_int_list(name: str, value) -> tuple:
@@ -47,44 +51,71 @@ def _as_int_list(name: str, value) -> tuple:
     return tuple(out)
 
 
+def _as_groups(name: str, value) -> tuple:
+    """A list of labels or label lists -> tuple of tuples (each entry a group)."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"`{name}` must be a list of labels or label lists, got {value!r}")
+    groups = tuple(_as_int_list(name, e) for e in value)
+    if any(len(g) == 0 for g in groups):
+        raise ValueError(f"`{name}` must not contain empty groups, got {value!r}")
+    return groups
+
+
 @dataclass(frozen=True)
 class LabelMapping:
-    """Which source labels make up each tissue class.
+    """How a label set (FreeSurfer, SynthSeg, ...) becomes the generator's labels, Gaussians and targets.
 
-    ``extra`` lists non-brain labels: each entry (a label, or a list of labels sharing one class)
-    becomes its own class 5, 6, ... in order. Label 0 is background unless listed elsewhere; any
-    other label that is not listed is an error (it would silently become background otherwise).
+    Every source label (or label 0 and the other ``background`` labels, which become label 0) becomes a label of
+    its own, numbered in increasing source order, with the tissue class of the list it is in (``gm``, ``wm``,
+    ``pv``, ``csf``, or ``extra`` for non-brain tissue: background in the target). Intensities (``gaussians``):
+    "label", one Gaussian per label (SynthSeg), optionally with ``tied`` groups of labels sharing one (e.g. the
+    left and right copy of a structure); "class", one per tissue class and per ``extra`` entry. ``target``
+    (optional) is a target label set: entry ``i`` (a label, or a list of labels) is target class ``i + 1``,
+    unlisted labels are background (``GeneratorConfig(target="labels")``). Any label that is not listed is an
+    error (it would silently become background otherwise).
     """
     gm: tuple = ()
     wm: tuple = ()
     csf: tuple = ()
     pv: tuple = ()
-    extra: tuple = ()          # tuple of tuples
+    extra: tuple = ()          # tuple of tuples: a group shares one Gaussian with gaussians "class"
     background: tuple = (0,)
+    gaussians: str = "label"   # "label" or "class"
+    tied: tuple = ()           # tuple of tuples: labels sharing one Gaussian with gaussians "label"
+    target: tuple = ()         # tuple of tuples: target label set (empty: none)
+    target_names: tuple = ()   # names of the target classes 1.. (optional)
     name: str = field(default="custom", compare=False)
 
     @classmethod
     def from_dict(cls, d: dict, name: str = "custom") -> "LabelMapping":
-        """Build from ``{"gm": [...], "wm": [...], "csf": [...], "pv": [...], "extra": [...]}``.
+        """Build from ``{"gm": [...], "wm": [...], "csf": [...], "pv": [...], "extra": [...], "gaussians": "label",
+        "tied": [[...], ...], "target": [...], "target_names": [...]}``.
 
         Raises:
-            ValueError: unknown keys, non-integer labels, or one label in two classes.
+            ValueError: unknown keys, non-integer labels, one label in two classes, a tied or target label that is
+                not mapped, or a label in two tied groups / target classes.
         """
         if not isinstance(d, dict):
             raise ValueError(f"`label mapping` must be a JSON object, got {type(d).__name__}")
         d = {k: v for k, v in d.items() if not k.startswith("_")}   # "_comment" keys document the file
-        unknown = sorted(set(d) - set(_CLASS_KEYS))
+        unknown = sorted(set(d) - set(_CLASS_KEYS) - set(_OPTION_KEYS))
         if unknown:
-            raise ValueError(f"`label mapping` keys must be among {list(_CLASS_KEYS)}, got unknown {unknown}")
+            raise ValueError(f"`label mapping` keys must be among {list(_CLASS_KEYS + _OPTION_KEYS)}, got unknown "
+                             f"{unknown}")
         kwargs = {k: _as_int_list(k, d[k]) for k in ("gm", "wm", "csf", "pv", "background") if k in d}
-        extra = d.get("extra", [])
-        if not isinstance(extra, (list, tuple)):
-            raise ValueError(f"`extra` must be a list of labels or label lists, got {extra!r}")
-        kwargs["extra"] = tuple(_as_int_list("extra", e) for e in extra)
-        if any(len(e) == 0 for e in kwargs["extra"]):
-            raise ValueError(f"`extra` must not contain empty groups, got {extra!r}")
-        mapping = cls(**kwargs, name=name)
+        for key in ("extra", "tied", "target"):
+            kwargs[key] = _as_groups(key, d.get(key, []))
+        gaussians = d.get("gaussians", "label")
+        if gaussians not in ("label", "class"):
+            raise ValueError(f"`gaussians` must be 'label' or 'class', got {gaussians!r}")
+        names = d.get("target_names", [])
+        if not isinstance(names, (list, tuple)) or any(not isinstance(n, str) for n in names) or (
+                names and len(names) != len(kwargs["target"])):
+            raise ValueError(f"`target_names` must be one name per target entry ({len(kwargs['target'])}), got "
+                             f"{names!r}")
+        mapping = cls(**kwargs, gaussians=gaussians, target_names=tuple(names), name=name)
         mapping.table()   # validates overlaps
+        mapping.label_config()
         return mapping
 
     @classmethod
@@ -106,16 +137,20 @@ class LabelMapping:
     def parse(cls, text: str) -> "LabelMapping":
         """Parse a CLI string ``"gm=3,42;wm=2,41;csf=4,5,24;extra=502,506+507"``.
 
-        Classes are separated by ``;``, labels by ``,``; in ``extra``, ``+`` joins labels into one class.
+        Classes are separated by ``;``, labels by ``,``; in ``extra``, ``tied`` and ``target``, ``+`` joins labels
+        into one group; ``gaussians=class`` gives one Gaussian per class.
         """
         d: dict = {}
         for part in filter(None, (p.strip() for p in text.split(";"))):
             key, sep, values = part.partition("=")
             key = key.strip().lower()
-            if not sep or key not in _CLASS_KEYS:
+            if not sep or key not in _CLASS_KEYS + ("tied", "target", "gaussians"):
                 raise ValueError(f"`label mapping` must look like 'gm=3,42;wm=2,41;csf=4', got {text!r}")
+            if key == "gaussians":
+                d[key] = values.strip()
+                continue
             try:
-                if key == "extra":
+                if key in ("extra", "tied", "target"):
                     d[key] = [[int(v) for v in g.split("+")] for g in values.split(",") if g.strip()]
                 else:
                     d[key] = [int(v) for v in values.split(",") if v.strip()]
@@ -126,33 +161,82 @@ class LabelMapping:
         return cls.from_dict(d, name="cli")
 
     @property
-    def num_classes(self) -> int:
-        """Number of output labels, background and extras included."""
-        return FIRST_EXTRA_LABEL + len(self.extra)
-
-    @property
     def source_labels(self) -> set:
         return {v for k in ("background", "gm", "wm", "pv", "csf") for v in getattr(self, k)} | {
             v for group in self.extra for v in group}
 
+    def labels(self) -> tuple:
+        """The source label of each generator label ``1, 2, ...`` (label 0 is every background label)."""
+        return tuple(sorted(self.source_labels - set(self.background)))
+
+    @property
+    def num_labels(self) -> int:
+        """Number of generator labels, background included."""
+        return len(self.labels()) + 1
+
     def table(self) -> np.ndarray:
-        """Lookup table ``out = table[label]`` (uint16; 65535 marks labels that are not in the mapping).
+        """Lookup table ``out = table[source label]`` of generator labels (uint16; 65535 marks labels that are not
+        in the mapping).
 
         Raises:
             ValueError: a label appears in two classes.
         """
-        size = max(self.source_labels | {0}) + 1
-        table = np.full(size, 65535, dtype=np.uint16)
         owner: dict = {}
-        groups = [(TISSUE_LABELS[k], k, getattr(self, k)) for k in ("background", "gm", "wm", "pv", "csf")]
-        groups += [(FIRST_EXTRA_LABEL + i, f"extra[{i}]", g) for i, g in enumerate(self.extra)]
-        for out, key, labels in groups:
+        groups = [(k, getattr(self, k)) for k in ("background", "gm", "wm", "pv", "csf")]
+        groups += [(f"extra[{i}]", g) for i, g in enumerate(self.extra)]
+        for key, labels in groups:
             for v in labels:
                 if v in owner and owner[v] != key:
                     raise ValueError(f"`label mapping` label {v} must be in one class, got {owner[v]} and {key}")
                 owner[v] = key
-                table[v] = out
+        table = np.full(max(self.source_labels | {0}) + 1, 65535, dtype=np.uint16)
+        table[list(self.background)] = 0
+        for g, v in enumerate(self.labels(), start=1):
+            table[v] = g
         return table
+
+    def label_config(self):
+        """The :class:`synthgen.config.LabelConfig` of the generator labels (classes, Gaussians, targets).
+
+        Raises:
+            ValueError: more than 256 labels, a tied or target label not in the mapping, or a label in two tied
+                groups or two target classes.
+        """
+        from synthgen.config import MAX_LABELS, LabelConfig
+        labels = self.labels()
+        if len(labels) + 1 > MAX_LABELS:
+            raise ValueError(f"`label mapping` must map to at most {MAX_LABELS} labels (uint8), got {len(labels) + 1}")
+        index = {v: g for g, v in enumerate(labels, start=1)} | {v: 0 for v in self.background}
+        cls_of = {v: TISSUE_LABELS[k] for k in ("gm", "wm", "pv", "csf") for v in getattr(self, k)}
+        cls_of |= {v: NON_BRAIN for group in self.extra for v in group}
+        classes = (0,) + tuple(cls_of[v] for v in labels)
+
+        def grouped(key, groups):       # label -> group number, each label in at most one group
+            out = {}
+            for i, group in enumerate(groups):
+                for v in group:
+                    if v not in index:
+                        raise ValueError(f"`{key}` label {v} is not in the label mapping {self.name!r}")
+                    if v in out:
+                        raise ValueError(f"`{key}` label {v} must be in one group, got groups {out[v]} and {i}")
+                    out[v] = i
+            return out
+        if self.gaussians == "class":
+            extra_of = {v: i for i, group in enumerate(self.extra) for v in group}
+            key = [0] + [("extra", extra_of[v]) if v in extra_of else cls_of[v] for v in labels]
+        else:
+            tied = grouped("tied", self.tied)
+            key = [0] + [("tied", tied[v]) if v in tied else ("label", v) for v in labels]
+        first: dict = {}
+        gaussians = tuple(first.setdefault(k, len(first)) for k in key)     # numbered by first appearance
+        targets = target_names = None
+        if self.target:
+            target_of = grouped("target", self.target)
+            targets = (0,) + tuple(target_of[v] + 1 if v in target_of else 0 for v in labels)
+            target_names = ("background",) + (tuple(self.target_names) if self.target_names else tuple(
+                "+".join(str(v) for v in group) for group in self.target))
+        return LabelConfig(classes=classes, gaussians=gaussians, targets=targets, target_names=target_names,
+                           names=("background",) + tuple(str(v) for v in labels)).validate()
 
     def unmapped(self, values) -> list:
         """The values among ``values`` (integers) that the mapping does not cover."""
@@ -160,7 +244,7 @@ class LabelMapping:
         return sorted(int(v) for v in values if int(v) not in known)
 
     def apply(self, labels: np.ndarray, name="labels") -> np.ndarray:
-        """Map an integer label array to tissue labels (uint8).
+        """Map an integer label array to generator labels (uint8).
 
         Raises:
             ValueError: ``labels`` holds values the mapping does not cover (listed, ``name`` in the message).
@@ -173,8 +257,12 @@ class LabelMapping:
         return table[labels.astype(np.int64, copy=False)].astype(np.uint8)
 
     def to_dict(self) -> dict:
-        return {"gm": list(self.gm), "wm": list(self.wm), "csf": list(self.csf), "pv": list(self.pv),
-                "extra": [list(g) for g in self.extra], "background": list(self.background)}
+        d = {"gm": list(self.gm), "wm": list(self.wm), "csf": list(self.csf), "pv": list(self.pv),
+             "extra": [list(g) for g in self.extra], "background": list(self.background), "gaussians": self.gaussians,
+             "tied": [list(g) for g in self.tied], "target": [list(g) for g in self.target]}
+        if self.target_names:
+            d["target_names"] = list(self.target_names)
+        return d
 
 
 def _short_list(values, n=12) -> str:
@@ -232,18 +320,38 @@ class TissueMap:
         return t.to(device) if device is not None else t
 
 
-def _integer_labels(data: np.ndarray, path) -> np.ndarray:
+def tissue_labels(data: np.ndarray, path, mapping=None) -> np.ndarray:
+    """Validate a 3D label map and return its generator labels (uint8): the one rule for check and training.
+
+    Labels must be integers >= 0; with a ``mapping`` every label must be in it (it maps them, see
+    :class:`LabelMapping`); without one they must follow our convention (0 bg, 1 GM, 2 WM, 3 PV, 4 CSF, 5-14
+    non-brain; GM present), which the generator takes as it is.
+
+    Raises:
+        ValueError: naming ``path`` and the problem.
+    """
+    from synthgen.config import DEFAULT_NUM_LABELS
     if not np.issubdtype(data.dtype, np.integer):
         if not np.all(np.isfinite(data)):
             raise ValueError(f"{path}: label map has NaN or Inf values")
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
-            raise ValueError(f"{path}: 3D tissue map has non-integer values (a probability map must be 4D, "
-                             "channels [bg, GM, WM, PV, CSF, ...])")
+            raise ValueError(f"{path}: 3D tissue map has non-integer values: a probability map must be 4D "
+                             "(channels [bg, GM, WM, PV, CSF, extra...]); a label map must hold integers")
         data = rounded.astype(np.int64)
-    if data.min() < 0:
-        raise ValueError(f"{path}: label map has negative labels (min {data.min()})")
-    return data
+    values = np.unique(data)
+    if values.min() < 0:
+        raise ValueError(f"{path}: label map has negative labels {values[values < 0].tolist()}")
+    if mapping is not None:
+        return mapping.apply(data, name=str(path))
+    if values.max() >= DEFAULT_NUM_LABELS:
+        raise ValueError(f"{path}: labels up to {int(values.max())} are not in our convention (0 bg, 1 GM, 2 WM, "
+                         f"3 PV, 4 CSF, 5-{DEFAULT_NUM_LABELS - 1} non-brain): pass a label mapping (--label-map "
+                         "freesurfer or a JSON file)")
+    if 1 not in values:
+        raise ValueError(f"{path}: no GM (label 1) among labels {_short_list(values.tolist())}: another label set? "
+                         "pass a label mapping (--label-map freesurfer or a JSON file)")
+    return data.astype(np.uint8, copy=False)
 
 
 def soft_channels(data: np.ndarray, path, background_channel=None,
@@ -273,6 +381,10 @@ def soft_channels(data: np.ndarray, path, background_channel=None,
     if n < need:
         raise ValueError(f"{path}: a 4D tissue map needs channels [bg, GM, WM, PV, CSF, extra...] "
                          f"({need} or more {'with' if background_channel else 'without'} background), got {n}")
+    from synthgen.config import DEFAULT_NUM_LABELS
+    if n + (not background_channel) > DEFAULT_NUM_LABELS:
+        raise ValueError(f"{path}: a 4D tissue map may have at most {DEFAULT_NUM_LABELS} channels (background "
+                         f"included), got {n + (not background_channel)}")
     data = np.clip(data, 0, 1)
     if not background_channel:
         data = np.concatenate([np.clip(1 - total, 0, 1)[..., None], data], axis=-1)
@@ -297,16 +409,13 @@ def read_tissue_map(path, label_map=None, background_channel=None, voxel_size: f
     mapping = resolve_mapping(label_map)
     data, affine = io.load_nifti(path)
     if data.ndim == 3:
-        labels = _integer_labels(data, path)
-        if mapping is not None:
-            labels = mapping.apply(labels, name=str(path))
-        elif labels.max() > 255:
-            raise ValueError(f"{path}: labels up to {int(labels.max())} need a label mapping (--label-map); "
-                             "without one, labels must be 0 bg, 1 GM, 2 WM, 3 PV, 4 CSF, 5+ extra")
-        labels = labels.astype(np.uint8, copy=False)
+        labels = tissue_labels(data, path, mapping)
         labels, affine = io.to_ras_1mm(labels, affine, order=0, voxel_size=voxel_size)
         return TissueMap(labels, affine, "labels", str(path))
     if data.ndim == 4:
+        if mapping is not None:
+            raise ValueError(f"{path}: a label mapping describes 3D label maps, got a 4D probability map: keep "
+                             "label maps and probability maps in separate runs (or drop --label-map)")
         soft = soft_channels(data, path, background_channel)            # (C, X, Y, Z)
         soft, affine = io.to_ras_1mm(np.moveaxis(soft, 0, -1), affine, order=1, voxel_size=voxel_size)
         return TissueMap(np.ascontiguousarray(np.moveaxis(soft, -1, 0)), affine, "soft", str(path))

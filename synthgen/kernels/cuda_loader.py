@@ -2,7 +2,7 @@
 
 Nothing is compiled at install: the first launch reads ``csrc/synth_warp.cu`` and builds it for the current
 device (cached by CuPy). The same source builds as host C++ (``csrc/host_shim.cpp``) so tests run its logic on CPU
-through :func:`warp_args` + ctypes.
+through :func:`kernel_args` + ctypes.
 """
 from __future__ import annotations
 
@@ -19,28 +19,28 @@ def spline_scale(n_ctrl: int, n_out: int) -> float:
     return (n_ctrl - 1) / (n_out - 1) if n_out > 1 else 0.0
 
 
-def warp_args(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matrix, center, elastic, bias, mu, sigma,
-              texture, tex_scale, flip, crop, image, target, pmin=None, pmax=None):
+def kernel_args(a, pmin=None, pmax=None):
     """Arguments of ``synth_warp_kernel`` as ``(kind, value)``: kind "p" pointer, "i" int32, "q" int64, "f" float32.
 
-    Tensors as prepared by :func:`synthgen.fast.generate_fast` (float32 / uint8, contiguous); ``tissue`` uint8
-    labels or float32 probabilities; ``pmin`` / ``pmax`` ``(B, blocks)`` float32 partials filled with +inf / -inf,
-    or None for no min/max.
+    ``a``: a :class:`synthgen.fast.WarpArgs` (float32 / uint8 tensors, contiguous; ``tissue`` uint8 labels or
+    float32 probabilities); ``pmin`` / ``pmax`` ``(B, blocks)`` float32 partials filled with +inf / -inf, or None
+    for no min/max.
     """
-    D, H, W = crop
-    labels = not tissue.is_floating_point()
-    n1, n2, n3 = elastic.shape[2:]
-    m1, m2, m3 = bias.shape[2:]
+    D, H, W = a.crop
+    labels = not a.tissue.is_floating_point()
+    n1, n2, n3 = a.elastic.shape[2:]
+    m1, m2, m3 = a.bias.shape[2:]
     ptr = lambda t: ("p", t.data_ptr() if t is not None else 0)   # noqa: E731
-    return [ptr(tissue if labels else None), ptr(None if labels else tissue), ("i", 1 if labels else tissue.shape[1]),
-            ("q", tissue_bstride), *[("i", s) for s in tissue.shape[2:]],
-            ptr(lesion), ("q", lesion_bstride), ("f", threshold), ptr(matrix), ptr(center),
-            ptr(elastic), ("i", n1), ("i", n2), ("i", n3),
+    return [ptr(a.tissue if labels else None), ptr(None if labels else a.tissue),
+            ("i", 1 if labels else a.tissue.shape[1]), ("q", a.tissue_bstride), *[("i", s) for s in a.tissue.shape[2:]],
+            ptr(a.lesion), ("q", a.lesion_bstride), ("f", a.threshold), ptr(a.matrix), ptr(a.center),
+            ptr(a.elastic), ("i", n1), ("i", n2), ("i", n3),
             ("f", spline_scale(n1, D)), ("f", spline_scale(n2, H)), ("f", spline_scale(n3, W)),
-            ptr(bias), ("i", m1), ("i", m2), ("i", m3),
+            ptr(a.bias), ("i", m1), ("i", m2), ("i", m3),
             ("f", spline_scale(m1, D)), ("f", spline_scale(m2, H)), ("f", spline_scale(m3, W)),
-            ptr(mu), ptr(sigma), ("i", mu.shape[1]), ptr(texture), ptr(tex_scale), ptr(flip),
-            ("i", D), ("i", H), ("i", W), ptr(image), ptr(target), ptr(pmin), ptr(pmax)]
+            ptr(a.mu), ptr(a.sigma), ("i", a.mu.shape[1]), ptr(a.texture), ptr(a.tex_scale), ptr(a.flip),
+            ("i", D), ("i", H), ("i", W), ptr(a.image), ptr(a.target), ptr(a.classes), ("i", int(a.lesion_class)),
+            ptr(pmin), ptr(pmax)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,13 +56,13 @@ def _kernel(name: str):
     return module.get_function(name)
 
 
-def warp_sample(*args, minmax: bool = False):
-    """Launch ``synth_warp_kernel`` on the current torch CUDA stream (arguments as :func:`warp_args`, without the
-    partials). Returns the image's per-sample ``(min, max)``, each ``(B,)``, with ``minmax``; else None."""
+def warp_sample(args, minmax: bool = False):
+    """Launch ``synth_warp_kernel`` on the current torch CUDA stream (``args``: a :class:`synthgen.fast.WarpArgs`).
+    Returns the image's per-sample ``(min, max)``, each ``(B,)``, with ``minmax``; else None."""
     import numpy as np
     import torch
     kernel = _kernel("synth_warp_kernel")
-    image = args[-2]
+    image = args.image
     B, N = image.shape[0], image[0].numel()
     blocks = (N + THREADS - 1) // THREADS
     pmin = pmax = None
@@ -70,7 +70,7 @@ def warp_sample(*args, minmax: bool = False):
         pmin = torch.full((B, blocks), float("inf"), device=image.device)
         pmax = torch.full((B, blocks), float("-inf"), device=image.device)
     cast = {"p": np.uint64, "i": np.int32, "q": np.int64, "f": np.float32}
-    values = tuple(cast[k](v) for k, v in warp_args(*args, pmin=pmin, pmax=pmax))
+    values = tuple(cast[k](v) for k, v in kernel_args(args, pmin=pmin, pmax=pmax))
     import cupy
     with cupy.cuda.Device(image.device.index):
         stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(image.device).cuda_stream)

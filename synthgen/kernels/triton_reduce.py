@@ -100,7 +100,7 @@ def _stats_kernel(x_ptr, tgt_ptr, q_ptr, strip_ptr, flip_ptr, psum_ptr, pm2_ptr,
 
 
 @triton.jit
-def _final_kernel(x_ptr, tgt_ptr, out_ptr, q_ptr, strip_ptr, flip_ptr, ms_ptr, D, H, W,
+def _final_kernel(x_ptr, tgt_ptr, out_ptr, q_ptr, strip_ptr, flip_ptr, ms_ptr, D, H, W, lesion_class,
                   LESION_TARGET: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
@@ -118,7 +118,7 @@ def _final_kernel(x_ptr, tgt_ptr, out_ptr, q_ptr, strip_ptr, flip_ptr, ms_ptr, D
     y = (y - tl.load(ms_ptr + b * 2)) * tl.load(ms_ptr + b * 2 + 1)
     tl.store(out_ptr + boff + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
     if LESION_TARGET:
-        tl.store(tgt_ptr + boff + offs, (t == 5).to(tl.uint8), mask=mask)
+        tl.store(tgt_ptr + boff + offs, (t == lesion_class).to(tl.uint8), mask=mask)
 
 
 class MinMax:
@@ -161,10 +161,11 @@ def clip_strip_stats(x, target, q, strip, flip, crop):
     return psum, pm2
 
 
-def finalise(x, target, out, q, strip, flip, mean_inv_std, crop, lesion_target: bool):
-    """Write ``out`` (flipped, clipped, stripped, z-normalised) and, if asked, binarise ``target`` in place."""
+def finalise(x, target, out, q, strip, flip, mean_inv_std, crop, lesion_target: bool, lesion_class: int = 5):
+    """Write ``out`` (flipped, clipped, stripped, z-normalised) and, if asked, binarise ``target`` in place
+    (lesion where it holds ``lesion_class``)."""
     B = x.shape[0]
     N = x[0].numel()
-    _final_kernel[(triton.cdiv(N, BLOCK), B)](x, target, out, q, strip, flip, mean_inv_std, *crop,
+    _final_kernel[(triton.cdiv(N, BLOCK), B)](x, target, out, q, strip, flip, mean_inv_std, *crop, int(lesion_class),
                                               LESION_TARGET=lesion_target, BLOCK=BLOCK)
     return out

@@ -77,6 +77,7 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
                  tex_ptr, tscale_ptr, flip_ptr,
                  D, H, W,
                  img_ptr, tgt_ptr, pmin_ptr, pmax_ptr, nblk,
+                 cls_ptr, lesion_class,
                  K: tl.constexpr, LABELS: tl.constexpr, LESION: tl.constexpr, BIAS: tl.constexpr,
                  MINMAX: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -134,7 +135,7 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
         lab = tl.load(tb + (ix * Y + iy) * Z + iz, mask=inb, other=0).to(tl.int32)
         mean = tl.load(mub + lab, mask=mask, other=0.0)
         std = tl.load(sgb + lab, mask=mask, other=0.0)
-        cls = tl.where(lab < 5, lab, 0)
+        cls = tl.load(cls_ptr + lab, mask=mask, other=0).to(tl.int32)     # label -> target class
     else:
         XYZ = X * Y * Z
         o000, w000, m000 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 0, mask)
@@ -174,7 +175,7 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
         mean += p0 * tl.load(mub)
         std += p0 * tl.load(sgb)
         cls = tl.where(p0 >= best, 0, cls)
-        cls = tl.where(cls < 5, cls, 0)
+        cls = tl.load(cls_ptr + cls, mask=mask, other=0).to(tl.int32)     # channel -> target class
 
     t = tl.load(tex_ptr + b.to(tl.int64) * N + o, mask=mask, other=0.0).to(tl.float32) * tl.load(tscale_ptr + b)
     img = mean + std * t
@@ -201,7 +202,7 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
         wi = tl.minimum(tl.maximum(wi, 0.0), 1.0)
         les = tl.load(mub + L - 1) + tl.load(sgb + L - 1) * t
         img = img * (1.0 - wi) + les * wi
-        cls = tl.where(wl > threshold, 5, cls)
+        cls = tl.where(wl > threshold, lesion_class, cls)
 
     if BIAS:
         wa, ia = _bspline_taps(fd, bs1, m1)
@@ -233,31 +234,32 @@ def spline_scale(n_ctrl: int, n_out: int) -> float:
     return (n_ctrl - 1) / (n_out - 1) if n_out > 1 else 0.0
 
 
-def warp_sample(tissue, tissue_bstride, lesion, lesion_bstride, threshold, matrix, center, elastic, bias,
-                mu, sigma, texture, tex_scale, flip, crop, image, target, minmax: bool = False):
-    """Launch the fused warp over a batch (all tensors prepared by :mod:`synthgen.fast`).
+def warp_sample(args, minmax: bool = False):
+    """Launch the fused warp over a batch (``args``: a :class:`synthgen.fast.WarpArgs`).
 
     Returns:
         With ``minmax``, the image's per-sample ``(min, max)``, each ``(B,)``; else None.
     """
-    B = image.shape[0]
-    D, H, W = crop
-    labels = not tissue.is_floating_point()
-    n1, n2, n3 = elastic.shape[2:]
-    m1, m2, m3 = bias.shape[2:] if bias is not None else (1, 1, 1)
+    a = args
+    B = a.image.shape[0]
+    D, H, W = a.crop
+    labels = not a.tissue.is_floating_point()
+    n1, n2, n3 = a.elastic.shape[2:]
+    m1, m2, m3 = a.bias.shape[2:] if a.bias is not None else (1, 1, 1)
     grid = (triton.cdiv(D * H * W, BLOCK), B)
-    mm = MinMax(B, grid[0], image.device) if minmax else None
+    mm = MinMax(B, grid[0], a.image.device) if minmax else None
     _warp_kernel[grid](
-        tissue, tissue_bstride, *tissue.shape[2:],
-        lesion if lesion is not None else image, lesion_bstride, float(threshold),
-        matrix, center,
-        elastic, n1, n2, n3, spline_scale(n1, D), spline_scale(n2, H), spline_scale(n3, W),
-        bias if bias is not None else elastic, m1, m2, m3,
+        a.tissue, a.tissue_bstride, *a.tissue.shape[2:],
+        a.lesion if a.lesion is not None else a.image, a.lesion_bstride, float(a.threshold),
+        a.matrix, a.center,
+        a.elastic, n1, n2, n3, spline_scale(n1, D), spline_scale(n2, H), spline_scale(n3, W),
+        a.bias if a.bias is not None else a.elastic, m1, m2, m3,
         spline_scale(m1, D), spline_scale(m2, H), spline_scale(m3, W),
-        mu, sigma, mu.shape[1],
-        texture, tex_scale, flip,
-        D, H, W, image, target,
-        mm.pmin if mm else image, mm.pmax if mm else image, grid[0],
-        K=1 if labels else tissue.shape[1], LABELS=labels, LESION=lesion is not None, BIAS=bias is not None,
+        a.mu, a.sigma, a.mu.shape[1],
+        a.texture, a.tex_scale, a.flip,
+        D, H, W, a.image, a.target,
+        mm.pmin if mm else a.image, mm.pmax if mm else a.image, grid[0],
+        a.classes, int(a.lesion_class),
+        K=1 if labels else a.tissue.shape[1], LABELS=labels, LESION=a.lesion is not None, BIAS=a.bias is not None,
         MINMAX=minmax, BLOCK=BLOCK)
     return mm.result() if mm else None

@@ -4,11 +4,12 @@
 ``morphology`` (dilation/erosion, Soft-CP, fading field), ``masks`` (loading and filtering real masks),
 ``procedural`` (masks synthesised without data), ``source`` (the per-sample composition).
 """
-from .masks import MaskBank, holdout_bucket, list_mask_files, load_mask_bank, masks_from_tensor
+from .masks import (MaskBank, holdout_bucket, list_mask_files, load_mask_bank, mask_bank_from_items, masks_from_tensor,
+                    store_mask_items)
 from .morphology import dilate, erode, fading_coefficients, fading_field, soft_cp
 from .procedural import procedural_lesion
 from .source import LesionSource, tissue_share
 
 __all__ = ["LesionSource", "MaskBank", "dilate", "erode", "fading_coefficients", "fading_field", "holdout_bucket",
-           "list_mask_files", "load_mask_bank", "masks_from_tensor", "procedural_lesion", "soft_cp",
-           "tissue_share"]
+           "list_mask_files", "load_mask_bank", "mask_bank_from_items", "masks_from_tensor", "procedural_lesion",
+           "soft_cp", "store_mask_items", "tissue_share"]

@@ -1,21 +1,27 @@
-"""Banks of binary lesion masks resampled onto a tissue-map grid, kept compact on the device.
+"""A bank of binary lesion masks in world (MNI) space: read once, placed onto any tissue map at sample time.
 
-Each mask is binarised with an explicit threshold in its own grid, then resampled by affine (nearest
-neighbour, through world coordinates) onto the target grid, and stored as its bounding-box crop (bool)
-with the crop's offset: 1449 SOOP masks take about 0.2 GB instead of 12.6 GB dense.
+Each mask is binarised with an explicit threshold in its own grid and kept on the host as the uint8 crop of its
+bounding box with the crop's voxel -> world affine (the 1449 SOOP masks take about 0.2 GB; from a packed store
+the crops are views of the memory-mapped files). One bank serves every tissue map and both splits:
+:meth:`MaskBank.paste` places a mask onto a map's grid by the two affines (nearest neighbour through world
+coordinates) on the map's device, touching only the box that the mask covers there, so its cost depends on the
+lesion, not on the map.
 """
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import is_nifti, load_nifti, resample_to_grid
+from ..fast import to_device
+from ..io import load_nifti
 
 SPLITS = (None, "train", "holdout")
 
@@ -25,116 +31,207 @@ def holdout_bucket(name: str) -> float:
     return int(hashlib.sha1(Path(name).name.encode()).hexdigest()[:12], 16) / float(1 << 48)
 
 
+def in_split(name: str, split, holdout_fraction: float) -> bool:
+    """Whether the mask ``name`` belongs to ``split`` (None: every mask)."""
+    return split is None or (holdout_bucket(name) < holdout_fraction) == (split == "holdout")
+
+
+def crop_to_foreground(mask: np.ndarray, affine: np.ndarray):
+    """``(crop, crop_affine)``: the bounding box of the true voxels of a 3D mask, as uint8, with the affine of its
+    first voxel (world positions unchanged); None for an empty mask."""
+    idx = np.argwhere(mask)
+    if len(idx) == 0:
+        return None
+    lo, hi = idx.min(0), idx.max(0) + 1
+    crop = np.ascontiguousarray(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.uint8)
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = out[:3, :3] @ lo + out[:3, 3]
+    return crop, out
+
+
+def box_in_grid(src_shape, src_affine, shape, affine):
+    """Voxel box ``(lo, hi)`` of the grid ``(shape, affine)`` that covers a source grid's voxels (one voxel of
+    margin on each side); None when it misses the grid."""
+    n = np.asarray(src_shape)
+    corners = np.array([[x, y, z, 1.0] for x in (-1, n[0]) for y in (-1, n[1]) for z in (-1, n[2])])
+    target = corners @ (np.linalg.inv(affine) @ np.asarray(src_affine, np.float64)).T
+    lo = np.clip(np.floor(target[:, :3].min(0)), 0, shape).astype(int)
+    hi = np.clip(np.ceil(target[:, :3].max(0)) + 1, 0, shape).astype(int)
+    if np.any(hi <= lo):
+        return None
+    return tuple(lo.tolist()), tuple(hi.tolist())
+
+
+def nearest_box(src: torch.Tensor, src_affine, lo, hi, affine) -> torch.Tensor:
+    """Values of ``src`` (3D, on its device) at the voxels ``[lo, hi)`` of the grid ``affine``, by nearest
+    neighbour through world coordinates; zero outside ``src``.
+
+    Grids whose axes map onto each other (a signed permutation with scaling: reorientation, other voxel sizes)
+    are gathered axis by axis; any other (oblique) pair goes through every voxel's coordinates.
+    """
+    dev = src.device
+    shape = tuple(int(b - a) for a, b in zip(lo, hi))
+    box = np.array(affine, dtype=np.float64)
+    box[:3, 3] = box[:3, :3] @ np.asarray(lo, np.float64) + box[:3, 3]
+    v2v = np.linalg.inv(np.asarray(src_affine, np.float64)) @ box        # box voxel -> src voxel
+    m, t = v2v[:3, :3], v2v[:3, 3]
+    big = np.abs(m) > 1e-9 * np.abs(m).max()
+    n = src.shape
+    if (big.sum(1) == 1).all() and (big.sum(0) == 1).all():
+        axis_of = big.argmax(1)                    # the box axis that src axis r follows
+        index, valid = [], []
+        for r in range(3):
+            c = np.floor(m[r, axis_of[r]] * np.arange(shape[axis_of[r]]) + t[r] + 0.5).astype(np.int64)
+            index.append(to_device(torch.from_numpy(np.clip(c, 0, n[r] - 1)), dev))    # no host sync on CUDA
+            valid.append(to_device(torch.from_numpy((c >= 0) & (c < n[r])), dev))
+        out = src[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]
+        out = out * (valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]).to(out.dtype)
+        return out.permute(*np.argsort(axis_of).tolist())   # axes back in box order
+    axes = [torch.arange(s, device=dev, dtype=torch.float64) for s in shape]
+    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+    c = torch.floor(ijk @ torch.as_tensor(m.T, device=dev) + torch.as_tensor(t, device=dev) + 0.5).long()
+    ok = ((c >= 0) & (c < torch.tensor(n, device=dev))).all(-1)
+    c = torch.minimum(c.clamp(min=0), torch.tensor(n, device=dev) - 1)
+    return src[c[..., 0], c[..., 1], c[..., 2]] * ok.to(src.dtype)
+
+
 @dataclass
 class MaskBank:
-    """Binary masks on one grid, stored as bounding-box crops."""
-    shape: tuple                                  # (D, H, W) of the grid
-    affine: np.ndarray                            # 4x4 voxel -> world of the grid
-    crops: list = field(default_factory=list)     # bool tensors, one per mask
-    offsets: list = field(default_factory=list)   # (3,) voxel index of each crop's first corner
+    """Binary masks in world space, each a uint8 crop of its bounding box with the crop's voxel -> world affine.
+
+    ``space`` is "world" for masks read from files or a store (placed by the tissue map's affine) and "voxel" for
+    masks given on the tissue grid itself (:func:`masks_from_tensor` without an affine).
+    """
+    crops: list = field(default_factory=list)      # (d, h, w) uint8 arrays (host; memmap views from a store)
+    affines: list = field(default_factory=list)    # 4x4 voxel -> world (mm) of each crop
     names: list = field(default_factory=list)
     volumes_ml: list = field(default_factory=list)
-    dropped: dict = field(default_factory=dict)   # reason -> names of masks left out
+    dropped: dict = field(default_factory=dict)    # reason -> names of masks left out
+    reads: int = 0                                 # masks read from files or the store to build the bank
+    space: str = "world"
 
     def __len__(self) -> int:
         return len(self.crops)
 
-    def add(self, mask: torch.Tensor, name: str, voxel_ml: float, device) -> None:
-        """Store a dense ``(D, H, W)`` bool mask as its crop (an empty mask is kept as a 1-voxel crop)."""
-        idx = torch.nonzero(mask)
-        if len(idx) == 0:
-            lo, hi = [0, 0, 0], [1, 1, 1]
-        else:
-            lo, hi = idx.min(0).values.tolist(), (idx.max(0).values + 1).tolist()
-        self.crops.append(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].to(device=device, dtype=torch.bool).clone())
-        self.offsets.append(tuple(lo))
+    def add(self, crop: np.ndarray, affine: np.ndarray, name: str, volume_ml: float) -> None:
+        self.crops.append(crop)
+        self.affines.append(np.asarray(affine, dtype=np.float64))
         self.names.append(name)
-        self.volumes_ml.append(float(len(idx)) * voxel_ml)
+        self.volumes_ml.append(float(volume_ml))
 
-    def paste(self, i: int, out: torch.Tensor) -> None:
-        """OR mask ``i`` into the dense ``(D, H, W)`` bool tensor ``out``."""
-        crop, (a, b, c) = self.crops[i], self.offsets[i]
-        d, h, w = crop.shape
-        out[a:a + d, b:b + h, c:c + w] |= crop.to(out.device)
+    def subset(self, keep) -> "MaskBank":
+        """A bank of the masks at indices ``keep`` (shares the crops)."""
+        keep = list(keep)
+        return MaskBank([self.crops[i] for i in keep], [self.affines[i] for i in keep], [self.names[i] for i in keep],
+                        [self.volumes_ml[i] for i in keep], dict(self.dropped), self.reads, self.space)
 
+    def split(self, split, holdout_fraction: float) -> "MaskBank":
+        """The masks of ``split`` ("train", "holdout", or None for all), in the same order."""
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}")
+        return self.subset(i for i, n in enumerate(self.names) if in_split(n, split, holdout_fraction))
 
-def _resample_crop(data: np.ndarray, affine: np.ndarray, like_shape, like_affine: np.ndarray) -> np.ndarray:
-    """Nearest-neighbour resampling of a binary mask onto the whole target grid, touching only its box."""
-    out = np.zeros(like_shape, dtype=np.uint8)
-    idx = np.argwhere(data)
-    if len(idx) == 0:
-        return out
-    lo, hi = idx.min(0), idx.max(0)
-    corners = np.array([[x, y, z, 1.0] for x in (lo[0] - 1, hi[0] + 1) for y in (lo[1] - 1, hi[1] + 1)
-                        for z in (lo[2] - 1, hi[2] + 1)])
-    target = corners @ (np.linalg.inv(like_affine) @ affine).T
-    olo = np.clip(np.floor(target[:, :3].min(0)), 0, like_shape).astype(int)
-    ohi = np.clip(np.ceil(target[:, :3].max(0)) + 1, 0, like_shape).astype(int)
-    if np.any(ohi <= olo):
-        return out
-    box_affine = like_affine.copy()
-    box_affine[:3, 3] = like_affine[:3, :3] @ olo + like_affine[:3, 3]
-    out[olo[0]:ohi[0], olo[1]:ohi[1], olo[2]:ohi[2]] = resample_to_grid(
-        data.astype(np.uint8), affine, tuple(ohi - olo), box_affine, order=0)
-    return out
+    def placement(self, i: int, shape, affine):
+        """The voxel box ``(lo, hi)`` of the grid ``(shape, affine)`` that mask ``i`` can reach; None if none."""
+        return box_in_grid(self.crops[i].shape, self.affines[i], shape, affine)
+
+    def paste(self, i: int, out: torch.Tensor, affine=None):
+        """OR mask ``i`` into the dense ``(D, H, W)`` bool tensor ``out`` on the grid ``affine`` (voxel -> world;
+        None for a "voxel" bank); returns the box it touched, or None."""
+        if affine is None:
+            if self.space == "world":
+                raise ValueError("lesion masks in world space are placed by the tissue map's affine: pass `affine`")
+            affine = np.eye(4)
+        region = self.placement(i, out.shape, np.asarray(affine, np.float64))
+        if region is None:
+            return None
+        lo, hi = region
+        crop = self.crops[i]
+        crop = np.array(crop) if not crop.flags.writeable else np.ascontiguousarray(crop)   # a store's memmap view
+        crop = to_device(torch.from_numpy(crop), out.device)
+        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= nearest_box(crop, self.affines[i], lo, hi, affine) > 0
+        return region
 
 
 def list_mask_files(path, pattern: str = "*.nii*") -> list[Path]:
-    """NIfTI files of a folder (matching ``pattern``, sorted by name), or the given list of files."""
+    """NIfTI files under a folder (recursive, sorted, matching ``pattern``: the listing ``check`` uses), or the
+    given list of files."""
     if isinstance(path, (list, tuple)):
         files = [Path(p) for p in path]
         missing = [str(p) for p in files if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"lesion mask files not found: {missing[:5]}")
         return files
+    from ..data.check import list_nifti
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: lesion mask folder does not exist")
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and is_nifti(p))
+    files, _ = list_nifti(folder, pattern)
     if not files:
         raise FileNotFoundError(f"{folder}: no NIfTI lesion masks matching {pattern!r}")
     return files
 
 
-def load_mask_bank(files, like_shape, like_affine, threshold: float = 0.5, split=None,
-                   holdout_fraction: float = 0.2, max_volume_ml=None, brain_mask=None,
-                   max_outside_fraction=None, device="cpu", progress: bool = True) -> MaskBank:
-    """Load, binarise, resample (by affine, nearest) and filter lesion masks onto a grid.
+def load_mask_bank(files, threshold: float = 0.5, split=None, holdout_fraction: float = 0.2, max_volume_ml=None,
+                   brain_mask=None, max_outside_fraction=None, progress: bool = True,
+                   workers: int | None = None) -> MaskBank:
+    """Read, binarise, crop and filter lesion masks (each file read once, on a few threads).
 
     Args:
         files: list of NIfTI paths.
-        like_shape, like_affine: the tissue map's grid (3 sizes, 4x4 voxel -> world).
         threshold: a voxel is lesion where the stored value is above it (explicit, so float masks saved
             with interpolation are binarised where the user decides).
         split: None (all files), "train" or "holdout"; a file is held out when ``holdout_bucket(name) <
-            holdout_fraction``.
-        max_volume_ml: drop masks larger than this (mL on the target grid); None keeps all.
-        brain_mask: ``(D, H, W)`` bool array/tensor on the target grid; with ``max_outside_fraction``, masks
-            with a larger share of voxels outside it are dropped.
-        device: where the crops live.
+            holdout_fraction``. Files of the other split are not read.
+        max_volume_ml: drop masks larger than this (mL, in the mask's own grid); None keeps all.
+        brain_mask: ``(mask, affine)``, a 3D brain mask and its voxel -> world affine; with
+            ``max_outside_fraction``, masks with a larger share of voxels outside it are dropped.
 
     Returns:
-        A :class:`MaskBank`; ``dropped`` lists masks left out by reason ("empty", "outside_grid",
-        "too_large", "outside_brain", "split").
+        A :class:`MaskBank`; ``dropped`` lists masks left out by reason ("split", "empty", "too_large",
+        "outside_brain").
 
     Raises:
-        ValueError: bad ``split``/``threshold``, a mask whose values are not in [0, 1] (names the file), a
-            3D grid mismatch of ``brain_mask``, or no mask left after filtering.
+        ValueError: bad ``split``/``threshold``/``brain_mask``, a mask whose values are not in [0, 1] or that is
+            not 3D (names the file), or no mask left after filtering.
     """
     items = [(Path(p).name, p, lambda p=p: load_nifti(p)) for p in files]
-    return mask_bank_from_arrays(items, like_shape, like_affine, threshold, split, holdout_fraction,
-                                 max_volume_ml, brain_mask, max_outside_fraction, device, progress)
+    return mask_bank_from_items(items, threshold, split, holdout_fraction, max_volume_ml, brain_mask,
+                                max_outside_fraction, progress, workers)
 
 
-def mask_bank_from_arrays(items, like_shape, like_affine, threshold: float = 0.5, split=None,
-                          holdout_fraction: float = 0.2, max_volume_ml=None, brain_mask=None,
-                          max_outside_fraction=None, device="cpu", progress: bool = True) -> MaskBank:
-    """The :class:`MaskBank` of masks given as arrays: what :func:`load_mask_bank` does after reading files.
+def _binary_crop(name, where, load, threshold):
+    """``(crop, affine, voxels)`` of one item, or None when it is empty; raises naming ``where``."""
+    loaded = load()
+    data, affine = loaded[0], loaded[1]
+    if len(loaded) == 3:                    # a store item packed as its crop: binary already
+        return np.asarray(data), np.asarray(affine, np.float64), int(loaded[2])
+    data = np.asarray(data)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{where}: lesion mask must be 3D, got shape {data.shape}")
+    if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
+        raise ValueError(f"{where}: lesion mask has NaN values")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{where}: lesion mask values must lie in [0, 1] (binary), got range [{lo}, {hi}]")
+    cropped = crop_to_foreground(data > threshold, affine)
+    if cropped is None:
+        return None
+    return cropped[0], cropped[1], int(cropped[0].sum())
+
+
+def mask_bank_from_items(items, threshold: float = 0.5, split=None, holdout_fraction: float = 0.2,
+                         max_volume_ml=None, brain_mask=None, max_outside_fraction=None, progress: bool = True,
+                         workers: int | None = None) -> MaskBank:
+    """The :class:`MaskBank` of masks given as loaders: what :func:`load_mask_bank` does after listing files.
 
     Args:
         items: sequence of ``(name, where, load)``: ``name`` (a file name) decides the split and names the
-            mask in the bank, ``where`` (a path) names it in errors, ``load()`` returns ``(data, affine)``
-            and is called only for masks in ``split``.
+            mask in the bank, ``where`` (a path) names it in errors, ``load()`` returns ``(data, affine)``, or
+            ``(crop, crop_affine, voxels)`` for a binary crop that needs no further checks (a packed store), and
+            is called once, only for masks in ``split``.
         Others: as for :func:`load_mask_bank`.
 
     Raises:
@@ -144,50 +241,49 @@ def mask_bank_from_arrays(items, like_shape, like_affine, threshold: float = 0.5
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"`threshold` must be in [0, 1), got {threshold}")
-    like_shape = tuple(int(s) for s in like_shape)
-    like_affine = np.asarray(like_affine, dtype=np.float64)
+    brain = None
     if brain_mask is not None:
-        brain_mask = torch.as_tensor(np.asarray(brain_mask) if not torch.is_tensor(brain_mask) else brain_mask)
-        if tuple(brain_mask.shape) != like_shape:
-            raise ValueError(f"`brain_mask` must have shape {like_shape}, got {tuple(brain_mask.shape)}")
-        brain_mask = brain_mask.bool().cpu()
-    voxel_ml = abs(np.linalg.det(like_affine[:3, :3])) / 1000.0
-    bank = MaskBank(like_shape, like_affine)
-    drop = {k: [] for k in ("split", "empty", "outside_grid", "too_large", "outside_brain")}
-    it = items
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(items, desc="lesion masks", unit="mask")
-    for name, where, load in it:
-        if split is not None and (holdout_bucket(name) < holdout_fraction) != (split == "holdout"):
-            drop["split"].append(name)
-            continue
-        data, affine = load()
-        if data.ndim != 3:
-            raise ValueError(f"{where}: lesion mask must be 3D, got shape {data.shape}")
-        lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
-        if lo < 0 or hi > 1 or np.isnan(data).any():
-            raise ValueError(f"{where}: lesion mask values must lie in [0, 1] (binary), got range [{lo}, {hi}]")
-        binary = data > threshold
-        if not binary.any():
-            drop["empty"].append(name)
-            continue
-        mask = torch.from_numpy(_resample_crop(binary, affine, like_shape, like_affine) > 0)
-        n = int(mask.sum())
-        if n == 0:
-            drop["outside_grid"].append(name)
-        elif max_volume_ml is not None and n * voxel_ml > max_volume_ml:
-            drop["too_large"].append(name)
-        elif (brain_mask is not None and max_outside_fraction is not None
-              and float((mask & ~brain_mask).sum()) / n > max_outside_fraction):
-            drop["outside_brain"].append(name)
+        if not isinstance(brain_mask, (tuple, list)) or len(brain_mask) != 2 or np.ndim(brain_mask[0]) != 3:
+            raise ValueError("`brain_mask` must be (mask, affine): a 3D brain mask and its 4x4 voxel -> world affine")
+        brain = (torch.as_tensor(np.asarray(brain_mask[0]) > 0), np.asarray(brain_mask[1], np.float64))
+    drop = {k: [] for k in ("split", "empty", "too_large", "outside_brain")}
+    wanted = []
+    for name, where, load in items:
+        if in_split(name, split, holdout_fraction):
+            wanted.append((name, where, load))
         else:
-            bank.add(mask, name, voxel_ml, device)
+            drop["split"].append(name)
+    bar = None
+    if progress and wanted:
+        from tqdm import tqdm
+        bar = tqdm(total=len(wanted), desc="lesion masks", unit="mask")
+    bank = MaskBank()
+    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+        # gzip decoding releases the GIL; results come back in order, so the bank's order is the items'
+        for (name, where, _), done in zip(wanted, pool.map(lambda it: _binary_crop(*it, threshold), wanted)):
+            bank.reads += 1
+            if bar is not None:
+                bar.update()
+            if done is None:
+                drop["empty"].append(name)
+                continue
+            crop, affine, voxels = done
+            volume = voxels * abs(np.linalg.det(affine[:3, :3])) / 1000.0
+            if max_volume_ml is not None and volume > max_volume_ml:
+                drop["too_large"].append(name)
+                continue
+            if brain is not None and max_outside_fraction is not None:
+                inside = nearest_box(brain[0], brain[1], (0, 0, 0), crop.shape, affine).numpy()
+                if float((crop.astype(bool) & ~inside).sum()) / voxels > max_outside_fraction:
+                    drop["outside_brain"].append(name)
+                    continue
+            bank.add(crop, affine, name, volume)
+    if bar is not None:
+        bar.close()
     bank.dropped = {k: v for k, v in drop.items() if v}
-    for reason in ("empty", "outside_grid"):
-        if drop[reason]:
-            warnings.warn(f"{len(drop[reason])} lesion masks left out ({reason}): {drop[reason][:5]}"
-                          + (" ..." if len(drop[reason]) > 5 else ""), stacklevel=3)
+    if drop["empty"]:
+        warnings.warn(f"{len(drop['empty'])} lesion masks left out (empty): {drop['empty'][:5]}"
+                      + (" ..." if len(drop["empty"]) > 5 else ""), stacklevel=3)
     if len(bank) == 0:
         counts = {k: len(v) for k, v in drop.items() if v}
         raise ValueError(f"no lesion mask left out of {len(items)} files after filtering: {counts}")
@@ -195,11 +291,12 @@ def mask_bank_from_arrays(items, like_shape, like_affine, threshold: float = 0.5
 
 
 def store_mask_items(store, pattern: str | None = None) -> list:
-    """The lesion masks of a packed store as ``(name, where, load)`` items of :func:`mask_bank_from_arrays`.
+    """The lesion masks of a packed store as ``(name, where, load)`` items of :func:`mask_bank_from_items`.
 
     ``name`` is the source file's name (as recorded when packing), so a mask falls in the same split, and
-    the bank in the same order, as when read from its folder; ``pattern`` (fnmatch, case-sensitive like a folder glob) keeps only the
-    masks whose source file name matches.
+    the bank in the same order, as when read from its folder; ``pattern`` (fnmatch, case-sensitive like a folder
+    glob) keeps only the masks whose source file name matches. Masks packed with their foreground box (every
+    store written since the box was recorded) load as views of the memory-mapped file, without a copy.
 
     Args:
         store: a :class:`synthgen.data.store.PackedStore` or the path of one.
@@ -213,49 +310,50 @@ def store_mask_items(store, pattern: str | None = None) -> list:
     section, entries = store.lesions, store.index["sections"]["lesions"]
     items = []
     for i, key in enumerate(section.names):
-        source = entries[key]["sources"][0]["path"]
+        entry = entries[key]
+        source = entry["sources"][0]["path"]
         name = Path(source).name
         if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
             continue
-        where = f"{store.root / entries[key]['files']['data']} (packed from {source})"
+        where = f"{store.root / entry['files']['data']} (packed from {source})"
 
-        def load(i=i):
+        def load(i=i, entry=entry):
             item = section[i]
-            return np.asarray(item.data), item.affine
+            box = entry.get("box")
+            if box is None:                 # stores packed before boxes were recorded: scanned once here
+                return np.asarray(item.data), item.affine
+            if entry.get("voxels", 0) == 0:
+                return np.zeros((1, 1, 1), np.uint8), item.affine
+            lo, hi = box
+            affine = np.array(item.affine, dtype=np.float64)
+            affine[:3, 3] = affine[:3, :3] @ np.asarray(lo, np.float64) + affine[:3, 3]
+            return item.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], affine, int(entry["voxels"])
         items.append((name, where, load))
     # the order of a folder's files: same bank indices, so the same masks drawn per key
     return sorted(items, key=lambda t: t[0])
 
 
-def masks_from_tensor(masks: torch.Tensor, like_shape=None, like_affine=None, masks_affine=None,
-                      threshold: float = 0.5, device=None) -> MaskBank:
+def masks_from_tensor(masks: torch.Tensor, masks_affine=None, threshold: float = 0.5) -> MaskBank:
     """A :class:`MaskBank` from an ``(N, D, H, W)`` or ``(N, 1, D, H, W)`` tensor of masks.
 
-    Masks on another grid are resampled when both affines are given; empty masks are kept (they give
-    lesion-free samples).
+    Args:
+        masks_affine: the masks' 4x4 voxel -> world affine: they are placed onto each tissue map by its affine.
+            None: the masks lie on the tissue grid itself (voxel space).
+
+    Empty masks are kept (they give lesion-free samples).
 
     Raises:
-        ValueError: wrong tensor rank, or a grid mismatch without the affines to resample.
+        ValueError: wrong tensor rank.
     """
     if not torch.is_tensor(masks) or masks.ndim not in (4, 5) or (masks.ndim == 5 and masks.shape[1] != 1):
         raise ValueError(f"`masks` must be a (N, D, H, W) or (N, 1, D, H, W) tensor, got "
                          f"{tuple(masks.shape) if torch.is_tensor(masks) else type(masks).__name__}")
     masks = masks.reshape(masks.shape[0], *masks.shape[-3:])
-    src_shape = tuple(masks.shape[1:])
-    like_shape = src_shape if like_shape is None else tuple(int(s) for s in like_shape)
-    device = masks.device if device is None else device
-    binary = masks.float() > threshold
-    if like_shape != src_shape or (masks_affine is not None and like_affine is not None
-                                   and not np.allclose(masks_affine, like_affine, atol=1e-5)):
-        if masks_affine is None or like_affine is None:
-            raise ValueError(f"`masks` grid {src_shape} differs from the tissue grid {like_shape}: pass "
-                             "`masks_affine` and `like_affine` to resample by affine")
-        binary = torch.stack([torch.from_numpy(_resample_crop(
-            m.cpu().numpy(), np.asarray(masks_affine, np.float64), like_shape, np.asarray(like_affine, np.float64)
-        ) > 0) for m in binary])
-    affine = np.eye(4) if like_affine is None else np.asarray(like_affine, dtype=np.float64)
+    affine = np.eye(4) if masks_affine is None else np.asarray(masks_affine, dtype=np.float64)
+    bank = MaskBank(space="voxel" if masks_affine is None else "world")
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
-    bank = MaskBank(like_shape, affine)
-    for i, m in enumerate(binary):
-        bank.add(m, f"mask[{i}]", voxel_ml, device)
+    for i, m in enumerate((masks.float() > threshold).cpu().numpy()):
+        cropped = crop_to_foreground(m, affine)
+        crop, crop_affine = cropped if cropped is not None else (np.zeros((1, 1, 1), np.uint8), affine)
+        bank.add(crop, crop_affine, f"mask[{i}]", float(crop.sum()) * voxel_ml)
     return bank

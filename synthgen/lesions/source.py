@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import LesionConfig
-from .masks import MaskBank, list_mask_files, load_mask_bank, mask_bank_from_arrays, masks_from_tensor, store_mask_items
+from ..config import LabelConfig, LesionConfig
+from ..fast import to_device
+from .masks import MaskBank, list_mask_files, load_mask_bank, mask_bank_from_items, masks_from_tensor, store_mask_items
 from .morphology import fading_coefficients, fading_config, soft_cp_config
 from .procedural import procedural_lesion
 
@@ -19,71 +20,92 @@ PARENCHYMA = (1, 2, 3)      # GM, WM, GM/WM partial volume
 BRAIN = (1, 2, 3, 4)        # parenchyma and CSF
 
 
-def tissue_share(tissue: torch.Tensor, classes) -> torch.Tensor:
-    """Probability ``(B, 1, D, H, W)`` (float32) that a voxel belongs to one of ``classes``.
+def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Tensor:
+    """Probability ``(B, 1, D, H, W)`` (float32) that a voxel belongs to one of the tissue ``classes``.
 
     Args:
-        tissue: integer labels ``(B, 1, D, H, W)`` or float probabilities ``(B, K, D, H, W)`` with channels
-            [background, GM, WM, PV, CSF, extra...].
+        tissue: integer labels ``(B, 1, D, H, W)`` or float probabilities ``(B, K, D, H, W)`` (channel ``k`` is
+            label ``k``).
+        class_of_label: the tissue class of each label, a sequence of ints
+            (:meth:`synthgen.config.LabelConfig.class_table`); None: our convention (labels 0-4 are their own
+            class, 5+ non-brain).
     """
+    if class_of_label is None:
+        class_of_label = LabelConfig().class_table()
+    wanted = [int(c) in set(classes) for c in class_of_label]
     if tissue.is_floating_point():
-        return tissue[:, list(classes)].sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
-    out = torch.zeros(tissue.shape, dtype=torch.bool, device=tissue.device)
-    for c in classes:
-        out |= tissue == c
-    return out.to(torch.float32)
+        idx = [k for k in range(min(tissue.shape[1], len(wanted))) if wanted[k]]
+        return tissue[:, idx].sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
+    table = to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
+    return table[tissue.long()].to(torch.float32)
 
 
 class LesionSource:
     """Lesions for :class:`synthgen.generator.SynthGenerator`: paste, fade and Soft-CP blend a binary mask.
 
-    The mask of sample ``i`` comes from a bank of real masks (``from_folder``, ``from_store``, ``from_tensor``)
-    or from procedural synthesis (``procedural``), chosen by ``keys[i]`` alone. Chalcroft et al., section 2;
-    Soft-CP: arXiv:2203.10507.
+    The mask of sample ``i`` comes from a bank of real masks (``from_folder``, ``from_store``, ``from_bank``,
+    ``from_tensor``) or from procedural synthesis (``procedural``), chosen by ``keys[i]`` alone. A bank holds its
+    masks in world (MNI) space; each sample places its mask onto the tissue map it is pasted into by that map's
+    affine, so one bank serves every map. Chalcroft et al., section 2; Soft-CP: arXiv:2203.10507.
 
     Args:
         config: lesion parameters (default ``LesionConfig()``).
         bank: a :class:`MaskBank`; None means procedural lesions.
-        affine: 4x4 voxel -> world (MNI mm) of the tissue grid, used by procedural lesions for the midline and
-            the territories (None: 1 mm RAS centred on world 0). A bank carries its own.
+        affine: 4x4 voxel -> world (MNI mm) of the tissue grid when a call gives none: procedural lesions place
+            the midline and the territories by it (None: 1 mm RAS centred on world 0), banks their masks.
     """
 
     def __init__(self, config: LesionConfig | None = None, bank: MaskBank | None = None, affine=None):
         self.config = (config or LesionConfig()).validate()
         self.bank = bank
-        self.affine = bank.affine if bank is not None else (None if affine is None else np.asarray(affine, float))
+        self.affine = None if affine is None else np.asarray(affine, float)
 
     # ---- constructors -------------------------------------------------------------------------------------
     @classmethod
-    def from_folder(cls, path, like_shape, like_affine, threshold: float | None = None, split=None,
-                    max_volume_ml: float | None = None, *, pattern: str | None = None, brain_mask=None,
-                    max_outside_fraction: float | None = None, holdout_fraction: float | None = None,
-                    config: LesionConfig | None = None, device="cpu", progress: bool = True) -> "LesionSource":
-        """Masks from a folder (files matching ``pattern``) or a list of NIfTI files, resampled onto a grid.
+    def from_bank(cls, bank: MaskBank, split=None, config: LesionConfig | None = None,
+                  affine=None) -> "LesionSource":
+        """The masks of ``split`` ("train", "holdout" or None) of a bank read once (shared, not copied).
+
+        Raises:
+            ValueError: no mask of the bank falls in ``split``.
+        """
+        config = (config or LesionConfig()).validate()
+        part = bank.split(split, config.holdout_fraction)
+        if len(part) == 0:
+            raise ValueError(f"no lesion mask in the {split!r} split of {len(bank)} masks (hold-out fraction "
+                             f"{config.holdout_fraction}, by file name)")
+        return cls(config, part, affine)
+
+    @classmethod
+    def from_folder(cls, path, split=None, *, threshold: float | None = None, max_volume_ml: float | None = None,
+                    pattern: str | None = None, brain_mask=None, max_outside_fraction: float | None = None,
+                    holdout_fraction: float | None = None, config: LesionConfig | None = None, affine=None,
+                    progress: bool = True) -> "LesionSource":
+        """Masks from a folder (files matching ``pattern``) or a list of NIfTI files, read once.
 
         Arguments left as None take their value from ``config`` (threshold, max volume, outside-brain share,
         hold-out fraction, pattern). See :func:`synthgen.lesions.masks.load_mask_bank`; ``brain_mask``
-        ``(D, H, W)`` bool on the target grid enables the outside-brain filter.
+        ``(mask, affine)`` enables the outside-brain filter.
         """
         config = (config or LesionConfig()).validate()
         pick = lambda value, default: default if value is None else value  # noqa: E731
         files = list_mask_files(path, pick(pattern, config.mask_pattern))
-        bank = load_mask_bank(files, like_shape, like_affine, pick(threshold, config.mask_threshold), split,
+        bank = load_mask_bank(files, pick(threshold, config.mask_threshold), split,
                               pick(holdout_fraction, config.holdout_fraction),
                               pick(max_volume_ml, config.max_volume_ml), brain_mask,
-                              pick(max_outside_fraction, config.max_outside_fraction), device, progress)
-        return cls(config, bank)
+                              pick(max_outside_fraction, config.max_outside_fraction), progress)
+        return cls(config, bank, affine)
 
     @classmethod
-    def from_store(cls, store, like_shape, like_affine, threshold: float | None = None, split=None,
-                   max_volume_ml: float | None = None, *, pattern: str | None = None, brain_mask=None,
-                   max_outside_fraction: float | None = None, holdout_fraction: float | None = None,
-                   config: LesionConfig | None = None, device="cpu", progress: bool = True) -> "LesionSource":
+    def from_store(cls, store, split=None, *, max_volume_ml: float | None = None, pattern: str | None = None,
+                   brain_mask=None, max_outside_fraction: float | None = None,
+                   holdout_fraction: float | None = None, config: LesionConfig | None = None, affine=None,
+                   progress: bool = True) -> "LesionSource":
         """Masks from the ``lesions`` section of a packed store (``python -m synthgen.data pack``).
 
         The same bank as :meth:`from_folder` on the packed files: masks are split by their source file name
-        and filtered alike. Masks were binarised when packed (``pack --mask-threshold``), so ``threshold``
-        only matters for none; ``pattern`` (default ``config.mask_pattern``) selects by source file name.
+        and filtered alike (they were binarised when packed, ``pack --mask-threshold``); ``pattern`` (default
+        ``config.mask_pattern``) selects by source file name.
 
         Args:
             store: a :class:`synthgen.data.store.PackedStore` or its folder.
@@ -100,24 +122,25 @@ class LesionSource:
         if not items:
             root = store.root if hasattr(store, "lesions") else store
             raise ValueError(f"{root}: no lesion mask in the store packed from a file matching {pattern!r}")
-        bank = mask_bank_from_arrays(items, like_shape, like_affine, pick(threshold, config.mask_threshold),
-                                     split, pick(holdout_fraction, config.holdout_fraction),
-                                     pick(max_volume_ml, config.max_volume_ml), brain_mask,
-                                     pick(max_outside_fraction, config.max_outside_fraction), device, progress)
-        return cls(config, bank)
+        bank = mask_bank_from_items(items, config.mask_threshold, split,
+                                    pick(holdout_fraction, config.holdout_fraction),
+                                    pick(max_volume_ml, config.max_volume_ml), brain_mask,
+                                    pick(max_outside_fraction, config.max_outside_fraction), progress)
+        return cls(config, bank, affine)
 
     @classmethod
-    def from_tensor(cls, masks: torch.Tensor, like_shape=None, like_affine=None, masks_affine=None,
-                    threshold: float | None = None, config: LesionConfig | None = None) -> "LesionSource":
-        """Masks from an ``(N, [1,] D, H, W)`` tensor (see :func:`synthgen.lesions.masks.masks_from_tensor`)."""
+    def from_tensor(cls, masks: torch.Tensor, masks_affine=None, threshold: float | None = None,
+                    config: LesionConfig | None = None) -> "LesionSource":
+        """Masks from an ``(N, [1,] D, H, W)`` tensor (see :func:`synthgen.lesions.masks.masks_from_tensor`):
+        on the tissue grid itself without ``masks_affine``, else placed by the two affines."""
         config = (config or LesionConfig()).validate()
-        bank = masks_from_tensor(masks, like_shape, like_affine, masks_affine,
-                                 config.mask_threshold if threshold is None else threshold)
+        bank = masks_from_tensor(masks, masks_affine, config.mask_threshold if threshold is None else threshold)
         return cls(config, bank)
 
     @classmethod
     def procedural(cls, affine=None, config: LesionConfig | None = None) -> "LesionSource":
-        """Procedural stroke lesions (no data set); ``affine`` places the midline and territories."""
+        """Procedural stroke lesions (no data set); ``affine`` places the midline and territories when a call
+        gives none."""
         return cls(config, None, affine)
 
     # ---- sampling -----------------------------------------------------------------------------------------
@@ -127,21 +150,28 @@ class LesionSource:
                              f"{tuple(tissue.shape) if torch.is_tensor(tissue) else type(tissue).__name__}")
         if len(keys) != tissue.shape[0]:
             raise ValueError(f"`keys` must hold one key per sample ({tissue.shape[0]}), got {len(keys)}")
-        if self.bank is not None and tuple(tissue.shape[2:]) != tuple(self.bank.shape):
-            raise ValueError(f"`tissue` must be on the grid the lesion masks were resampled to, spatial shape "
-                             f"{tuple(self.bank.shape)}, got {tuple(tissue.shape[2:])}")
 
-    def sample_masks(self, tissue: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """Binary lesion masks ``(B, 1, D, H, W)`` bool before Soft-CP, and each sample's generator."""
+    def _grid_affine(self, affine):
+        affine = self.affine if affine is None else np.asarray(affine, np.float64)
+        if affine is None and self.bank is not None and self.bank.space == "world":
+            raise ValueError("lesion masks are placed by the tissue map's affine: pass `affine` (the map's voxel -> "
+                             "MNI affine) to the generator call or to the LesionSource")
+        return affine
+
+    def sample_masks(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None):
+        """Binary lesion masks ``(B, 1, D, H, W)`` bool before Soft-CP, each sample's generator, and each sample's
+        voxel box of the pasted masks (None: procedural or empty; the box is then found from the mask)."""
         self._check(tissue, keys)
         cfg = self.config
+        affine = self._grid_affine(affine)
         shape = tuple(tissue.shape[2:])
         masks = torch.zeros((tissue.shape[0], 1, *shape), dtype=torch.bool, device=tissue.device)
-        gens = []
+        gens, boxes = [], []
         parenchyma = None
         for i, key in enumerate(keys):
             g = generator_for(int(key), "cpu")
             gens.append(g)
+            boxes.append(None)
             healthy = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.healthy_probability
             sub_key = int(torch.randint(0, 2 ** 62, (1,), generator=g))
             if healthy:
@@ -149,21 +179,23 @@ class LesionSource:
             if self.bank is not None:
                 n = int(torch.randint(cfg.count[0], cfg.count[1] + 1, (1,), generator=g))
                 for j in torch.randint(0, len(self.bank), (n,), generator=g).tolist():
-                    self.bank.paste(j, masks[i, 0])
+                    boxes[i] = _union(boxes[i], self.bank.paste(j, masks[i, 0], affine))
             else:
                 if parenchyma is None:
-                    parenchyma = tissue_share(tissue, PARENCHYMA) > 0.5
+                    parenchyma = tissue_share(tissue, PARENCHYMA, classes) > 0.5
                 for j in range(int(torch.randint(cfg.count[0], cfg.count[1] + 1, (1,), generator=g))):
-                    masks[i, 0] |= procedural_lesion(parenchyma[i, 0], sub_key + j, cfg.procedural, self.affine)
-        return masks, gens
+                    masks[i, 0] |= procedural_lesion(parenchyma[i, 0], sub_key + j, cfg.procedural, affine)
+        return masks, gens, boxes
 
-    def sample(self, tissue: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None):
         """Lesion weights of a batch.
 
         Args:
-            tissue: ``(B, 1, D, H, W)`` integer labels or ``(B, K, D, H, W)`` float probabilities (channels
-                background, GM, WM, PV, CSF, extra...), on its device.
+            tissue: ``(B, 1, D, H, W)`` integer labels or ``(B, K, D, H, W)`` float probabilities, on its device.
             keys: ``B`` 64-bit integers; ``keys[i]`` alone determines sample ``i``'s lesion.
+            affine: the tissue map's 4x4 voxel -> world (MNI mm) affine (None: the source's own).
+            classes: the tissue class of each label (:meth:`synthgen.config.LabelConfig.class_table`; None: our
+                convention): where lesions may grow and what they are clipped to.
 
         Returns:
             ``(intensity_weight, label_weight)``, each ``(B, 1, D, H, W)`` float32 in [0, 1] on ``tissue``'s
@@ -171,30 +203,44 @@ class LesionSource:
             > 0.5), ``intensity_weight = label_weight * fading``. Lesion-free samples are zeros.
 
         Raises:
-            ValueError: ``tissue`` not 5D, ``len(keys) != B``, or a tissue grid other than the mask bank's.
+            ValueError: ``tissue`` not 5D, ``len(keys) != B``, or masks in world space without an affine.
         """
-        masks, gens = self.sample_masks(tissue, keys)
+        masks, gens, boxes = self.sample_masks(tissue, keys, affine, classes)
         cfg = self.config
         shape = tuple(tissue.shape[2:])
         label = torch.zeros(masks.shape, dtype=torch.float32, device=tissue.device)
         intensity = torch.zeros_like(label)
-        classes = PARENCHYMA if cfg.clip_to == "parenchyma" else BRAIN
+        wanted = PARENCHYMA if cfg.clip_to == "parenchyma" else BRAIN
+        pad = cfg.softcp.dilate + 1
         for i, g in enumerate(gens):
             # drawn for every sample, lesioned or not, so each key's stream keeps one order
             coeffs = fading_coefficients(g, shape, cfg.fading.control_spacing).to(tissue.device)
             faded = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability
-            # Soft-CP rings reach cfg.softcp.dilate voxels beyond the mask: work inside that box only
-            region = _bounding_box(masks[i, 0], cfg.softcp.dilate + 1)
+            # Soft-CP rings reach cfg.softcp.dilate voxels beyond the mask: work inside that box only (known from
+            # the placement for pasted masks; beyond the mask the box holds zeros, which give zero weight)
+            if boxes[i] is not None:
+                region = tuple((max(lo - pad, 0), min(hi + pad, n)) for lo, hi, n in zip(*boxes[i], shape))
+            elif self.bank is None:
+                region = _bounding_box(masks[i, 0], pad)
+            else:
+                region = None
             if region is None:
                 continue
             box = (i, slice(None), *(slice(lo, hi) for lo, hi in region))
             w = soft_cp_config(masks[box][None], cfg.softcp)
             if cfg.clip_to != "none":
-                w = w * tissue_share(tissue[box][None], classes)
+                w = w * tissue_share(tissue[box][None], wanted, classes)
             label[box] = w[0]
             fade = fading_config(coeffs, shape, cfg.fading, region) if faded else 1.0
             intensity[box] = (w * fade)[0]
         return intensity, label
+
+
+def _union(a, b):
+    """The voxel box covering boxes ``a`` and ``b`` (each ``(lo, hi)`` or None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return (tuple(min(x, y) for x, y in zip(a[0], b[0])), tuple(max(x, y) for x, y in zip(a[1], b[1])))
 
 
 def _bounding_box(mask: torch.Tensor, pad: int):
