@@ -81,12 +81,32 @@ def _run_host(lib, args, threads=64):
     return pmin, pmax
 
 
-@pytest.mark.parametrize("kind", ["labels", "probs", "labels-lesion", "probs-lesion"])
+def many_labels_case(B: int = 2):
+    """A 40-label map with tied Gaussians and a label -> target table (labels target), lesion included."""
+    from synthgen.config import LabelConfig
+    labels = phantom_labels(MAP).long()
+    split = torch.randint(0, 8, labels.shape, generator=torch.Generator().manual_seed(3))
+    tissue = torch.where(labels > 0, (labels - 1) * 8 + 1 + split, 0).clamp(max=39).to(torch.uint8)
+    config = GeneratorConfig(crop=CROP, target="labels", labels=LabelConfig(
+        classes=(0,) + (1,) * 39, gaussians=(0,) + tuple(1 + (g - 1) // 2 for g in range(1, 40)),
+        targets=(0,) + tuple(g % 7 for g in range(1, 40))))
+    _, lesion, _, texture = make_case("labels-lesion", B)
+    params = sample_params(config, MAP, 0, 0, B)
+    return tissue, lesion, params, texture, config
+
+
+@pytest.mark.parametrize("kind", ["labels", "probs", "labels-lesion", "probs-lesion", "many-labels"])
 def test_host_build_matches_reference(host_lib, kind):
-    tissue, lesion, params, texture = make_case(kind)
-    args = prepared_args(tissue, lesion, params, texture)
+    config = None
+    if kind == "many-labels":
+        tissue, lesion, params, texture, config = many_labels_case()
+    else:
+        tissue, lesion, params, texture = make_case(kind)
+    args = prepared_args(tissue, lesion, params, texture, config=config)
     pmin, pmax = _run_host(host_lib, args)
-    ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture)
+    ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture, config=config)
+    if kind == "many-labels":
+        assert int(ref_tgt.max()) == 7 and len(ref_tgt.unique()) == 8      # 7 target classes and the lesion
     assert torch.equal(args.target, ref_tgt)
     # float32 spline/affine arithmetic in another order: coordinates agree to ~1e-5 voxel
     torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)   # measured <= 3e-7 relative

@@ -83,6 +83,38 @@ def test_fast_matches_reference(monkeypatch, kind):
 
 
 
+def _many_labels(n=40):
+    """A map of ``n`` labels (beyond the 15 of our convention) and its LabelConfig: tied pairs, a target set."""
+    g = torch.Generator().manual_seed(5)
+    labels = phantom_labels(MAP).long()
+    split = torch.randint(0, 8, labels.shape, generator=g)                 # 8 labels per phantom class
+    tissue = torch.where(labels > 0, (labels - 1) * 8 + 1 + split, 0).clamp(max=n - 1).to(torch.uint8)
+    from synthgen.config import LabelConfig
+    classes = (0,) + tuple(min(1 + (g_ - 1) // 8, 5) for g_ in range(1, n))
+    gaussians = (0,) + tuple(1 + (g_ - 1) // 2 for g_ in range(1, n))      # labels 1+2, 3+4, ... share one
+    targets = (0,) + tuple(g_ % 7 for g_ in range(1, n))                   # 7 target classes, some background
+    return tissue, LabelConfig(classes=classes, gaussians=gaussians, targets=targets)
+
+
+@pytest.mark.parametrize("target", ["tissue", "labels", "lesion"])
+def test_fast_matches_reference_with_many_labels(monkeypatch, target):
+    """A 40-label map: per-label Gaussians by table lookup and the label -> target table, on both paths."""
+    tissue, labels = _many_labels()
+    cfg = _config(labels=labels, target=target)
+    params = _params(cfg)
+    assert params.gmm_mu.shape == (2, 41)
+    g = torch.Generator().manual_seed(1)
+    texture = torch.randn(2, 1, *CROP, generator=g)
+    normals = (torch.randn(2, 1, *CROP, generator=g), torch.randn(2, 1, *CROP, generator=g))
+    lesion = _lesion(2)
+    ref_img, ref_tgt = reference_with_noise(monkeypatch, cfg, tissue, params, texture, normals, lesion)
+    img, tgt = fast.generate_fast(cfg, tissue, params, lesion, "triton", texture=texture, noise=normals)
+    assert torch.equal(tgt, ref_tgt)
+    torch.testing.assert_close(img, ref_img, atol=2e-5, rtol=1e-5)
+    lesion_class = {"tissue": 5, "labels": 7, "lesion": 1}[target]
+    assert int(tgt.max()) == lesion_class and (tgt == lesion_class).any()
+
+
 def test_float16_work_volumes_keep_the_output():
     """Half-precision intermediates: same target, same normalisation, image within ~0.01 z units of float32."""
     cfg32, cfg16 = _config(crop=(12, 11, 13)), _config(crop=(12, 11, 13), work_dtype="float16")

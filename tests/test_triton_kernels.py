@@ -15,7 +15,7 @@ from synthgen.config import GeneratorConfig
 from synthgen.kernels import triton_blur, triton_noise, triton_warp
 
 from conftest import phantom_labels
-from test_cuda_warp import CROP, make_case, prepared_args, reference_warp
+from test_cuda_warp import CROP, make_case, many_labels_case, prepared_args, reference_warp
 
 
 _interpreter_here = skip_unless_here(RUN_HERE)
@@ -34,6 +34,15 @@ def test_warp_matches_reference(kind, tissue_dtype):
     triton_warp.warp_sample(args)
     ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture)
     assert torch.equal(args.target, ref_tgt)
+    torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)
+
+
+def test_warp_with_many_labels_matches_reference():
+    tissue, lesion, params, texture, config = many_labels_case()
+    args = prepared_args(tissue, lesion, params, texture, config=config)
+    triton_warp.warp_sample(args)
+    ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture, config=config)
+    assert torch.equal(args.target, ref_tgt) and int(ref_tgt.max()) == 7
     torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)
 
 

@@ -44,6 +44,9 @@ def main(argv=None) -> int:
                         help="storage of probability maps (uint8: x255)")
     p_pack.add_argument("--crop-masks", action="store_true", help="store lesion masks cropped to their "
                                                                    "foreground (affine shifted to match)")
+    p_pack.add_argument("--voxel-size", type=float, default=1.0, metavar="MM",
+                        help="grid of the packed tissue maps and real scans (pack at the training voxel size: "
+                             "training then reads them without resampling)")
     args = parser.parse_args(argv)
     if not (args.tissue_maps or args.lesions or args.real):
         parser.error("give at least one of --tissue-maps, --lesions, --real")
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
         counts = store_mod.pack(args.out, args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
                                 mask_threshold=args.mask_threshold, background_channel=background,
                                 prob_dtype=args.prob_dtype, crop_masks=args.crop_masks, pattern=args.glob, progress=not args.quiet,
-                                check=False)
+                                check=False, voxel_size=args.voxel_size)
         print(f"{args.out}: {counts['packed']} packed, {counts['skipped']} unchanged, {counts['removed']} removed")
     return 0
 

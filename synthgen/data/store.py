@@ -8,7 +8,8 @@ Layout of a store folder::
     STORE/real/<name>.scan.npy       fp16 scans (X, Y, Z), multiplied by ``scale`` in the index
     STORE/real/<name>.mask.npy       uint8 {0, 1} masks (X, Y, Z)
 
-Every item is RAS at 1 mm (see ``synthgen.data.tissue``), labels already mapped to our convention.
+Every item is RAS (see ``synthgen.data.tissue``): tissue maps and real scans at the ``voxel_size`` they were packed
+at (1 mm by default), lesion masks at their own voxel size; labels are already mapped (the mapping is recorded).
 ``.npy`` files open with ``np.load(mmap_mode="r")``: no decoding, the OS pages in what is read.
 Packing is incremental: an item whose source file has the same size and mtime (or, when those changed, the
 same SHA-256) and the same packing options is skipped. Every file is written to a temporary name and
@@ -107,7 +108,7 @@ def _read_index(store: Path) -> dict:
 
 def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_threshold: float | None = None,
          background_channel=None, prob_dtype: str = "uint8", crop_masks: bool = False, pattern: str = "*",
-         progress: bool = True, check: bool = True) -> dict:
+         progress: bool = True, check: bool = True, voxel_size: float = 1.0) -> dict:
     """Pack NIfTI folders into the store ``out`` (created if needed); incremental and atomic.
 
     Args:
@@ -118,6 +119,9 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
         crop_masks: store lesion masks cropped to their foreground box (a few kB instead of MBs); the
             affine is shifted so world coordinates are unchanged, ``full_shape`` / ``crop_offset`` are kept.
         check: run ``check_folders`` first and refuse to pack when it finds errors.
+        voxel_size: grid (mm, RAS) of the packed tissue maps and real scans: pack at the training voxel size and
+            training reads them as they are (memory-mapped); lesion masks keep their own grid (they are placed
+            by affine).
 
     Returns:
         Counts ``{"packed": n, "skipped": n, "removed": n}``.
@@ -127,6 +131,8 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
     """
     if prob_dtype not in ("uint8", "float16"):
         raise ValueError(f"`prob_dtype` must be 'uint8' or 'float16', got {prob_dtype!r}")
+    if not voxel_size > 0:
+        raise ValueError(f"`voxel_size` must be > 0 mm, got {voxel_size}")
     if check:
         problems = check_mod.check_folders(tissue_maps, lesions, real, label_map=label_map,
                                            mask_threshold=mask_threshold, background_channel=background_channel,
@@ -142,10 +148,10 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
         root = Path(tissue_maps)
         files, _ = check_mod.list_nifti(root, pattern)
         opts = {"label_map": mapping.to_dict() if mapping else None, "prob_dtype": prob_dtype,
-                "background_channel": background_channel}
+                "background_channel": background_channel, "voxel_size": float(voxel_size)}
         for f in files:
             jobs.append(("tissue_maps", _item_name(f, root), [f], opts, _tissue_writer(f, mapping, background_channel,
-                                                                                      prob_dtype)))
+                                                                                      prob_dtype, voxel_size)))
     if lesions is not None:
         root = Path(lesions)
         files, _ = check_mod.list_nifti(root, pattern)
@@ -156,9 +162,10 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
         root = Path(real)
         files, _ = check_mod.list_nifti(root, pattern)
         pairs, _ = check_mod.pair_real_files(files)
-        opts = {"mask_threshold": mask_threshold}
+        opts = {"mask_threshold": mask_threshold, "voxel_size": float(voxel_size)}
         for p in pairs:
-            jobs.append(("real", _item_name(p.scan, root), [p.scan, p.mask], opts, _real_writer(p, mask_threshold)))
+            jobs.append(("real", _item_name(p.scan, root), [p.scan, p.mask], opts,
+                         _real_writer(p, mask_threshold, voxel_size)))
     counts = {"packed": 0, "skipped": 0, "removed": 0}
     bar = None
     if progress and jobs:
@@ -198,9 +205,10 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
     return counts
 
 
-def _tissue_writer(path, mapping, background_channel, prob_dtype):
+def _tissue_writer(path, mapping, background_channel, prob_dtype, voxel_size):
     def write(folder: Path, name: str) -> dict:
-        tmap = tissue_mod.read_tissue_map(path, label_map=mapping, background_channel=background_channel)
+        tmap = tissue_mod.read_tissue_map(path, label_map=mapping, background_channel=background_channel,
+                                          voxel_size=voxel_size)
         if tmap.kind == "labels":
             data, scale = tmap.data.astype(np.uint8), 1.0
         else:
@@ -231,10 +239,10 @@ def _mask_writer(path, threshold, crop=False):
     return write
 
 
-def _real_writer(pair, threshold):
+def _real_writer(pair, threshold, voxel_size):
     def write(folder: Path, name: str) -> dict:
-        scan, affine = tissue_mod.read_scan(pair.scan)
-        mask, mask_affine = tissue_mod.read_mask(pair.mask, threshold)
+        scan, affine = tissue_mod.read_scan(pair.scan, voxel_size=voxel_size)
+        mask, mask_affine = tissue_mod.read_mask(pair.mask, threshold, voxel_size=voxel_size)
         if mask.shape != scan.shape or not np.allclose(mask_affine, affine, atol=1e-3):
             raise ValueError(f"{pair.mask}: grid differs from its scan {pair.scan}")
         peak = float(np.abs(scan).max())
