@@ -66,14 +66,16 @@ __device__ __forceinline__ float sg_lerp3(const float* v, const sg_corners* q) {
 
 #define SG_WARP_PARAMS                                                                                      \
     const unsigned char* labels, const float* probs, int K, long long tis_bstride, int X, int Y, int Z,      \
-    const float* lesion, long long les_bstride, float threshold, const float* matrix, const float* center,  \
+    const float* lesion, long long les_bstride, int LX, int LY, int LZ, int lox, int loy, int loz,           \
+    float threshold, const float* matrix, const float* center,                                              \
     const float* elastic, int n1, int n2, int n3, float es1, float es2, float es3,                          \
     const float* bias, int m1, int m2, int m3, float bs1, float bs2, float bs3,                             \
     const float* mu, const float* sigma, int L, const float* texture, const float* tex_scale,               \
     const unsigned char* flip, int D, int H, int W, float* image, unsigned char* target,                    \
     const unsigned char* classes, int lesion_class
 #define SG_WARP_ARGS                                                                                        \
-    labels, probs, K, tis_bstride, X, Y, Z, lesion, les_bstride, threshold, matrix, center, elastic, n1, n2, \
+    labels, probs, K, tis_bstride, X, Y, Z, lesion, les_bstride, LX, LY, LZ, lox, loy, loz, threshold,      \
+    matrix, center, elastic, n1, n2,                                                                        \
     n3, es1, es2, es3, bias, m1, m2, m3, bs1, bs2, bs3, mu, sigma, L, texture, tex_scale, flip, D, H, W,     \
     image, target, classes, lesion_class
 
@@ -173,12 +175,12 @@ __device__ __forceinline__ float sg_warp_voxel(SG_WARP_PARAMS, long long o, int 
     }
     const float t = texture[(long long)b * N + o] * tex_scale[b];
     float img = mean + stdv * t;
-    if (lesion) {
+    if (lesion) {        // the weights cover the map box [lo, lo + (LX, LY, LZ)): zero outside, as outside the map
         sg_corners q;
-        sg_corners_of(cx, cy, cz, X, Y, Z, &q);
+        sg_corners_of(cx - lox, cy - loy, cz - loz, LX, LY, LZ, &q);
         const float* lb = lesion + b * les_bstride;
         float wi = fminf(fmaxf(sg_lerp3(lb, &q), 0.0f), 1.0f);
-        float wl = sg_lerp3(lb + XYZ, &q);
+        float wl = sg_lerp3(lb + (long long)LX * LY * LZ, &q);
         img = img * (1.0f - wi) + (mub[L - 1] + sgb[L - 1] * t) * wi;
         if (wl > threshold) cls = lesion_class;
     }

@@ -116,8 +116,9 @@ class WarpArgs:
     """Everything one launch of the fused warp (``triton_warp`` or ``cuda_loader``) reads and writes."""
     tissue: torch.Tensor            # (1 | B, C, X, Y, Z) uint8 labels or float probabilities, contiguous
     tissue_bstride: int             # elements between the maps of two samples (0: one map for all)
-    lesion: torch.Tensor | None     # (1 | B, 2, X, Y, Z) float32 [intensity weight, label weight], or None
-    lesion_bstride: int
+    lesion: torch.Tensor | None     # (1 | B, 2, x, y, z) float32 [intensity weight, label weight] over the map
+    lesion_bstride: int             # box [lesion_offset, lesion_offset + (x, y, z)), or None
+    lesion_offset: tuple
     threshold: float                # label weight above which a voxel is lesion
     matrix: torch.Tensor            # (B, 9) float32
     center: torch.Tensor            # (B, 3) float32
@@ -142,7 +143,8 @@ def warp_args(tissue, lesion, params: SampleParams, texture, tex_scale, image, t
     Args:
         tissue: ``(1 | B, C, X, Y, Z)`` labels (any integer dtype) or probabilities (float32 / float16 are read
             as they are).
-        lesion: ``(intensity_weight, label_weight)``, each ``(1 | B, 1, X, Y, Z)``, or None.
+        lesion: ``(intensity_weight, label_weight[, offset])``, each weight ``(1 | B, 1, x, y, z)`` over the map
+            box that starts at voxel ``offset`` (default 0: the whole map), or None.
         tables: ``(classes, lesion_class)`` as :func:`label_tables`.
     """
     dev = image.device
@@ -157,14 +159,20 @@ def warp_args(tissue, lesion, params: SampleParams, texture, tex_scale, image, t
     elif tissue.dtype not in (torch.float32, torch.float16):
         tissue = tissue.to(torch.float32)
     tis = (tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue).contiguous()
-    les = None
+    les, offset = None, (0, 0, 0)
     if lesion is not None:
         les = torch.cat([lesion[0], lesion[1]], 1).to(device=dev, dtype=torch.float32).contiguous()
+        offset = tuple(int(o) for o in lesion_offset(lesion))
     return WarpArgs(tis, 0 if tis.shape[0] == 1 else tis[0].numel(), les,
-                    0 if les is None or les.shape[0] == 1 else les[0].numel(), float(threshold),
+                    0 if les is None or les.shape[0] == 1 else les[0].numel(), offset, float(threshold),
                     up(pc.matrix.reshape(B, 9)), up(pc.center), up(pc.elastic), up(pc.bias), up(pc.gmm_mu),
                     up(pc.gmm_sigma), texture, tex_scale, up(pc.flip, torch.uint8),
                     tuple(int(c) for c in image.shape[1:]), image, target, tables[0], int(tables[1]))
+
+
+def lesion_offset(lesion) -> tuple:
+    """The map voxel where a lesion's weight volumes start: ``lesion[2]`` when given, else the map's origin."""
+    return tuple(lesion[2]) if len(lesion) > 2 and lesion[2] is not None else (0, 0, 0)
 
 
 def label_tables(config: GeneratorConfig, device) -> tuple[torch.Tensor, int]:
@@ -196,9 +204,12 @@ def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels)
         raise ValueError(f"`texture` must be ({B}, 1, *{crop}), got shape {tuple(texture.shape)}")
     if noise is not None and (len(noise) != 2 or any(n.numel() != B * math.prod(crop) for n in noise)):
         raise ValueError(f"`noise` must be two ({B}, 1, *{crop}) standard-normal volumes")
-    if lesion is not None and (len(lesion) != 2 or lesion[0].shape[2:] != tissue.shape[2:]):
-        raise ValueError(f"`lesion` must be (intensity_weight, label_weight) on the tissue grid "
-                         f"{tuple(tissue.shape[2:])}")
+    if lesion is not None:
+        lo = lesion_offset(lesion) if len(lesion) in (2, 3) else None
+        if (lo is None or lesion[0].shape != lesion[1].shape or lesion[0].ndim != 5
+                or any(o < 0 or o + n > m for o, n, m in zip(lo, lesion[0].shape[2:], tissue.shape[2:]))):
+            raise ValueError(f"`lesion` must be (intensity_weight, label_weight[, offset]) inside the tissue grid "
+                             f"{tuple(tissue.shape[2:])}")
 
 
 @torch.no_grad()
@@ -212,7 +223,8 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
             dtypes).
         tissue: ``(1 | B, 1, X, Y, Z)`` integer labels or ``(1 | B, K, X, Y, Z)`` float probabilities.
         params: the batch's :class:`SampleParams` (CPU or device).
-        lesion: ``(intensity_weight, label_weight)``, each ``(B, 1, X, Y, Z)``, or None.
+        lesion: ``(intensity_weight, label_weight[, offset])``, each weight ``(B, 1, x, y, z)`` over the map box
+            from voxel ``offset`` (default: the whole map), or None.
         backend: "triton", or "cuda" (CUDA C++ warp, Triton elsewhere).
         texture: unit-variance within-class texture ``(B, 1, *crop)`` to use instead of drawing it (tests).
         noise: two standard-normal volumes ``(B, 1, *crop)`` to use instead of Philox (tests).

@@ -57,7 +57,8 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
 
     Args:
         tissue: ``(B, 1, X, Y, Z)`` integer labels or ``(B, K, X, Y, Z)`` probabilities.
-        lesion: ``(intensity_weight, label_weight)``, each ``(B, 1, X, Y, Z)``, or None.
+        lesion: ``(intensity_weight, label_weight[, offset])``, each weight ``(B, 1, x, y, z)`` over the map box
+            that starts at voxel ``offset`` (default 0: the whole map), or None.
         params: the batch's parameters on ``tissue``'s device.
         texture: ``(B, 1, *crop)`` unit-variance texture.
         classes: ``(L,)`` uint8 target class of each label (or channel), ``lesion_class`` the lesion's.
@@ -78,7 +79,8 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
     target = classes[label]                                                  # (B, 1, *crop) uint8
     w_int = None
     if lesion is not None:
-        w = ops.grid_pull(torch.cat([lesion[0], lesion[1]], 1).float(), coords, "linear")
+        offset = torch.tensor(fast.lesion_offset(lesion), dtype=coords.dtype, device=coords.device)
+        w = ops.grid_pull(torch.cat([lesion[0], lesion[1]], 1).float(), coords - offset, "linear")
         w_int, w_lab = w[:, :1].clamp(0, 1), w[:, 1:]
         target = torch.where(w_lab > threshold, torch.full_like(target, lesion_class), target)
     image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture, w_int)
@@ -96,9 +98,10 @@ class SynthGenerator:
 
     Args:
         config: the ranges (:class:`synthgen.config.GeneratorConfig`); the paper's by default.
-        lesions: an object with ``sample(tissue, keys, affine=None, classes=None) -> (intensity_weight,
-            label_weight) | None`` (see :class:`synthgen.lesions.LesionSource`: ``affine`` is the map's voxel ->
-            world affine, ``classes`` the tissue class of each label), or None for healthy samples.
+        lesions: an object with ``sample(tissue, keys, affine=None, classes=None, region=None) ->
+            (intensity_weight, label_weight[, offset]) | None`` (see :class:`synthgen.lesions.LesionSource`:
+            ``affine`` is the map's voxel -> world affine, ``classes`` the tissue class of each label, ``region``
+            the map box the crops reach), or None for healthy samples.
     """
 
     def __init__(self, config: GeneratorConfig | None = None, lesions=None):
@@ -188,8 +191,11 @@ class SynthGenerator:
         with self._stage("lesion", dev):
             lesion = None
             if self.lesions:
+                # lesion weights only where the crops can reach (from the host copies of the parameters)
+                pc = params.to("cpu")
+                reach = ops.reach_box(crop, pc.matrix, pc.center, pc.elastic, tissue.shape[2:])
                 lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key], affine=affine,
-                                             classes=cfg.labels.class_table())
+                                             classes=cfg.labels.class_table(), region=reach) if reach else None
         backend = select_backend(dev, available=fast.AVAILABLE)
         if backend != "torch":      # fused kernels (synthgen.fast); same parameters, same maths
             image, target = fast.generate_fast(cfg, tissue, params, lesion, backend, tables=(table, lesion_class))

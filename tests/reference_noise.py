@@ -14,7 +14,7 @@ class FixedLesion:
     def __init__(self, weights):
         self.weights = weights
 
-    def sample(self, tissue, keys, affine=None, classes=None):
+    def sample(self, tissue, keys, affine=None, classes=None, region=None):
         return self.weights
 
 

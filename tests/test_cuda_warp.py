@@ -95,13 +95,17 @@ def many_labels_case(B: int = 2):
     return tissue, lesion, params, texture, config
 
 
-@pytest.mark.parametrize("kind", ["labels", "probs", "labels-lesion", "probs-lesion", "many-labels"])
+@pytest.mark.parametrize("kind", ["labels", "probs", "labels-lesion", "probs-lesion", "many-labels",
+                                  "labels-lesion-box"])
 def test_host_build_matches_reference(host_lib, kind):
     config = None
     if kind == "many-labels":
         tissue, lesion, params, texture, config = many_labels_case()
     else:
         tissue, lesion, params, texture = make_case(kind)
+    if kind.endswith("-box"):       # weights over a box of the map, zero elsewhere
+        lo, hi = (2, 3, 1), (10, 12, 9)
+        lesion = tuple(w[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].contiguous() for w in lesion) + (lo,)
     args = prepared_args(tissue, lesion, params, texture, config=config)
     pmin, pmax = _run_host(host_lib, args)
     ref_img, ref_tgt = reference_warp(tissue, lesion, params, texture, config=config)

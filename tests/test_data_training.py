@@ -124,11 +124,12 @@ def test_held_out_lesions_never_reach_a_training_sample(tmp_path):
     pasted = []
     for src in (train_src, val_src):
         paste = src.bank.paste
-        src.bank.paste = lambda i, out, aff, _p=paste, _b=src.bank: (pasted.append(_b.names[i]), _p(i, out, aff))[1]
+        src.bank.paste = lambda i, out, aff, _p=paste, _b=src.bank, **kw: (pasted.append(_b.names[i]),
+                                                                           _p(i, out, aff, **kw))[1]
     data = TrainingBatches(_gen(), _maps(3), seed=1, batch_size=2, device="cpu", lesions=train_src)
     for s in range(15):
         data(s)
-    assert len(pasted) == 30 and not held & set(pasted)
+    assert len(pasted) >= 20 and not held & set(pasted)
     pasted.clear()
     validation_set(_gen(), _maps(3), seed=99, n=6, device="cpu", lesions=val_src)
     assert pasted and set(pasted) <= held

@@ -85,7 +85,7 @@ def test_soft_probabilities_give_the_same_classes_as_labels(phantom):
 class _FixedLesion:
     """A cube of lesion in the middle of the map, at full weight."""
 
-    def sample(self, tissue, keys, affine=None, classes=None):
+    def sample(self, tissue, keys, affine=None, classes=None, region=None):
         w = torch.zeros(tissue.shape[0], 1, *tissue.shape[2:])
         w[..., 10:20, 12:24, 10:20] = 1.0
         return w, w

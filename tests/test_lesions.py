@@ -128,7 +128,7 @@ def test_target_volume_equals_source_mask_volume():
     t = tissue_map()
     m = ball(t.shape[2:], (20, 16, 22), 6) & (t[0, 0] == 2)
     src = LesionSource.from_tensor(m[None], config=no_fading())
-    iw, lw = src.sample(t, [1])
+    iw, lw = src.sample_dense(t, [1])
     assert iw.shape == lw.shape == (1, 1, 40, 40, 40) and iw.dtype == lw.dtype == torch.float32
     # tolerance: exact for dilate <= erode (the default), see SoftCPConfig
     assert int((lw > 0.5).sum()) == int(m.sum())
@@ -140,7 +140,7 @@ def test_soft_cp_wider_halo_grows_target_by_stated_amount():
     t = torch.full((1, 1, 30, 30, 30), 2, dtype=torch.uint8)
     m = ball((30, 30, 30), (15, 15, 15), 7)
     cfg = no_fading(softcp=SoftCPConfig(alpha=0.9, erode=1, dilate=2))
-    _, lw = LesionSource.from_tensor(m[None], config=cfg).sample(t, [0])
+    _, lw = LesionSource.from_tensor(m[None], config=cfg).sample_dense(t, [0])
     grown = ndimage.binary_dilation(ndimage.binary_erosion(m.numpy(), CUBE, border_value=1), CUBE, iterations=2)
     assert int((lw > 0.5).sum()) == int((grown | m.numpy()).sum())
 
@@ -149,10 +149,10 @@ def test_lesion_clipped_to_parenchyma_and_probabilities_match_labels():
     t = tissue_map()
     m = ball(t.shape[2:], (20, 20, 20), 12)             # covers the ventricles (CSF)
     src = LesionSource.from_tensor(m[None], config=LesionConfig(healthy_probability=0.0))
-    iw, lw = src.sample(t, [5])
+    iw, lw = src.sample_dense(t, [5])
     assert not bool((lw[0, 0][t[0, 0] == 4] > 0).any())
     probs = torch.nn.functional.one_hot(t[:, 0].long(), 6).permute(0, 4, 1, 2, 3).float()
-    iw2, lw2 = src.sample(probs, [5])
+    iw2, lw2 = src.sample_dense(probs, [5])
     assert torch.allclose(lw, lw2) and torch.allclose(iw, iw2)
     assert bool((iw <= lw + 1e-7).all()) and float(iw[lw > 0].min()) >= 0.2 * float(lw[lw > 0].min()) - 1e-6
 
@@ -160,7 +160,7 @@ def test_lesion_clipped_to_parenchyma_and_probabilities_match_labels():
 def test_empty_mask_gives_healthy_sample():
     t = tissue_map()
     src = LesionSource.from_tensor(torch.zeros(1, 40, 40, 40), config=LesionConfig(healthy_probability=0.0))
-    iw, lw = src.sample(t, [7])
+    iw, lw = src.sample_dense(t, [7])
     assert not iw.any() and not lw.any()
 
 
@@ -168,7 +168,7 @@ def test_healthy_probability_one_gives_zeros():
     t = tissue_map()
     src = LesionSource.from_tensor(ball((40, 40, 40), (20, 20, 20), 5)[None],
                                    config=LesionConfig(healthy_probability=1.0))
-    iw, lw = src.sample(t.expand(3, -1, -1, -1, -1), [1, 2, 3])
+    iw, lw = src.sample_dense(t.expand(3, -1, -1, -1, -1), [1, 2, 3])
     assert not iw.any() and not lw.any()
 
 
@@ -176,12 +176,12 @@ def test_mask_reproducible_per_key_and_differs_between_keys():
     t = tissue_map().expand(2, -1, -1, -1, -1)
     masks = torch.stack([ball((40, 40, 40), c, 4) for c in ((14, 14, 20), (26, 26, 20), (20, 14, 26))])
     src = LesionSource.from_tensor(masks, config=LesionConfig(healthy_probability=0.0))
-    a = src.sample(t, [11, 12])
-    b = src.sample(t, [11, 12])
-    c = src.sample(t[:1], [11])
+    a = src.sample_dense(t, [11, 12])
+    b = src.sample_dense(t, [11, 12])
+    c = src.sample_dense(t[:1], [11])
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert torch.equal(a[0][:1], c[0])                     # a sample does not depend on its batch
-    outs = {src.sample(t[:1], [k])[0].numpy().tobytes() for k in range(8)}
+    outs = {src.sample_dense(t[:1], [k])[0].numpy().tobytes() for k in range(8)}
     assert len(outs) > 1
 
 
@@ -203,7 +203,7 @@ def test_mask_on_other_grid_placed_by_affine():
     src = LesionSource.from_tensor(m2, masks_affine=aff2)
     with pytest.raises(ValueError, match="placed by the tissue map's affine"):
         src.sample(tissue_map(), [0])
-    _, lw = LesionSource.from_tensor(m2, masks_affine=aff2, config=no_fading(clip_to="none")).sample(
+    _, lw = LesionSource.from_tensor(m2, masks_affine=aff2, config=no_fading(clip_to="none")).sample_dense(
         tissue_map((20, 20, 20)), [0], affine=aff1)
     assert torch.equal(lw[0, 0] > 0.5, expected)
 
@@ -212,7 +212,7 @@ def test_multiple_masks_per_sample():
     t = tissue_map()
     masks = torch.stack([ball((40, 40, 40), c, 3) for c in ((14, 14, 20), (26, 26, 20))])
     cfg = no_fading(count=(2, 2))
-    vols = {int((LesionSource.from_tensor(masks, config=cfg).sample(t, [k])[1] > 0.5).sum()) for k in range(6)}
+    vols = {int((LesionSource.from_tensor(masks, config=cfg).sample_dense(t, [k])[1] > 0.5).sum()) for k in range(6)}
     both = int(((masks[0] | masks[1]) & (t[0, 0] >= 1) & (t[0, 0] <= 3)).sum())
     assert max(vols) == both                               # two distinct masks pasted in some sample
 
@@ -417,8 +417,8 @@ def test_box_restricted_weights_equal_the_full_volume_formula():
     masks[2, 0, 12:18, 14:22, 9:13] = 1         # sample 1 stays lesion-free
     src = LesionSource.from_tensor(masks)
     keys = [11, 12, 13]
-    intensity, label = src.sample(tissue.expand(3, -1, -1, -1, -1), keys)
-    drawn, gens, _ = src.sample_masks(tissue.expand(3, -1, -1, -1, -1), keys)
+    intensity, label = src.sample_dense(tissue.expand(3, -1, -1, -1, -1), keys)
+    drawn, gens = src.sample_masks(tissue.expand(3, -1, -1, -1, -1), keys)
     cfg = src.config
     for i, g in enumerate(gens):
         coeffs = fading_coefficients(g, shape, cfg.fading.control_spacing)

@@ -103,11 +103,11 @@ def test_bilateral_and_cross_midline_switches():
 def test_source_procedural_reproducible_and_key_dependent():
     tissue, affine = LOWRES
     src = LesionSource.procedural(affine, LesionConfig(healthy_probability=0.0))
-    a = src.sample(tissue, [123])
-    b = src.sample(tissue, [123])
+    a = src.sample_dense(tissue, [123])
+    b = src.sample_dense(tissue, [123])
     assert a[0].numpy().tobytes() == b[0].numpy().tobytes()
     assert a[1].numpy().tobytes() == b[1].numpy().tobytes()
-    c = src.sample(tissue, [124])
+    c = src.sample_dense(tissue, [124])
     assert not torch.equal(a[1], c[1])
     assert float(a[1].max()) == 1.0 or bool((a[1] > 0.5).any())
     assert bool((a[0] <= a[1] + 1e-7).all())
@@ -115,7 +115,7 @@ def test_source_procedural_reproducible_and_key_dependent():
 
 def test_no_parenchyma_gives_healthy_sample():
     t = torch.full((1, 1, 10, 10, 10), 4, dtype=torch.uint8)
-    iw, lw = LesionSource.procedural(None, LesionConfig(healthy_probability=0.0)).sample(t, [3])
+    iw, lw = LesionSource.procedural(None, LesionConfig(healthy_probability=0.0)).sample_dense(t, [3])
     assert not iw.any() and not lw.any()
 
 
@@ -134,8 +134,8 @@ def test_lesion_touching_volume_border():
     assert touched > 0
     src = LesionSource.procedural(None, LesionConfig(healthy_probability=0.0,
                                                      procedural=cfg))
-    _, lw = src.sample(t, [1])
-    masks, _, _ = src.sample_masks(t, [1])
+    _, lw = src.sample_dense(t, [1])
+    masks, _ = src.sample_masks(t, [1])
     assert torch.equal(lw > 0.5, masks)                   # Soft-CP keeps the target equal to the mask
 
 

@@ -44,7 +44,7 @@ class BlobLesions:
     def __init__(self, radius=(2, 4)):
         self.radius = radius
 
-    def sample(self, tissue, keys, affine=None, classes=None):
+    def sample(self, tissue, keys, affine=None, classes=None, region=None):
         out = torch.zeros(tissue.shape[0], 1, *tissue.shape[2:])
         grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in tissue.shape[2:]],
                                           indexing="ij"), -1)
@@ -102,7 +102,7 @@ def test_sigint_finishes_step_saves_and_stops(tmp_path):
     class Interrupting(BlobLesions):
         calls = 0
 
-        def sample(self, tissue, keys, affine=None, classes=None):
+        def sample(self, tissue, keys, affine=None, classes=None, region=None):
             Interrupting.calls += 1
             if Interrupting.calls == 2:          # during the synthesis of the second step
                 os.kill(os.getpid(), signal.SIGINT)

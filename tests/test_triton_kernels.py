@@ -37,6 +37,23 @@ def test_warp_matches_reference(kind, tissue_dtype):
     torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)
 
 
+def test_warp_reads_a_lesion_box_as_the_whole_map_with_zeros_around():
+    tissue, lesion, params, texture = make_case("labels-lesion")
+    lo, hi = (3, 2, 4), (11, 9, 12)
+    box = tuple(w[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].contiguous() for w in lesion)
+    full = tuple(torch.zeros_like(w) for w in lesion)
+    for f, b in zip(full, box):
+        f[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = b
+    args = prepared_args(tissue, box + (lo,), params, texture)
+    triton_warp.warp_sample(args)
+    ref_img, ref_tgt = reference_warp(tissue, full, params, texture)       # zeros outside: the same sample
+    assert torch.equal(args.target, ref_tgt) and (ref_tgt == 5).any()
+    torch.testing.assert_close(args.image, ref_img, atol=2e-4, rtol=2e-6)
+    img2, tgt2 = reference_warp(tissue, box + (lo,), params, texture)      # the reference reads the box alike
+    assert torch.equal(tgt2, ref_tgt)
+    torch.testing.assert_close(img2, ref_img, atol=2e-4, rtol=2e-6)   # grid_sample normalises by the box size
+
+
 def test_warp_with_many_labels_matches_reference():
     tissue, lesion, params, texture, config = many_labels_case()
     args = prepared_args(tissue, lesion, params, texture, config=config)
@@ -262,8 +279,10 @@ def test_generate_fast_rejects_bad_arguments():
         fast.generate_fast(cfg, tissue, params, texture=torch.zeros(3))
     with pytest.raises(ValueError, match="`noise` must be two"):
         fast.generate_fast(cfg, tissue, params, noise=(torch.zeros(3),))
+    with pytest.raises(ValueError, match="`lesion` must be"):          # a box sticking out of the map
+        fast.generate_fast(cfg, tissue, params, lesion=(torch.zeros(2, 1, 3, 3, 3),) * 2 + ((12, 0, 0),))
     with pytest.raises(ValueError, match="`lesion` must be"):
-        fast.generate_fast(cfg, tissue, params, lesion=(torch.zeros(2, 1, 3, 3, 3),) * 2)
+        fast.generate_fast(cfg, tissue, params, lesion=(torch.zeros(2, 1, 3, 3, 3), torch.zeros(2, 1, 3, 3, 4)))
 
 
 test_interpreter_child_process = child_process_test(__file__, RUN_HERE)

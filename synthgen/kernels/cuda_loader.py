@@ -33,7 +33,9 @@ def kernel_args(a, pmin=None, pmax=None):
     ptr = lambda t: ("p", t.data_ptr() if t is not None else 0)   # noqa: E731
     return [ptr(a.tissue if labels else None), ptr(None if labels else a.tissue),
             ("i", 1 if labels else a.tissue.shape[1]), ("q", a.tissue_bstride), *[("i", s) for s in a.tissue.shape[2:]],
-            ptr(a.lesion), ("q", a.lesion_bstride), ("f", a.threshold), ptr(a.matrix), ptr(a.center),
+            ptr(a.lesion), ("q", a.lesion_bstride),
+            *[("i", s) for s in (a.lesion.shape[2:] if a.lesion is not None else (1, 1, 1))],
+            *[("i", int(o)) for o in a.lesion_offset], ("f", a.threshold), ptr(a.matrix), ptr(a.center),
             ptr(a.elastic), ("i", n1), ("i", n2), ("i", n3),
             ("f", spline_scale(n1, D)), ("f", spline_scale(n2, H)), ("f", spline_scale(n3, W)),
             ptr(a.bias), ("i", m1), ("i", m2), ("i", m3),

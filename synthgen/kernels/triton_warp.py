@@ -69,7 +69,7 @@ def _corner(cx, cy, cz, X, Y, Z, dx: tl.constexpr, dy: tl.constexpr, dz: tl.cons
 
 @triton.jit
 def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
-                 les_ptr, les_bstride, threshold,
+                 les_ptr, les_bstride, LX, LY, LZ, lox, loy, loz, threshold,
                  mat_ptr, ctr_ptr,
                  el_ptr, n1, n2, n3, es1, es2, es3,
                  bias_ptr, m1, m2, m3, bs1, bs2, bs3,
@@ -180,16 +180,20 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
     t = tl.load(tex_ptr + b.to(tl.int64) * N + o, mask=mask, other=0.0).to(tl.float32) * tl.load(tscale_ptr + b)
     img = mean + std * t
     if LESION:
+        # the lesion weights cover the map box [lo, lo + (LX, LY, LZ)): zero outside it, as outside the map
         lb = les_ptr + b.to(tl.int64) * les_bstride
-        XYZl = X * Y * Z
-        o000, w000, m000 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 0, mask)
-        o001, w001, m001 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 1, mask)
-        o010, w010, m010 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 0, mask)
-        o011, w011, m011 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 1, mask)
-        o100, w100, m100 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 0, mask)
-        o101, w101, m101 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 1, mask)
-        o110, w110, m110 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 0, mask)
-        o111, w111, m111 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 1, mask)
+        XYZl = LX * LY * LZ
+        qx = cx - lox
+        qy = cy - loy
+        qz = cz - loz
+        o000, w000, m000 = _corner(qx, qy, qz, LX, LY, LZ, 0, 0, 0, mask)
+        o001, w001, m001 = _corner(qx, qy, qz, LX, LY, LZ, 0, 0, 1, mask)
+        o010, w010, m010 = _corner(qx, qy, qz, LX, LY, LZ, 0, 1, 0, mask)
+        o011, w011, m011 = _corner(qx, qy, qz, LX, LY, LZ, 0, 1, 1, mask)
+        o100, w100, m100 = _corner(qx, qy, qz, LX, LY, LZ, 1, 0, 0, mask)
+        o101, w101, m101 = _corner(qx, qy, qz, LX, LY, LZ, 1, 0, 1, mask)
+        o110, w110, m110 = _corner(qx, qy, qz, LX, LY, LZ, 1, 1, 0, mask)
+        o111, w111, m111 = _corner(qx, qy, qz, LX, LY, LZ, 1, 1, 1, mask)
         wi = (w000 * tl.load(lb + o000, mask=m000, other=0.0) + w001 * tl.load(lb + o001, mask=m001, other=0.0)
               + w010 * tl.load(lb + o010, mask=m010, other=0.0) + w011 * tl.load(lb + o011, mask=m011, other=0.0)
               + w100 * tl.load(lb + o100, mask=m100, other=0.0) + w101 * tl.load(lb + o101, mask=m101, other=0.0)
@@ -248,9 +252,11 @@ def warp_sample(args, minmax: bool = False):
     m1, m2, m3 = a.bias.shape[2:] if a.bias is not None else (1, 1, 1)
     grid = (triton.cdiv(D * H * W, BLOCK), B)
     mm = MinMax(B, grid[0], a.image.device) if minmax else None
+    lshape = a.lesion.shape[2:] if a.lesion is not None else (1, 1, 1)
     _warp_kernel[grid](
         a.tissue, a.tissue_bstride, *a.tissue.shape[2:],
-        a.lesion if a.lesion is not None else a.image, a.lesion_bstride, float(a.threshold),
+        a.lesion if a.lesion is not None else a.image, a.lesion_bstride, *lshape, *a.lesion_offset,
+        float(a.threshold),
         a.matrix, a.center,
         a.elastic, n1, n2, n3, spline_scale(n1, D), spline_scale(n2, H), spline_scale(n3, W),
         a.bias if a.bias is not None else a.elastic, m1, m2, m3,

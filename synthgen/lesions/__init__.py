@@ -8,8 +8,8 @@ from .masks import (MaskBank, holdout_bucket, list_mask_files, load_mask_bank, m
                     store_mask_items)
 from .morphology import dilate, erode, fading_coefficients, fading_field, soft_cp
 from .procedural import procedural_lesion
-from .source import LesionSource, tissue_share
+from .source import LesionSource, dense_weights, tissue_share
 
-__all__ = ["LesionSource", "MaskBank", "dilate", "erode", "fading_coefficients", "fading_field", "holdout_bucket",
+__all__ = ["LesionSource", "MaskBank", "dense_weights", "dilate", "erode", "fading_coefficients", "fading_field", "holdout_bucket",
            "list_mask_files", "load_mask_bank", "mask_bank_from_items", "masks_from_tensor", "procedural_lesion",
            "soft_cp", "store_mask_items", "tissue_share"]

@@ -135,22 +135,28 @@ class MaskBank:
         """The voxel box ``(lo, hi)`` of the grid ``(shape, affine)`` that mask ``i`` can reach; None if none."""
         return box_in_grid(self.crops[i].shape, self.affines[i], shape, affine)
 
-    def paste(self, i: int, out: torch.Tensor, affine=None):
-        """OR mask ``i`` into the dense ``(D, H, W)`` bool tensor ``out`` on the grid ``affine`` (voxel -> world;
-        None for a "voxel" bank); returns the box it touched, or None."""
+    def paste(self, i: int, out: torch.Tensor, affine=None, origin=(0, 0, 0)):
+        """OR mask ``i`` into the dense bool tensor ``out``, which holds the voxels ``[origin, origin + out.shape)``
+        of the grid ``affine`` (voxel -> world; None for a "voxel" bank); returns the grid box it touched, or
+        None."""
         if affine is None:
             if self.space == "world":
                 raise ValueError("lesion masks in world space are placed by the tissue map's affine: pass `affine`")
             affine = np.eye(4)
-        region = self.placement(i, out.shape, np.asarray(affine, np.float64))
+        origin = tuple(int(o) for o in origin)
+        end = tuple(o + n for o, n in zip(origin, out.shape))
+        region = self.placement(i, end, np.asarray(affine, np.float64))
         if region is None:
             return None
-        lo, hi = region
+        lo, hi = tuple(max(a, o) for a, o in zip(region[0], origin)), region[1]
+        if any(b <= a for a, b in zip(lo, hi)):
+            return None
         crop = self.crops[i]
         crop = np.array(crop) if not crop.flags.writeable else np.ascontiguousarray(crop)   # a store's memmap view
         crop = to_device(torch.from_numpy(crop), out.device)
-        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= nearest_box(crop, self.affines[i], lo, hi, affine) > 0
-        return region
+        a, b = [x - o for x, o in zip(lo, origin)], [x - o for x, o in zip(hi, origin)]
+        out[a[0]:b[0], a[1]:b[1], a[2]:b[2]] |= nearest_box(crop, self.affines[i], lo, hi, affine) > 0
+        return lo, hi
 
 
 def list_mask_files(path, pattern: str = "*.nii*") -> list[Path]:

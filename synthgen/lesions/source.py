@@ -158,37 +158,56 @@ class LesionSource:
                              "MNI affine) to the generator call or to the LesionSource")
         return affine
 
-    def sample_masks(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None):
-        """Binary lesion masks ``(B, 1, D, H, W)`` bool before Soft-CP, each sample's generator, and each sample's
-        voxel box of the pasted masks (None: procedural or empty; the box is then found from the mask)."""
-        self._check(tissue, keys)
+    def _plan(self, tissue, keys, affine, classes):
+        """Per sample: its generator, and its lesion as ``("bank", mask indices, grid box)``, ``("mask", dense
+        (D, H, W) bool mask, box)`` (procedural), or None (lesion-free). The random draws of a key come in one
+        fixed order, whatever the batch."""
         cfg = self.config
-        affine = self._grid_affine(affine)
         shape = tuple(tissue.shape[2:])
-        masks = torch.zeros((tissue.shape[0], 1, *shape), dtype=torch.bool, device=tissue.device)
-        gens, boxes = [], []
+        plans, gens = [], []
         parenchyma = None
         for i, key in enumerate(keys):
             g = generator_for(int(key), "cpu")
             gens.append(g)
-            boxes.append(None)
             healthy = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.healthy_probability
             sub_key = int(torch.randint(0, 2 ** 62, (1,), generator=g))
             if healthy:
+                plans.append(None)
                 continue
+            n = int(torch.randint(cfg.count[0], cfg.count[1] + 1, (1,), generator=g))
             if self.bank is not None:
-                n = int(torch.randint(cfg.count[0], cfg.count[1] + 1, (1,), generator=g))
-                for j in torch.randint(0, len(self.bank), (n,), generator=g).tolist():
-                    boxes[i] = _union(boxes[i], self.bank.paste(j, masks[i, 0], affine))
-            else:
-                if parenchyma is None:
-                    parenchyma = tissue_share(tissue, PARENCHYMA, classes) > 0.5
-                for j in range(int(torch.randint(cfg.count[0], cfg.count[1] + 1, (1,), generator=g))):
-                    masks[i, 0] |= procedural_lesion(parenchyma[i, 0], sub_key + j, cfg.procedural, affine)
-        return masks, gens, boxes
+                js = torch.randint(0, len(self.bank), (n,), generator=g).tolist()
+                box = None
+                for j in js:        # from the two affines alone: no device work, no host sync
+                    box = _union(box, self.bank.placement(j, shape, affine if affine is not None else np.eye(4)))
+                plans.append(("bank", js, box) if box is not None else None)
+                continue
+            if parenchyma is None:
+                parenchyma = tissue_share(tissue, PARENCHYMA, classes) > 0.5
+            mask = torch.zeros(shape, dtype=torch.bool, device=tissue.device)
+            for j in range(n):
+                mask |= procedural_lesion(parenchyma[i, 0], sub_key + j, cfg.procedural, affine)
+            box = _bounding_box(mask, 0)
+            plans.append(("mask", mask, tuple(zip(*box))) if box is not None else None)
+        return plans, gens
 
-    def sample(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None):
-        """Lesion weights of a batch.
+    def sample_masks(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None):
+        """Binary lesion masks ``(B, 1, D, H, W)`` bool on the whole map before Soft-CP (the dense form of what
+        :meth:`sample` places), and each sample's generator."""
+        self._check(tissue, keys)
+        affine = self._grid_affine(affine)
+        plans, gens = self._plan(tissue, keys, affine, classes)
+        masks = torch.zeros((tissue.shape[0], 1, *tissue.shape[2:]), dtype=torch.bool, device=tissue.device)
+        for i, plan in enumerate(plans):
+            if plan is not None and plan[0] == "bank":
+                for j in plan[1]:
+                    self.bank.paste(j, masks[i, 0], affine)
+            elif plan is not None:
+                masks[i, 0] = plan[1]
+        return masks, gens
+
+    def sample(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None, region=None):
+        """Lesion weights of a batch, made only inside each lesion's box and the part of the map the crops see.
 
         Args:
             tissue: ``(B, 1, D, H, W)`` integer labels or ``(B, K, D, H, W)`` float probabilities, on its device.
@@ -196,44 +215,86 @@ class LesionSource:
             affine: the tissue map's 4x4 voxel -> world (MNI mm) affine (None: the source's own).
             classes: the tissue class of each label (:meth:`synthgen.config.LabelConfig.class_table`; None: our
                 convention): where lesions may grow and what they are clipped to.
+            region: ``(lo, hi)``, the voxel box of the map that the batch's crops can reach
+                (:func:`synthgen.ops.reach_box`); None: the whole map. Outside it no weight is made.
 
         Returns:
-            ``(intensity_weight, label_weight)``, each ``(B, 1, D, H, W)`` float32 in [0, 1] on ``tissue``'s
-            device: ``label_weight`` is the Soft-CP weight clipped to ``config.clip_to`` tissue (lesion where
-            > 0.5), ``intensity_weight = label_weight * fading``. Lesion-free samples are zeros.
+            ``(intensity_weight, label_weight, offset)``: each weight ``(B, 1, x, y, z)`` float32 in [0, 1] on
+            ``tissue``'s device over the map box that starts at voxel ``offset`` (the union of the samples'
+            Soft-CP boxes within ``region``; zero weight elsewhere). ``label_weight`` is the Soft-CP weight
+            clipped to ``config.clip_to`` tissue (lesion where > 0.5), ``intensity_weight = label_weight *
+            fading``. None when no sample of the batch has a lesion there.
 
         Raises:
             ValueError: ``tissue`` not 5D, ``len(keys) != B``, or masks in world space without an affine.
         """
-        masks, gens, boxes = self.sample_masks(tissue, keys, affine, classes)
+        self._check(tissue, keys)
+        affine = self._grid_affine(affine)
+        plans, gens = self._plan(tissue, keys, affine, classes)
         cfg = self.config
         shape = tuple(tissue.shape[2:])
-        label = torch.zeros(masks.shape, dtype=torch.float32, device=tissue.device)
+        region = ((0, 0, 0), shape) if region is None else region
+        pad = cfg.softcp.dilate + 1              # Soft-CP rings reach `dilate` voxels beyond the mask
+        reach = cfg.softcp.erode + cfg.softcp.dilate + 1   # mask a Soft-CP weight depends on
+        boxes = []
+        for plan in plans:
+            box = None
+            if plan is not None:
+                lo = [max(a - pad, r, 0) for a, r in zip(plan[2][0], region[0])]
+                hi = [min(b + pad, r, n) for b, r, n in zip(plan[2][1], region[1], shape)]
+                box = (tuple(lo), tuple(hi)) if all(b > a for a, b in zip(lo, hi)) else None
+            boxes.append(box)
+        out = None
+        for box in boxes:
+            out = _union(out, box)
+        # drawn for every sample, lesioned or not, so each key's stream keeps one order
+        coeffs = [fading_coefficients(g, shape, cfg.fading.control_spacing) for g in gens]
+        faded = [float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability for g in gens]
+        if out is None:
+            return None
+        size = [b - a for a, b in zip(*out)]
+        label = torch.zeros((tissue.shape[0], 1, *size), dtype=torch.float32, device=tissue.device)
         intensity = torch.zeros_like(label)
         wanted = PARENCHYMA if cfg.clip_to == "parenchyma" else BRAIN
-        pad = cfg.softcp.dilate + 1
-        for i, g in enumerate(gens):
-            # drawn for every sample, lesioned or not, so each key's stream keeps one order
-            coeffs = fading_coefficients(g, shape, cfg.fading.control_spacing).to(tissue.device)
-            faded = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability
-            # Soft-CP rings reach cfg.softcp.dilate voxels beyond the mask: work inside that box only (known from
-            # the placement for pasted masks; beyond the mask the box holds zeros, which give zero weight)
-            if boxes[i] is not None:
-                region = tuple((max(lo - pad, 0), min(hi + pad, n)) for lo, hi, n in zip(*boxes[i], shape))
-            elif self.bank is None:
-                region = _bounding_box(masks[i, 0], pad)
-            else:
-                region = None
-            if region is None:
+        for i, (plan, box) in enumerate(zip(plans, boxes)):
+            if box is None:
                 continue
-            box = (i, slice(None), *(slice(lo, hi) for lo, hi in region))
-            w = soft_cp_config(masks[box][None], cfg.softcp)
+            # the mask on the box grown by what its Soft-CP weights depend on, then the weights on the box
+            c_lo = [max(a - reach, 0) for a in box[0]]
+            c_hi = [min(b + reach, n) for b, n in zip(box[1], shape)]
+            if plan[0] == "bank":
+                canvas = torch.zeros([b - a for a, b in zip(c_lo, c_hi)], dtype=torch.bool, device=tissue.device)
+                for j in plan[1]:
+                    self.bank.paste(j, canvas, affine, origin=c_lo)
+            else:
+                canvas = plan[1][c_lo[0]:c_hi[0], c_lo[1]:c_hi[1], c_lo[2]:c_hi[2]]
+            inner = tuple(slice(a - c, b - c) for a, b, c in zip(*box, c_lo))
+            w = soft_cp_config(canvas[None, None], cfg.softcp)[(0, slice(None), *inner)][None]
+            grid_box = (slice(i, i + 1), slice(None), *(slice(a, b) for a, b in zip(*box)))
             if cfg.clip_to != "none":
-                w = w * tissue_share(tissue[box][None], wanted, classes)
-            label[box] = w[0]
-            fade = fading_config(coeffs, shape, cfg.fading, region) if faded else 1.0
-            intensity[box] = (w * fade)[0]
-        return intensity, label
+                w = w * tissue_share(tissue[grid_box], wanted, classes)
+            into = (i, slice(None), *(slice(a - o, b - o) for a, b, o in zip(*box, out[0])))
+            label[into] = w[0]
+            region_i = tuple(zip(*box))
+            fade = fading_config(coeffs[i].to(tissue.device), shape, cfg.fading, region_i) if faded[i] else 1.0
+            intensity[into] = (w * fade)[0]
+        return intensity, label, out[0]
+
+    def sample_dense(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None, region=None):
+        """:meth:`sample` on the whole map grid: ``(intensity_weight, label_weight)``, each ``(B, 1, D, H, W)``."""
+        return dense_weights(self.sample(tissue, keys, affine, classes, region), tissue)
+
+
+def dense_weights(weights, tissue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`LesionSource.sample`'s boxed weights (or None) as ``(intensity, label)`` on the whole map grid of
+    ``tissue`` (zeros outside the box): the form to look at or to compare with."""
+    full = [torch.zeros((tissue.shape[0], 1, *tissue.shape[2:]), dtype=torch.float32, device=tissue.device)
+            for _ in range(2)]
+    if weights is not None:
+        lo = weights[2] if len(weights) > 2 else (0, 0, 0)
+        box = (slice(None), slice(None), *(slice(a, a + n) for a, n in zip(lo, weights[0].shape[2:])))
+        full[0][box], full[1][box] = weights[0], weights[1]
+    return full[0], full[1]
 
 
 def _union(a, b):

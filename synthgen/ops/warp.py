@@ -45,6 +45,30 @@ def affine_elastic_coords(out_shape, matrix: torch.Tensor, center: torch.Tensor,
     return coords
 
 
+def reach_box(out_shape, matrix: torch.Tensor, center: torch.Tensor, elastic: torch.Tensor | None, in_shape,
+              margin: int = 2):
+    """The voxel box ``(lo, hi)`` of an input grid that :func:`affine_elastic_coords` can reach, for a batch.
+
+    The affine image of the crop's corners, grown by the largest elastic displacement (a cubic B-spline never
+    exceeds its largest coefficient) and by ``margin`` voxels (trilinear neighbours), united over the batch and
+    clipped to ``in_shape``; None when it misses the grid. Computed from the host copies of the parameters.
+    """
+    m, c = matrix.detach().to("cpu", torch.float64), center.detach().to("cpu", torch.float64)
+    half = torch.tensor([(n - 1) / 2 for n in out_shape], dtype=torch.float64)
+    signs = torch.tensor([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=torch.float64)
+    pts = (signs * half) @ m.transpose(1, 2) + c[:, None, :]                    # (B, 8, 3)
+    bound = torch.zeros_like(c)
+    if elastic is not None:
+        bound = elastic.detach().to("cpu", torch.float64).abs().amax(dim=(2, 3, 4))
+    lo = torch.floor(pts.amin(1) - bound).amin(0) - margin
+    hi = torch.ceil(pts.amax(1) + bound).amax(0) + 1 + margin
+    lo = [max(int(v), 0) for v in lo]
+    hi = [min(int(v), int(n)) for v, n in zip(hi, in_shape)]
+    if any(b <= a for a, b in zip(lo, hi)):
+        return None
+    return tuple(lo), tuple(hi)
+
+
 def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") -> torch.Tensor:
     """Sample ``volume`` ``(B, C, X, Y, Z)`` at voxel coordinates ``coords`` ``(B, ..., 3)``; zero outside.
 

@@ -1,0 +1,91 @@
+"""Lesions made only where the crop can see them: the reach box, boxed weights equal to the full-grid ones there,
+the same samples end to end, and no host sync in the mask path."""
+import numpy as np
+import pytest
+import torch
+
+import synthgen
+from synthgen import ops
+from synthgen.config import AffineConfig, ElasticConfig, GeneratorConfig, LesionConfig
+from synthgen.lesions import LesionSource
+
+from conftest import phantom_labels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = (30, 36, 32)
+
+
+def _masks():
+    """Four masks on the tissue grid: inside, touching the border, empty, and one far off the crop's reach."""
+    m = torch.zeros(4, *SHAPE)
+    m[0, 12:18, 14:20, 12:17] = 1
+    m[1, 0:5, 20:27, 25:32] = 1           # touches three faces of the map
+    m[3, 25:30, 0:4, 0:5] = 1             # a corner: outside the region below
+    return m
+
+
+def test_reach_box_holds_every_coordinate_the_crop_samples():
+    cfg = GeneratorConfig(crop=(16, 18, 14), elastic=ElasticConfig(max_std=6.0), affine=AffineConfig(rotation=30))
+    gen = synthgen.SynthGenerator(cfg)
+    for seed in range(4):
+        p = gen.sample_params((1, 1, *SHAPE), seed=seed, batch=3)
+        lo, hi = ops.reach_box(cfg.crop, p.matrix, p.center, p.elastic, SHAPE, margin=0)
+        coords = ops.affine_elastic_coords(cfg.crop, p.matrix, p.center, p.elastic).reshape(-1, 3)
+        inside = coords.clamp(min=0)
+        inside = torch.minimum(inside, torch.tensor(SHAPE, dtype=coords.dtype) - 1)  # the map's own clip
+        assert (inside.floor() >= torch.tensor(lo)).all() and (inside.ceil() < torch.tensor(hi)).all()
+    p = gen.sample_params((1, 1, *SHAPE), seed=0, batch=1)
+    assert ops.reach_box(cfg.crop, p.matrix, p.center + 500.0, p.elastic, SHAPE) is None   # misses the map
+
+
+def test_boxed_weights_equal_the_full_grid_inside_the_region():
+    tissue = phantom_labels(SHAPE).expand(8, -1, -1, -1, -1)
+    src = LesionSource.from_tensor(_masks(), config=LesionConfig(healthy_probability=0.3, count=(1, 2),
+                                                                  clip_to="none"))
+    region = ((0, 8, 8), (20, 36, 32))
+    keys = list(range(40, 48))
+    full_i, full_l = src.sample_dense(tissue, keys)
+    part_i, part_l = src.sample_dense(tissue, keys, region=region)
+    inner = (slice(None), slice(None), *(slice(a, b) for a, b in zip(*region)))
+    assert torch.equal(part_i[inner], full_i[inner]) and torch.equal(part_l[inner], full_l[inner])
+    outside = torch.ones_like(part_l, dtype=torch.bool)
+    outside[inner] = False
+    assert not part_l[outside].any() and full_l[outside].any()      # nothing is made beyond the region
+    boxed = src.sample(tissue, keys, region=region)
+    assert boxed is not None and all(a >= r for a, r in zip(boxed[2], region[0]))
+    assert np.prod(boxed[0].shape[2:]) < np.prod(SHAPE)
+    # a batch whose lesions all lie outside the region (or that is lesion-free) gives no weights at all
+    far = LesionSource.from_tensor(_masks()[3:], config=LesionConfig(healthy_probability=0.0))
+    assert far.sample(tissue[:1], [1], region=region) is None
+    healthy = LesionSource.from_tensor(_masks(), config=LesionConfig(healthy_probability=1.0))
+    assert healthy.sample(tissue[:2], [1, 2]) is None
+
+
+def test_crop_only_lesions_give_the_same_samples(monkeypatch):
+    """The generator's boxed, crop-only lesions and the old full-grid weights make the same bytes."""
+    monkeypatch.setenv("SYNTHGEN_BACKEND", "torch")
+    tissue = phantom_labels(SHAPE)
+    cfg = GeneratorConfig(crop=(16, 18, 14))
+    src = LesionSource.from_tensor(_masks()[:2], config=LesionConfig(healthy_probability=0.0))
+
+    class FullGrid:              # the weights on the whole map, as before the lesion box existed
+        def sample(self, tissue, keys, affine=None, classes=None, region=None):
+            return src.sample_dense(tissue, keys, affine, classes)
+
+    a = synthgen.SynthGenerator(cfg, lesions=src)(tissue, seed=3, batch_size=3)
+    b = synthgen.SynthGenerator(cfg, lesions=FullGrid())(tissue, seed=3, batch_size=3)
+    assert torch.equal(a[1], b[1]) and (a[1] == 5).any()
+    # the reference's trilinear pull normalises coordinates by the volume's size: last-bit differences of the
+    # weights (the kernels subtract the box's integer offset, exactly)
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mask_lesions_make_no_host_sync():
+    """The mask path runs on meta tensors, which refuse any read back to the host (.item(), bool(), .cpu())."""
+    tissue = torch.zeros(2, 1, *SHAPE, dtype=torch.uint8, device="meta")
+    src = LesionSource.from_tensor(_masks(), config=LesionConfig(healthy_probability=0.0, count=(1, 2)))
+    out = src.sample(tissue, [5, 6], region=((0, 0, 0), SHAPE))
+    assert out is not None and out[0].device.type == "meta"
+    with pytest.raises((RuntimeError, NotImplementedError)):     # the check itself: meta tensors cannot sync
+        bool(tissue.any())
