@@ -1,6 +1,4 @@
 """The output grid's voxel -> world affine (synthgen.ops.output_affine, SynthGenerator.output_affine)."""
-import nibabel as nib
-import nibabel.processing
 import numpy as np
 import pytest
 import torch
@@ -9,18 +7,10 @@ import synthgen
 from synthgen.config import GeneratorConfig
 from synthgen.ops import output_affine
 
-from conftest import phantom_labels
+from conftest import TO_TARGET, agreement, map_affine, phantom_labels
 
-TO_TARGET = np.array([0, 1, 2, 3, 4, 0], dtype=np.uint8)     # phantom label -> target class (5: head -> bg)
 NO_ELASTIC = {"elastic": {"max_std": 0.0}}
 RIGID_FREE = {"affine": {"rotation": 0.0, "shear": 0.0, "zoom": 0.0, "translation": 0.0}, **NO_ELASTIC}
-
-
-def map_affine():
-    """An LPS-like, anisotropic, shifted map affine: nothing about it is the identity."""
-    aff = np.diag([-1.5, 2.0, 2.5, 1.0])
-    aff[:3, 3] = (40.0, -35.0, -12.0)
-    return aff
 
 
 def test_hand_made_translation_and_flips():
@@ -52,13 +42,6 @@ def test_generator_target_is_the_map_at_the_affines_voxels():
         assert np.array_equal(target[0].numpy(), expect), f"sample {index}, flips {params.flip.tolist()}"
 
 
-def _agreement(target: np.ndarray, affine: np.ndarray, tissue: np.ndarray, tissue_affine: np.ndarray) -> float:
-    """Fraction of output voxels whose target class is the map's class where nibabel puts them."""
-    img = nib.Nifti1Image(tissue.astype(np.int16), tissue_affine)
-    expect = nibabel.processing.resample_from_to(img, (target.shape, affine), order=0, cval=0).get_fdata()
-    return float((TO_TARGET[expect.astype(int)] == target).mean())
-
-
 def test_target_resampled_by_nibabel_agrees_with_the_map_without_elastic():
     tissue = phantom_labels()
     aff = map_affine()
@@ -67,9 +50,9 @@ def test_target_resampled_by_nibabel_agrees_with_the_map_without_elastic():
     affines = gen.output_affine(params, aff).numpy()
     assert bool(params.flip.any()) and not bool(params.flip.all())      # both kinds of axes exercised
     for b in range(6):
-        assert _agreement(target[b].numpy(), affines[b], tissue[0, 0].numpy(), aff) >= 0.99, b
+        assert agreement(target[b].numpy(), affines[b], tissue[0, 0].numpy(), aff) >= 0.99, b
     # the map's own affine (what a MetaTensor used to carry) puts the crop elsewhere
-    assert _agreement(target[0].numpy(), aff, tissue[0, 0].numpy(), aff) < 0.9
+    assert agreement(target[0].numpy(), aff, tissue[0, 0].numpy(), aff) < 0.9
 
 
 def test_metatensor_input_gives_plain_tensors():
