@@ -29,10 +29,10 @@ import torch  # noqa: E402
 import synthgen  # noqa: E402
 from synthgen.data.prefetch import Prefetcher  # noqa: E402
 from synthgen.io import atomic_path  # noqa: E402
+from synthgen.segment import build_unet  # noqa: E402
 from train.config import preset  # noqa: E402
 from train.loop import amp_dtype, load_tissues, make_lesion_source, resolve_device  # noqa: E402
 from train.losses import DiceCE  # noqa: E402
-from train.model import build_unet  # noqa: E402
 
 
 def _sync(device):

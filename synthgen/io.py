@@ -133,6 +133,19 @@ def save_nifti(path, data, affine, dtype=None, header_scale=None) -> Path:
     return path
 
 
+def fov_overlap(shape_a, aff_a, shape_b, aff_b) -> float:
+    """Overlap of two fields of view (world bounding boxes) as a fraction of the smaller one."""
+    boxes = []
+    for shape, aff in ((shape_a, aff_a), (shape_b, aff_b)):
+        corners = np.array([[i, j, k, 1.0] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                            for k in (-0.5, shape[2] - 0.5)]) @ np.asarray(aff).T
+        boxes.append((corners[:, :3].min(0), corners[:, :3].max(0)))
+    (lo_a, hi_a), (lo_b, hi_b) = boxes
+    inter = np.prod(np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None))
+    smaller = min(np.prod(hi_a - lo_a), np.prod(hi_b - lo_b))
+    return float(inter / smaller)
+
+
 def voxel_sizes(affine) -> np.ndarray:
     """Voxel edge lengths in mm (norms of the affine's columns)."""
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))

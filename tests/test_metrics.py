@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from train import metrics as M
+from synthgen import metrics as M
 
 
 def cube(shape, lo, hi):

@@ -13,7 +13,7 @@ from train.checkpoint import load_checkpoint
 from train.config import TrainConfig, paper_preset, preset, quick_preset
 from train.loop import TrainingData, amp_dtype, make_lesion_source, real_source, resolve_device, train
 from train.losses import DiceCE
-from train.model import load_checkpoint_model
+from synthgen.segment import load_checkpoint_model
 
 
 def tiny(out, steps=4, **kw) -> TrainConfig:
