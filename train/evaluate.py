@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-suffix", default="",
                    help="prediction name = truth name + this suffix (e.g. _lesion for predict.py output)")
     p.add_argument("--hd-reduction", default="pooled", choices=("pooled", "max"),
-                   help="HD95 of pooled symmetric distances (default) or max of the directed ones (MONAI)")
+                   help="HD95 of the pooled symmetric distances, or the max of the two directed ones (MONAI's)")
     return p
 
 
