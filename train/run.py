@@ -48,15 +48,15 @@ def _crop(text: str) -> tuple:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-                                epilog="Options not given take the preset's value, shown as [paper: ..., quick: ...] (with --resume or "
-                                       "--config: the saved config's).")
+                                epilog="Options not given take the preset's value, shown as [paper: ..., quick: ...] "
+                                       "(with --resume or --config: the saved config's).")
     p.add_argument("--preset", choices=PRESETS, help="recipe (default: paper on CUDA, quick on CPU)")
     p.add_argument("--steps", type=int, help="total iterations N of the poly schedule")
     p.add_argument("--out", help="output folder (config.json, last.pt, metrics.csv, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--tissue-maps", help="folder of tissue maps (default: bundled MNI152 map)")
-    p.add_argument("--label-map", help="label mapping of the tissue maps ('freesurfer', JSON file, 'gm=3,42;...'; default: "
-                        "labels are synthgen's own, 0 bg 1 GM 2 WM 3 PV 4 CSF 5+ other)")
+    p.add_argument("--label-map", help="label mapping of the tissue maps ('freesurfer', JSON file, 'gm=3,42;...'; "
+                                        "default: synthgen's own labels, 0 bg 1 GM 2 WM 3 PV 4 CSF 5+ other)")
     p.add_argument("--lesions", help="folder of lesion masks in MNI space (default: procedural lesions)")
     p.add_argument("--lesion-pattern", help="file names to take in --lesions (default '*.nii*'; SOOP: "
                                              "'*_lesion.nii.gz')")
