@@ -134,13 +134,12 @@ class SynthDataset(IterableDataset):
         return {self.image_key: image, self.target_key: target, "affine": affine, "index": int(index), "map": m}
 
     def __iter__(self):
-        epoch = self.epoch
+        epoch = self.epoch                  # read when the pass starts, not at its first item
         self.epoch += 1                     # the next pass in this process is the next epoch
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.rank_and_world()
-        for index in self.indices(epoch, rank, world, worker, num_workers):
-            yield self.sample(index)
+        return (self.sample(index) for index in self.indices(epoch, rank, world, worker, num_workers))
 
 
 __all__ = ["SynthDataset"]
