@@ -23,15 +23,26 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["synthgen", "synthgen.*"]),
+    # train/ is installed too: the synthgen-train / -predict / -evaluate console scripts are its CLIs
+    packages=find_packages(include=["synthgen", "synthgen.*", "train"]),
     package_data={"synthgen": ["data/default/*", "data/mappings/*.json"]},
     include_package_data=True,
     install_requires=install_requires,
     extras_require={
-        "dev": ["pytest>=7", "hypothesis>=6"],
+        # torchio and cc3d: synthgen.torchio's tests and the cc3d path of the metrics run in CI
+        "dev": ["pytest>=7", "hypothesis>=6", "torchio>=0.20", "connected-components-3d>=3.10"],
+        "monai": ["monai>=1.3"],              # synthgen.monai (MONAI is already a dependency: the UNet)
+        "torchio": ["torchio>=0.20"],         # synthgen.torchio
+        "fast-metrics": ["connected-components-3d>=3.10"],   # lesion counting 3-7x faster than scipy
         "peers": ["cornucopia", "torchio"],   # benchmarks compare against them when installed
         "cuda": ["cupy-cuda12x"],
     },
-    entry_points={"console_scripts": ["synthgen-preview=synthgen.preview:main"]},
+    entry_points={"console_scripts": [
+        "synthgen-train=train.run:main",
+        "synthgen-predict=train.predict:main",
+        "synthgen-evaluate=train.evaluate:main",
+        "synthgen-sample=synthgen.sample:main",
+        "synthgen-preview=synthgen.preview:main",
+    ]},
     license="MIT",
 )

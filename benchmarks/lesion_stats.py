@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from synthgen.config import ProceduralLesionConfig  # noqa: E402
-from synthgen.io import load_nifti, resample_to_grid  # noqa: E402
+from synthgen.io import atomic_path, load_nifti, resample_to_grid  # noqa: E402
 from synthgen.lesions import procedural_lesion  # noqa: E402
 from synthgen.lesions.procedural import draw_lesion_plan  # noqa: E402
 
@@ -86,16 +84,8 @@ def _bootstrap(proc_per: list, real: dict, summarise, n_boot: int = 200, seed: i
 
 
 def _write_atomic(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, path.suffix) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _plot(path: Path, real_per: list, proc_per: list, rows):

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from synthgen.io import load_nifti  # noqa: E402
+from synthgen.io import atomic_path, load_nifti  # noqa: E402
 
 # Territory groups over the JHU ArterialAtlas labels (ArterialAtlas136.txt). The atlas' own level-2
 # grouping puts the lenticulostriate arteries under ACA / MCA; we keep perforator territories apart
@@ -173,11 +171,8 @@ def bilateral_detail(nonempty: list[dict], counts: np.ndarray, minority: np.ndar
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path, ".json") as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv=None):

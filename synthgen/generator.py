@@ -120,6 +120,11 @@ class SynthGenerator:
             self._tables[device] = fast.label_tables(self.config, device)
         return self._tables[device]
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_checked"] = {}      # weak references do not pickle (DataLoader workers under spawn): check again
+        return state
+
     @contextmanager
     def _stage(self, name: str, device):
         if not self.profile:
@@ -153,6 +158,12 @@ class SynthGenerator:
         """Parameters of samples ``index .. index + batch - 1`` of stream ``seed`` for a map of spatial shape."""
         return sample_params(self.config, tuple(tissue_shape[-3:]), seed, index, batch)
 
+    def output_affine(self, params: SampleParams, affine=None) -> torch.Tensor:
+        """Voxel -> world affines ``(B, 4, 4)`` float64 of the samples made with ``params`` from a map whose voxel ->
+        world affine is ``affine`` (exact for the affine part; the elastic warp is a displacement about it). See
+        :func:`synthgen.ops.output_affine`."""
+        return ops.output_affine(params.matrix, params.center, params.flip, self.config.crop, affine)
+
     @torch.no_grad()
     def __call__(self, tissue: torch.Tensor, seed: int = 0, index: int = 0, batch_size: int | None = None,
                  params: SampleParams | None = None, return_params: bool = False, affine=None):
@@ -171,8 +182,11 @@ class SynthGenerator:
 
         Returns:
             ``image`` ``(B, 1, *crop)`` float32 z-normalised and ``target`` ``(B, *crop)`` uint8 (6 classes, 0/1
-            when ``config.target == "lesion"``, or ``config.labels.targets`` and the lesion), [and ``params``].
+            when ``config.target == "lesion"``, or ``config.labels.targets`` and the lesion), [and ``params``];
+            plain tensors (a MetaTensor's metadata is dropped: :meth:`output_affine` gives each sample's own grid).
         """
+        if isinstance(tissue, torch.Tensor) and type(tissue) is not torch.Tensor:
+            tissue = tissue.as_subclass(torch.Tensor)    # e.g. a MetaTensor: its metadata is the map's, not the crop's
         self._check_tissue_once(tissue)
         dev = tissue.device
         n = len(params) if params is not None else (batch_size or tissue.shape[0])

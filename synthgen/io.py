@@ -133,6 +133,19 @@ def save_nifti(path, data, affine, dtype=None, header_scale=None) -> Path:
     return path
 
 
+def fov_overlap(shape_a, aff_a, shape_b, aff_b) -> float:
+    """Overlap of two fields of view (world bounding boxes) as a fraction of the smaller one."""
+    boxes = []
+    for shape, aff in ((shape_a, aff_a), (shape_b, aff_b)):
+        corners = np.array([[i, j, k, 1.0] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                            for k in (-0.5, shape[2] - 0.5)]) @ np.asarray(aff).T
+        boxes.append((corners[:, :3].min(0), corners[:, :3].max(0)))
+    (lo_a, hi_a), (lo_b, hi_b) = boxes
+    inter = np.prod(np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None))
+    smaller = min(np.prod(hi_a - lo_a), np.prod(hi_b - lo_b))
+    return float(inter / smaller)
+
+
 def voxel_sizes(affine) -> np.ndarray:
     """Voxel edge lengths in mm (norms of the affine's columns)."""
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
@@ -152,12 +165,29 @@ def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, n
     return np.ascontiguousarray(spatial), new_affine
 
 
+def antialias_sigmas(vox2vox: np.ndarray) -> np.ndarray:
+    """Gaussian prefilter sigmas (input voxels, per input axis) for resampling by ``vox2vox`` (output voxel ->
+    input voxel, 4x4).
+
+    Along input axis ``i`` an output step spans ``r_i`` input voxels (the norm of row ``i`` of the linear part:
+    exact for axis-aligned grids, the isotropic spacing for rotated isotropic ones). Where ``r_i > 1`` (the output
+    is coarser) the input is smoothed to the output's resolution: modelling a voxel as a Gaussian of FWHM one
+    voxel, a blur of FWHM ``sqrt(r_i^2 - 1)`` input voxels makes it FWHM ``r_i``; so
+    ``sigma_i = sqrt(r_i^2 - 1) / sqrt(8 ln 2)`` (nibabel.processing's FWHM convention), and 0 where ``r_i <= 1``.
+    """
+    r = np.sqrt((np.asarray(vox2vox, dtype=np.float64)[:3, :3] ** 2).sum(1))
+    return np.sqrt(np.clip(r ** 2 - 1.0, 0.0, None)) / np.sqrt(8.0 * np.log(2.0))
+
+
 def resample_to_grid(data: np.ndarray, affine: np.ndarray, out_shape, out_affine: np.ndarray,
-                     order: int = 1) -> np.ndarray:
+                     order: int = 1, antialias: bool = True) -> np.ndarray:
     """Resample ``data`` (3D, or 4D channel-last) onto the grid ``(out_shape, out_affine)`` through world space.
 
     Args:
         order: 0 nearest neighbour (labels, masks), 1 trilinear (probabilities, scans).
+        antialias: with ``order`` 1, where the output voxel is larger than the input's along an axis, first
+            smooth the input with a Gaussian matched to the ratio (:func:`antialias_sigmas`; edges replicated, as
+            ``nibabel.processing.smooth_image``), so that downsampling does not alias. Labels are never smoothed.
 
     Returns:
         Array of ``out_shape`` (+ channels); points outside the input are 0. Float32 for order 1, the input
@@ -170,6 +200,11 @@ def resample_to_grid(data: np.ndarray, affine: np.ndarray, out_shape, out_affine
     vox2vox = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(out_affine, dtype=np.float64)
     if np.allclose(vox2vox, np.eye(4), atol=1e-6) and tuple(data.shape[:3]) == out_shape:
         return data.copy()
+    sigma = antialias_sigmas(vox2vox) if (order == 1 and antialias) else np.zeros(3)
+    if np.any(sigma > 0):
+        from scipy import ndimage
+        data = ndimage.gaussian_filter(np.asarray(data, dtype=np.float32), tuple(sigma) + (0.0,) * (data.ndim - 3),
+                                       mode="nearest")
     vol = torch.from_numpy(np.ascontiguousarray(data))
     channels_last = vol.ndim == 4
     vol = vol.permute(3, 0, 1, 2) if channels_last else vol[None]
@@ -194,7 +229,8 @@ def to_ras_1mm(data: np.ndarray, affine: np.ndarray, order: int = 1,
                voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Reorient to RAS, then reslice to isotropic ``voxel_size`` mm covering the same field of view.
 
-    An image already at that voxel size (within 1e-3 mm) and axis-aligned is only reoriented.
+    An image already at that voxel size (within 1e-3 mm) and axis-aligned is only reoriented. Trilinear reslicing
+    to a coarser grid is anti-aliased (:func:`resample_to_grid`).
     """
     data, affine = reorient_to_ras(data, affine)
     sizes = voxel_sizes(affine)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import HelpFormatter
 from .config import GeneratorConfig
 from .generator import SynthGenerator
 from .io import save_png
@@ -67,7 +68,9 @@ def save_montage(images: np.ndarray, targets: np.ndarray, path, title: str = "")
     return save_png(fig, path, dpi=90)
 
 
-def _lesion_source(kind: str, tissue: torch.Tensor, affine, pattern: str | None = None):
+def lesion_source(kind: str, tissue: torch.Tensor, affine, pattern: str | None = None):
+    """The lesions a command line asks for: ``"procedural"``, ``"none"`` (None), or a folder of binary masks in the
+    map's space (``pattern`` picks the files)."""
     if kind == "none":
         return None
     from .lesions import LesionSource
@@ -76,26 +79,33 @@ def _lesion_source(kind: str, tissue: torch.Tensor, affine, pattern: str | None 
     return LesionSource.from_folder(kind, pattern=pattern, affine=affine)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--out", default="samples.png", help="PNG to write")
+    p.add_argument("-n", type=int, default=8, help="number of samples")
+    p.add_argument("--seed", type=int, default=0, help="sample stream (sample i is (seed, i))")
+    p.add_argument("--crop", type=int, nargs=3, default=(192, 192, 192), metavar=("X", "Y", "Z"),
+                   help="output size in voxels")
+    p.add_argument("--lesions", default="procedural",
+                   help="'procedural', 'none', or a folder of binary lesion masks in MNI space")
+    p.add_argument("--lesion-pattern", default=None,
+                   help="file names to take in the lesion folder (default '*.nii*'; SOOP: '*_lesion.nii.gz')")
+    p.add_argument("--target", choices=("tissue", "lesion"), default="tissue",
+                   help="6 classes (tissue + lesion) or the binary lesion target")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    return p
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
-    parser.add_argument("-n", type=int, default=8, help="number of samples (default: 8)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crop", type=int, nargs=3, default=(192, 192, 192), metavar=("X", "Y", "Z"))
-    parser.add_argument("--lesions", default="procedural",
-                        help="'procedural' (default), 'none', or a folder of binary lesion masks in MNI space")
-    parser.add_argument("--lesion-pattern", default=None,
-                        help="file names to take in the lesion folder (default '*.nii*'; SOOP: '*_lesion.nii.gz')")
-    parser.add_argument("--target", choices=("tissue", "lesion"), default="tissue")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.n < 1:
-        parser.error(f"-n must be >= 1, got {args.n}")
+        cli.error(f"-n must be >= 1, got {args.n}")
 
     from .data import default_tissue_map
     tissue, affine = default_tissue_map(device=args.device, with_affine=True)
     config = GeneratorConfig(crop=tuple(args.crop), target=args.target)
-    source = _lesion_source(args.lesions, tissue, affine, args.lesion_pattern)
+    source = lesion_source(args.lesions, tissue, affine, args.lesion_pattern)
     gen = SynthGenerator(config, lesions=source)
     images, targets = [], []
     from tqdm import tqdm

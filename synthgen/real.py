@@ -3,6 +3,9 @@
 Paper (Chalcroft et al., "Synthetic Data for Robust Stroke Segmentation") section 2: real MPRAGE scans are randomly cropped to 192^3, deformed
 (random affine + elastic), histogram-normalised, randomly histogram-shifted, multiplied by a bias field,
 gamma-adjusted, flipped on every axis and z-normalised; the real and synthetic loaders alternate 1:1.
+Scans may have several channels (contrasts of one subject on one grid): one warp, bias field, gamma and flip
+per sample for all of them, while the histogram steps, gamma's min-max range and the z-score act on each channel
+alone. Label maps keep their labels (binary masks or multi-class), pulled by nearest neighbour.
 
 Geometry and intensity steps are the synthetic generator's own (:mod:`synthgen.ops`, parameters from
 :func:`synthgen.sampling.sample_params` with the same :class:`~synthgen.config.GeneratorConfig` ranges): one
@@ -122,7 +125,7 @@ class RealAugmenter:
     Example::
 
         aug = RealAugmenter()
-        image, target = aug(scan, mask, seed=0, index=7)   # scan (1, 1, X, Y, Z), mask (1, 1, X, Y, Z)
+        image, target = aug(scan, mask, seed=0, index=7)   # scan (1, C, X, Y, Z), mask (1, 1, X, Y, Z)
 
     Args:
         config: geometry, bias, gamma and flip ranges, shared with the synthetic generator (crop size too).
@@ -150,28 +153,35 @@ class RealAugmenter:
         """Augment a batch.
 
         Args:
-            scan: ``(B, 1, X, Y, Z)`` float (any float dtype, e.g. fp16 from a packed store), RAS 1 mm.
-            mask: ``(B, 1, X, Y, Z)`` lesion mask (0/1, any dtype), same grid.
+            scan: ``(B, C, X, Y, Z)`` float (any float dtype, e.g. fp16 from a packed store), RAS 1 mm; C >= 1
+                contrasts on one grid.
+            mask: ``(B, 1, X, Y, Z)`` label map on the same grid: a lesion mask {0, 1} or multi-class labels
+                (integer or bool; float only with integer values, as ``LoadImaged`` gives labels).
             seed, index: sample ``i`` of the batch is real sample ``index + i`` of stream ``seed``.
             params: replay these parameters.
 
         Returns:
-            ``image`` ``(B, 1, *crop)`` float32 z-normalised and ``target`` ``(B, *crop)`` uint8 lesion mask
-            {0, 1} [and ``params``].
+            ``image`` ``(B, C, *crop)`` float32, each channel z-normalised, and ``target`` ``(B, *crop)`` with the
+            labels of ``mask`` (uint8 for uint8 / bool masks, the mask's dtype for other integers, int64 for
+            float masks) [and ``params``].
 
         Raises:
-            TypeError / ValueError: wrong types, shapes, or scan and mask on different grids or devices.
+            TypeError / ValueError: wrong types, shapes, non-integer float labels, or scan and mask on different
+                grids or devices.
         """
         if not isinstance(scan, torch.Tensor) or not isinstance(mask, torch.Tensor):
             raise TypeError(f"`scan` and `mask` must be torch.Tensors, got {type(scan).__name__} and "
                             f"{type(mask).__name__}")
-        if scan.ndim != 5 or scan.shape[1] != 1 or not scan.is_floating_point():
-            raise ValueError(f"`scan` must be a float (B, 1, X, Y, Z) tensor, got shape {tuple(scan.shape)} "
+        if scan.ndim != 5 or scan.shape[1] < 1 or not scan.is_floating_point():
+            raise ValueError(f"`scan` must be a float (B, C, X, Y, Z) tensor, got shape {tuple(scan.shape)} "
                              f"dtype {scan.dtype}")
-        if mask.shape != scan.shape or mask.device != scan.device:
-            raise ValueError(f"`mask` must match `scan` in shape and device, got {tuple(mask.shape)} on {mask.device}"
-                             f" vs {tuple(scan.shape)} on {scan.device}")
-        n = scan.shape[0]
+        want = (scan.shape[0], 1, *scan.shape[2:])
+        if tuple(mask.shape) != want or mask.device != scan.device:
+            raise ValueError(f"`mask` must match `scan` in shape and device, as {want} on {scan.device}, got "
+                             f"{tuple(mask.shape)} on {mask.device}")
+        if mask.is_floating_point() and not bool((mask == mask.round()).all()):
+            raise ValueError("`mask` must hold integer labels, got non-integer float values (probabilities?)")
+        n, channels = scan.shape[0], scan.shape[1]
         if params is None:
             params = self.sample_params(scan.shape, seed, index, n)
         elif not isinstance(params, RealParams):
@@ -182,16 +192,21 @@ class RealAugmenter:
         p = params.geometry.to(dev)
         crop = tuple(int(c) for c in self.config.crop)
         coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
+        labels = mask.to(torch.uint8) if mask.dtype == torch.bool else mask
         image = ops.grid_pull(scan.float(), coords, "linear")
-        target = ops.grid_pull(mask.to(torch.uint8), coords, "nearest")
+        target = ops.grid_pull(labels, coords, "nearest")
+        # per-channel intensity steps: fold the channels into the batch, one sample's parameters for each
+        per_channel = (lambda t: t.repeat_interleave(channels, 0)) if channels > 1 else (lambda t: t)
+        image = image.reshape(n * channels, 1, *crop)
         image = histogram_normalise(image, self.histogram.bins)
-        image = histogram_shift(image, params.shift_knots, params.shift_on)
-        image = ops.bias_field(image, p.bias)
-        image = ops.gamma_transform(image, p.gamma)
-        image = ops.flip(image, p.flip)
-        target = ops.flip(target, p.flip)
-        image = ops.z_normalise(image)
-        target = (target[:, 0] > 0).to(torch.uint8)
+        image = histogram_shift(image, per_channel(params.shift_knots), per_channel(params.shift_on))
+        image = ops.bias_field(image, per_channel(p.bias))
+        image = ops.gamma_transform(image, per_channel(p.gamma))
+        image = ops.flip(image, per_channel(p.flip))
+        image = ops.z_normalise(image).reshape(n, channels, *crop)
+        target = ops.flip(target, p.flip)[:, 0]
+        if target.is_floating_point():
+            target = target.round().to(torch.int64)
         return (image, target, params) if return_params else (image, target)
 
 

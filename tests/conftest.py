@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +35,30 @@ def phantom_labels(shape=(30, 36, 32)) -> torch.Tensor:
     lab[r < 0.65] = 2
     lab[(r < 0.25) & (x.abs() > 0.08)] = 4
     return lab[None, None]
+
+
+TO_TARGET = np.array([0, 1, 2, 3, 4, 0], dtype=np.uint8)     # phantom label -> target class (5: head -> bg)
+
+
+def map_affine() -> np.ndarray:
+    """An LPS-like, anisotropic, shifted map affine: nothing about it is the identity."""
+    aff = np.diag([-1.5, 2.0, 2.5, 1.0])
+    aff[:3, 3] = (40.0, -35.0, -12.0)
+    return aff
+
+
+def agreement(target, affine, labels, labels_affine, to_target=TO_TARGET) -> float:
+    """Fraction of output voxels whose ``target`` is the label map's class where nibabel places them: the map
+    resampled (nearest) onto the output grid ``(target.shape, affine)`` by nibabel.processing, independently of
+    synthgen's warp."""
+    import nibabel as nib
+    import nibabel.processing
+    target, labels = np.asarray(target), np.asarray(labels)
+    img = nib.Nifti1Image(labels.astype(np.int16), np.asarray(labels_affine, dtype=np.float64))
+    expect = nibabel.processing.resample_from_to(img, (target.shape, np.asarray(affine, dtype=np.float64)), order=0,
+                                                 cval=0).get_fdata().astype(int)
+    expect = expect if to_target is None else to_target[expect]
+    return float((expect == target).mean())
 
 
 @pytest.fixture

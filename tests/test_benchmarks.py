@@ -44,3 +44,15 @@ def test_train_step_times_four_ways(tmp_path):
     row = json.loads(out.read_text())
     assert set(row["ms"]) == {"synthesis", "premade", "on_the_fly", "ahead"}
     assert all(v["median"] > 0 for v in row["ms"].values()) and 0 < row["synthesis_share"] < 1
+
+
+def test_connected_components_benchmark_rows(tmp_path, capsys):
+    import pytest
+    pytest.importorskip("cc3d")
+    import connected_components
+    out = tmp_path / "cc.json"
+    assert connected_components.main(["--sizes", "16", "--repeats", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mask"] for r in rows] == ["lesions", "speckle"] and all(r["components"] > 0 for r in rows)
+    assert all(r["scipy_ms"][0] > 0 and r["cc3d_ms"][0] > 0 for r in rows)
+    assert "| 16^3 | speckle |" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from synthgen import metrics as M
 from train import evaluate as E
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_folder_with_bad_cases_scores_the_good_ones(folders, tmp_path, capsys):
     assert "lonely.nii.gz has no truth file" in text.err
     with open(out) as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
-    assert list(rows["good"]) == list(E.COLUMNS)
+    assert list(rows["good"]) == list(M.COLUMNS)
     assert set(rows) == {"good", "regrid", "missed", "nonbinary", "corrupt", "elsewhere"}
     for case in ("good", "regrid"):
         assert float(rows[case]["dice"]) == 1.0 and float(rows[case]["hd95_mm"]) == 0.0
@@ -91,11 +92,11 @@ def test_paper_protocol_reslices_to_1mm_and_pads(tmp_path):
     p = blob(lo=(4, 5, 7))
     save(tmp_path / "t.nii.gz", t)
     save(tmp_path / "p.nii.gz", *lps_copy(p, AFF))
-    pm, tm, sp, used = E.load_case(tmp_path / "p.nii.gz", tmp_path / "t.nii.gz", paper_protocol=True)
+    pm, tm, sp, used = M.load_case(tmp_path / "p.nii.gz", tmp_path / "t.nii.gz", paper_protocol=True)
     assert pm.shape == tm.shape == (256, 256, 256) and np.all(sp == 1) and used == 1
     # the z extent (8 voxels of 2 mm) becomes ~16 slices of 1 mm
     assert 14 <= np.flatnonzero(tm.any((0, 1))).size <= 16
-    native = E.load_case(tmp_path / "p.nii.gz", tmp_path / "t.nii.gz")
+    native = M.load_case(tmp_path / "p.nii.gz", tmp_path / "t.nii.gz")
     assert np.all(native[2] == (1, 1, 2)) and native[0].shape == SHAPE
     assert native[0][4:10, 5:12, 7:14].all() and native[0].sum() == p.sum()
 
@@ -107,21 +108,21 @@ def test_pred_suffix_and_multiclass_labels(tmp_path):
     save(tmp_path / "truth" / "sub-01.nii.gz", t)
     save(tmp_path / "pred" / "sub-01_lesion.nii.gz", labels)
     save(tmp_path / "pred" / "sub-01_labels.nii.gz", labels)
-    rows, _ = E.evaluate_dirs(tmp_path / "pred", tmp_path / "truth", tmp_path / "s.csv",
+    rows, _ = M.evaluate_dirs(tmp_path / "pred", tmp_path / "truth", tmp_path / "s.csv",
                               pred_suffix="_lesion", progress=False)
     assert [r["case"] for r in rows] == ["sub-01"] and rows[0]["dice"] == 1.0 and rows[0]["label"] == 5
-    rows, _ = E.evaluate_dirs(tmp_path / "pred", tmp_path / "truth", tmp_path / "s.csv",
+    rows, _ = M.evaluate_dirs(tmp_path / "pred", tmp_path / "truth", tmp_path / "s.csv",
                               pred_suffix="_lesion", label=3, progress=False)
     assert rows[0]["dice"] < 1.0
 
 
 def test_binarise_prediction():
-    m, used = E.binarise_prediction(np.array([[[0, 1, 4, 5]]]))
+    m, used = M.binarise_prediction(np.array([[[0, 1, 4, 5]]]))
     assert used == 5 and m.tolist() == [[[False, False, False, True]]]
-    m, used = E.binarise_prediction(np.array([[[0.0, 1.0]]]))
+    m, used = M.binarise_prediction(np.array([[[0.0, 1.0]]]))
     assert used == 1 and m.sum() == 1
     with pytest.raises(ValueError, match="p.nii: prediction must be a label map"):
-        E.binarise_prediction(np.array([[[0.2, 0.9]]]), name="p.nii")
+        M.binarise_prediction(np.array([[[0.2, 0.9]]]), name="p.nii")
 
 
 def test_errors(tmp_path):
@@ -129,19 +130,19 @@ def test_errors(tmp_path):
     save(tmp_path / "a" / "x.nii", blob())
     save(tmp_path / "b" / "y.nii.gz", blob())
     with pytest.raises(ValueError, match="case 'x' appears twice"):
-        E.find_pairs(tmp_path / "a", tmp_path / "b")
+        M.find_pairs(tmp_path / "a", tmp_path / "b")
     with pytest.raises(FileNotFoundError, match="nope: no such folder"):
-        E.find_pairs(tmp_path / "nope", tmp_path / "b")
+        M.find_pairs(tmp_path / "nope", tmp_path / "b")
     save(tmp_path / "c" / "z.nii.gz", blob())
     with pytest.raises(ValueError, match="no prediction in .* pairs with a truth file"):
-        E.evaluate_dirs(tmp_path / "c", tmp_path / "b", tmp_path / "o.csv", progress=False)
+        M.evaluate_dirs(tmp_path / "c", tmp_path / "b", tmp_path / "o.csv", progress=False)
     with pytest.raises(ValueError, match="`connectivity` must be 6, 18 or 26"):
-        E.evaluate_dirs(tmp_path / "c", tmp_path / "b", tmp_path / "o.csv", connectivity=4)
+        M.evaluate_dirs(tmp_path / "c", tmp_path / "b", tmp_path / "o.csv", connectivity=4)
     with pytest.raises(ValueError, match="`label` must be 'auto' or a positive int"):
-        E.evaluate_dirs(tmp_path / "c", tmp_path / "b", tmp_path / "o.csv", label=0)
+        M.evaluate_dirs(tmp_path / "c", tmp_path / "b", tmp_path / "o.csv", label=0)
     save(tmp_path / "d" / "v.nii.gz", np.zeros(SHAPE + (2,), np.uint8))
     with pytest.raises(ValueError, match="v.nii.gz: expected a 3D mask"):
-        E.load_case(tmp_path / "d" / "v.nii.gz", tmp_path / "b" / "y.nii.gz")
+        M.load_case(tmp_path / "d" / "v.nii.gz", tmp_path / "b" / "y.nii.gz")
     with pytest.raises(SystemExit):
         E.main(["--pred", "p", "--truth", "t", "--out", "o.csv", "--label", "lesion"])
     with pytest.raises(SystemExit):
@@ -171,11 +172,11 @@ def test_real_soop_masks_native_equals_paper_protocol_on_1mm_grid(tmp_path):
         t = np.asarray(img.dataobj) > 0
         save(tmp_path / "t" / f.name, t.astype(np.uint8), img.affine)
         save(tmp_path / "p" / f.name, np.roll(t, 2, axis=1).astype(np.uint8), img.affine)
-    native, _ = E.evaluate_dirs(tmp_path / "p", tmp_path / "t", tmp_path / "n.csv", progress=False)
-    paper, _ = E.evaluate_dirs(tmp_path / "p", tmp_path / "t", tmp_path / "q.csv", paper_protocol=True,
+    native, _ = M.evaluate_dirs(tmp_path / "p", tmp_path / "t", tmp_path / "n.csv", progress=False)
+    paper, _ = M.evaluate_dirs(tmp_path / "p", tmp_path / "t", tmp_path / "q.csv", paper_protocol=True,
                                progress=False)
     for a, b in zip(native, paper):
         assert a["error"] == b["error"] == ""
-        for metric in E.METRICS:
+        for metric in M.METRICS:
             assert a[metric] == pytest.approx(b[metric]), (a["case"], metric)
         assert 0.0 < a["dice"] < 1.0 and a["hd95_mm"] == pytest.approx(2.0)

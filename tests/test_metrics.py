@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from train import metrics as M
+from synthgen import metrics as M
 
 
 def cube(shape, lo, hi):
@@ -134,3 +134,29 @@ def test_errors():
         M.ald(t, t, connectivity=8)
     with pytest.raises(ValueError, match="both be non-empty"):
         M.surface_distances(t, np.zeros_like(t))
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_cc3d_and_scipy_find_the_same_components(connectivity):
+    pytest.importorskip("cc3d")
+    rng = np.random.default_rng(connectivity)
+    for mask in (rng.random((23, 19, 17)) < 0.05, rng.random((16, 16, 16)) < 0.15):
+        a, na = M.label_components(mask, connectivity, backend="scipy")
+        b, nb = M.label_components(mask, connectivity, backend="cc3d")
+        assert na == nb > 10
+        # the same partition up to the numbering: label pairs map one to one
+        pairs = np.unique(np.stack([a[mask], b[mask]]), axis=1)
+        assert pairs.shape[1] == na and len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == na
+        assert np.array_equal(a == 0, b == 0)
+    pred, truth = rng.random((20, 20, 20)) < 0.1, rng.random((20, 20, 20)) < 0.1
+    assert M.ald(pred, truth, connectivity) == abs(M.label_components(pred, connectivity, "scipy")[1]
+                                                  - M.label_components(truth, connectivity, "scipy")[1])
+
+
+def test_label_components_backend_errors(monkeypatch):
+    with pytest.raises(ValueError, match="`backend` must be 'auto', 'cc3d' or 'scipy'"):
+        M.label_components(np.zeros((3, 3, 3), bool), backend="gpu")
+    monkeypatch.setattr(M.scores, "_cc3d", lambda: None)          # as without connected-components-3d
+    with pytest.raises(ImportError, match="pip install connected-components-3d"):
+        M.label_components(np.zeros((3, 3, 3), bool), backend="cc3d")
+    assert M.label_components(np.ones((3, 3, 3), bool))[1] == 1     # auto falls back to scipy

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from train.model import build_unet, load_checkpoint_model, n_params, save_model_checkpoint, total_stride
+from synthgen.segment import build_unet, load_checkpoint_model, n_params, save_model_checkpoint, total_stride
 
 SMALL = {"out_channels": 3, "channels": (4, 8, 16), "dropout": 0.0}
 

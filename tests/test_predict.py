@@ -5,8 +5,9 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
+from synthgen import segment as S
+from synthgen.segment import build_unet, save_model_checkpoint
 from train import predict as P
-from train.model import build_unet, save_model_checkpoint
 
 SMALL = {"out_channels": 3, "channels": (4, 8, 16), "dropout": 0.0}
 WIN = 32
@@ -39,25 +40,25 @@ def test_histogram_normalise_and_zscore():
     rng = np.random.default_rng(0)
     vol = np.zeros((20, 21, 22), np.float32)
     vol[3:17, 3:18, 3:19] = rng.gamma(2.0, 50.0, (14, 15, 16))
-    out = P.histogram_normalise(vol)
+    out = S.histogram_normalise(vol)
     fg = vol > 0
     assert out.min() == 0.0 and out.max() == 1.0 and np.all(out[~fg] == 0)
     # monotone, and the foreground median lands mid-scale
     order = np.argsort(vol[fg])
     assert np.all(np.diff(out[fg][order]) >= -1e-6)
     assert np.median(out[fg]) == pytest.approx(0.5, abs=0.01)
-    assert np.all(P.histogram_normalise(np.full((4, 4, 4), 7.0)) == 0)
-    z = P.zscore(out)
+    assert np.all(S.histogram_normalise(np.full((4, 4, 4), 7.0)) == 0)
+    z = S.zscore(out)
     assert z.mean() == pytest.approx(0, abs=1e-5) and z.std() == pytest.approx(1, abs=1e-5)
-    assert np.all(P.zscore(np.ones((3, 3, 3))) == 0)
+    assert np.all(S.zscore(np.ones((3, 3, 3))) == 0)
     vol[0, 0, 0] = np.nan
-    pre, aff = P.preprocess(vol, np.diag([-1.0, 1.0, 2.0, 1.0]), histnorm=False)
+    pre, aff = S.preprocess(vol, np.diag([-1.0, 1.0, 2.0, 1.0]), histnorm=False)
     assert np.all(np.isfinite(pre)) and pre.shape == (20, 21, 43) and np.allclose(np.diag(aff), 1.0)
 
 
 def test_tta_equals_mean_of_eight_flipped_passes(model):
     vol = np.random.default_rng(1).standard_normal((13, 15, 18)).astype(np.float32)
-    tta = P.segment(model, [vol], 16, tta=True)
+    tta = S.segment(model, [vol], 16, tta=True)
     passes = []
     for dims in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]:
         flipped = np.flip(vol, dims) if dims else vol
@@ -75,14 +76,14 @@ def test_tta_equals_mean_of_eight_flipped_passes(model):
 def test_ensemble_equals_mean_of_per_scan_logits(model):
     rng = np.random.default_rng(2)
     a, b = (rng.standard_normal((13, 15, 18)).astype(np.float32) for _ in range(2))
-    both = P.segment(model, [a, b], 16, tta=True, sw_batch_size=2)
-    single = [P.segment(model, [v], 16, tta=True) for v in (a, b)]
+    both = S.segment(model, [a, b], 16, tta=True, sw_batch_size=2)
+    single = [S.segment(model, [v], 16, tta=True) for v in (a, b)]
     np.testing.assert_allclose(both, (single[0] + single[1]) / 2, rtol=1e-5, atol=1e-5)
 
 
 def test_lps_anisotropic_scan_comes_back_on_its_grid(tmp_path, ckpt):
     data, affine = lps_scan(tmp_path / "in" / "sub-01_flair.nii.gz")
-    res = P.predict_files(ckpt, [tmp_path / "in" / "sub-01_flair.nii.gz"], tmp_path / "out", window=WIN,
+    res = S.predict_files(ckpt, [tmp_path / "in" / "sub-01_flair.nii.gz"], tmp_path / "out", window=WIN,
                           tta=False, probabilities=True, progress=False)
     assert res[0]["status"] == "done", res[0]["error"]
     imgs = {k: nib.load(str(p)) for k, p in res[0]["outputs"].items()}
@@ -97,7 +98,7 @@ def test_lps_anisotropic_scan_comes_back_on_its_grid(tmp_path, ckpt):
     assert np.mean(labels == probs.argmax(-1)) > 0.999     # quantisation may break near-ties
     assert np.array_equal(lesion, (labels == 2).astype(np.uint8))
     # a second run skips the finished case; --overwrite recomputes it
-    again = P.predict_files(ckpt, [tmp_path / "in" / "sub-01_flair.nii.gz"], tmp_path / "out", window=WIN,
+    again = S.predict_files(ckpt, [tmp_path / "in" / "sub-01_flair.nii.gz"], tmp_path / "out", window=WIN,
                             tta=False, probabilities=True, progress=False)
     assert again[0]["status"] == "skipped"
 
@@ -107,7 +108,7 @@ def test_two_class_model_labels_equal_lesion(tmp_path):
     cfg = dict(SMALL, out_channels=2)
     ck = save_model_checkpoint(tmp_path / "two.pt", build_unet(**cfg), cfg)
     lps_scan(tmp_path / "a.nii.gz")
-    res = P.predict_files(ck, [tmp_path / "a.nii.gz"], tmp_path / "o", window=WIN, tta=False, progress=False)
+    res = S.predict_files(ck, [tmp_path / "a.nii.gz"], tmp_path / "o", window=WIN, tta=False, progress=False)
     lesion, labels = (np.asarray(nib.load(str(res[0]["outputs"][k])).dataobj) for k in ("lesion", "labels"))
     assert np.array_equal(lesion, labels)
 
@@ -118,11 +119,41 @@ def test_ensemble_outputs_on_first_scan_grid(tmp_path, model):
     a2 = np.diag([1.0, 1.0, 1.0, 1.0])
     a2[:3, 3] = (-11.0, -8.0, -9.0)
     nib.save(nib.Nifti1Image(d2, a2), str(tmp_path / "t2.nii.gz"))
-    res = P.predict_files((model, {"model": SMALL}), [tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz"],
+    res = S.predict_files((model, {"model": SMALL}), [tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz"],
                           tmp_path / "o", ensemble=True, name="sub-01", window=WIN, tta=False, progress=False)
     assert len(res) == 1 and res[0]["status"] == "done" and res[0]["name"] == "sub-01"
     img = nib.load(str(tmp_path / "o" / "sub-01_lesion.nii.gz"))
     assert img.shape == d1.shape and np.allclose(img.affine, a1)
+
+
+def test_predict_volume_in_memory_equals_the_cli_on_the_file(tmp_path, ckpt):
+    data, affine = lps_scan(tmp_path / "sub-02.nii.gz", seed=5)
+    d2 = np.random.default_rng(6).normal(50, 5, (20, 24, 26)).astype(np.float32)
+    a2 = np.diag([1.0, 1.0, 1.0, 1.0])
+    a2[:3, 3] = (-11.0, -8.0, -9.0)
+    nib.save(nib.Nifti1Image(d2, a2), str(tmp_path / "t2.nii.gz"))
+    assert P.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--window", str(WIN), "--probabilities",
+                   "--no-tta", str(tmp_path / "sub-02.nii.gz")]) == 0
+    assert P.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--window", str(WIN), "--ensemble",
+                   "--no-tta", "--name", "both", str(tmp_path / "sub-02.nii.gz"), str(tmp_path / "t2.nii.gz")]) == 0
+    out = S.predict_volume(ckpt, data, affine, window=WIN, tta=False)     # the arrays, never a file
+    files = {k: nib.load(str(tmp_path / "o" / f"sub-02_{k}.nii.gz")) for k in ("lesion", "labels", "probs")}
+    assert out["lesion"].shape == data.shape and np.allclose(out["affine"], affine)
+    assert np.array_equal(out["lesion"], np.asarray(files["lesion"].dataobj))
+    assert np.array_equal(out["labels"], np.asarray(files["labels"].dataobj))
+    np.testing.assert_allclose(out["probabilities"], files["probs"].get_fdata(), atol=1 / 65535)
+    assert out["lesion"].any() and not out["lesion"].all()            # a mask with both values: not vacuous
+    both = S.predict_volume(ckpt, [data, torch.from_numpy(d2)], [affine, a2], window=WIN, tta=False)
+    assert np.array_equal(both["labels"], np.asarray(nib.load(str(tmp_path / "o" / "both_labels.nii.gz")).dataobj))
+    assert not np.array_equal(both["labels"], out["labels"])          # the second contrast counted
+    with pytest.raises(ValueError, match="`volume` must be a 3D volume"):
+        S.predict_volume(ckpt, data[0], affine)
+    with pytest.raises(ValueError, match=r"`affines` must hold one affine per volume \(2\)"):
+        S.predict_volume(ckpt, [data, d2], [affine])
+    with pytest.raises(ValueError, match="`affine`: affine is singular"):
+        S.predict_volume(ckpt, data, np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="`volumes` must hold at least one volume"):
+        S.predict_volume(ckpt, [], [])
 
 
 def test_main_cli_and_bad_scan_does_not_stop_others(tmp_path, ckpt, capsys):
@@ -142,45 +173,45 @@ def test_errors(tmp_path, ckpt, model):
     lps_scan(tmp_path / "a.nii.gz")
     out = tmp_path / "o"
     with pytest.raises(FileNotFoundError, match="missing.nii.gz: no such scan"):
-        P.predict_files(ckpt, [tmp_path / "missing.nii.gz"], out)
+        S.predict_files(ckpt, [tmp_path / "missing.nii.gz"], out)
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="notes.txt: not a NIfTI file"):
-        P.predict_files(ckpt, [tmp_path / "notes.txt"], out)
+        S.predict_files(ckpt, [tmp_path / "notes.txt"], out)
     (tmp_path / "junk.nii").write_bytes(b"0" * 10)
     with pytest.raises(ValueError, match="junk.nii: cannot be read as NIfTI"):
-        P.predict_files(ckpt, [tmp_path / "junk.nii"], out)
+        S.predict_files(ckpt, [tmp_path / "junk.nii"], out)
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
     with pytest.raises(ValueError, match="v.nii.gz: expected a 3D scan"):
-        P.predict_files(ckpt, [tmp_path / "v.nii.gz"], out)
+        S.predict_files(ckpt, [tmp_path / "v.nii.gz"], out)
     (tmp_path / "b").mkdir()
     lps_scan(tmp_path / "b" / "a.nii.gz")
     with pytest.raises(ValueError, match="would both write outputs named 'a'"):
-        P.predict_files(ckpt, [tmp_path / "a.nii.gz", tmp_path / "b" / "a.nii.gz"], out)
+        S.predict_files(ckpt, [tmp_path / "a.nii.gz", tmp_path / "b" / "a.nii.gz"], out)
     with pytest.raises(ValueError, match="`window` must be a multiple of the network's total stride 4"):
-        P.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, window=30)
+        S.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, window=30)
     with pytest.raises(ValueError, match="`name` is only used with `ensemble`"):
-        P.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, name="x")
+        S.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, name="x")
     with pytest.raises(ValueError, match="`scans` must name at least one"):
-        P.predict_files(ckpt, [], out)
+        S.predict_files(ckpt, [], out)
     with pytest.raises(ValueError, match="`device` must be a torch device"):
-        P.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, device="gpu7")
+        S.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, device="gpu7")
     with pytest.raises(FileNotFoundError, match="nockpt.pt: checkpoint not found"):
-        P.predict_files(tmp_path / "nockpt.pt", [tmp_path / "a.nii.gz"], out)
+        S.predict_files(tmp_path / "nockpt.pt", [tmp_path / "a.nii.gz"], out)
     vol = np.zeros((8, 8, 8), np.float32)
     with pytest.raises(ValueError, match="`window` must be a positive int or 3"):
-        P.segment(model, [vol], window=(32, 32))
+        S.segment(model, [vol], window=(32, 32))
     with pytest.raises(ValueError, match="`overlap` must be in"):
-        P.segment(model, [vol], WIN, overlap=1.0)
+        S.segment(model, [vol], WIN, overlap=1.0)
     with pytest.raises(ValueError, match="`sw_batch_size` must be a positive int"):
-        P.segment(model, [vol], WIN, sw_batch_size=0)
+        S.segment(model, [vol], WIN, sw_batch_size=0)
     with pytest.raises(ValueError, match="`volumes` must hold at least one"):
-        P.segment(model, [], WIN)
+        S.segment(model, [], WIN)
     with pytest.raises(ValueError, match="`volumes` must be 3D arrays of one shape"):
-        P.segment(model, [vol, vol[:4]], WIN)
+        S.segment(model, [vol, vol[:4]], WIN)
     far = np.diag([1.0, 1.0, 1.0, 1.0])
     far[:3, 3] = 900.0
     nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.float32), far), str(tmp_path / "far.nii.gz"))
-    res = P.predict_files(ckpt, [tmp_path / "a.nii.gz", tmp_path / "far.nii.gz"], out, ensemble=True,
+    res = S.predict_files(ckpt, [tmp_path / "a.nii.gz", tmp_path / "far.nii.gz"], out, ensemble=True,
                           window=WIN, tta=False, progress=False)
     assert res[0]["status"] == "error" and "cannot ensemble" in res[0]["error"]
     assert P.main(["--checkpoint", str(ckpt), "--out", str(out), str(tmp_path / "missing.nii.gz")]) == 2

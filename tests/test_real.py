@@ -54,6 +54,43 @@ def test_geometry_is_the_generators_warp():
     assert torch.equal(tgt[0], expect)
 
 
+def test_multi_class_labels_survive_and_float_labels_are_read():
+    cfg = dict(elastic={"max_std": 0.0}, affine={"rotation": 0.0, "shear": 0.0, "zoom": 0.0}, flip_probability=0.0)
+    aug = RealAugmenter(GeneratorConfig.from_dict({"crop": CROP, **cfg}))
+    scan, _ = _pair()
+    labels = torch.zeros_like(scan, dtype=torch.int16)
+    labels[:, :, 4:10, 5:20, 6:25] = 2
+    labels[:, :, 9:14, 10:15, 9:22] = 7
+    labels[:, :, 2:6, 2:9, 14:30] = 300          # beyond uint8: the label dtype is kept
+    p = aug.sample_params(scan.shape, seed=3, index=0)
+    _, tgt = aug(scan, labels, params=p)
+    c = p.geometry.center[0].round().long().tolist()
+    lo = [ci - (s - 1) // 2 for ci, s in zip(c, CROP)]
+    expect = labels[0, 0, lo[0]:lo[0] + CROP[0], lo[1]:lo[1] + CROP[1], lo[2]:lo[2] + CROP[2]]
+    assert tgt.dtype == torch.int16 and torch.equal(tgt[0], expect) and {2, 7} <= set(tgt.unique().tolist())
+    _, tgt_f = aug(scan, labels.float(), params=p)                  # LoadImaged gives labels as float
+    assert tgt_f.dtype == torch.int64 and torch.equal(tgt_f, tgt.long())
+    _, tgt_rand = _aug()(scan, labels, seed=0, index=2)            # rotated, deformed, flipped: still labels
+    assert set(tgt_rand.unique().tolist()) <= {0, 2, 7, 300} and len(tgt_rand.unique()) >= 3
+    with pytest.raises(ValueError, match="`mask` must hold integer labels"):
+        aug(scan, labels.float() + 0.5, params=p)
+
+
+def test_multi_channel_scan_one_geometry_each_channel_normalised():
+    scan, mask = _pair()
+    other = 1000.0 - scan * 0.5 + torch.linspace(0, 50, scan.shape[-1])       # another contrast, same grid
+    two = torch.cat([scan, other], 1)
+    aug = _aug()
+    img, tgt = aug(two, mask, seed=4, index=1)
+    assert img.shape == (1, 2) + CROP
+    for c in range(2):
+        assert abs(float(img[0, c].mean())) < 1e-4 and abs(float(img[0, c].std(unbiased=False)) - 1) < 1e-3
+    one, tgt_one = aug(scan, mask, seed=4, index=1)     # channel 0 is what the scan alone gives
+    assert torch.allclose(img[:, :1], one, atol=1e-5) and torch.equal(tgt, tgt_one)
+    alone, _ = aug(other, mask, seed=4, index=1)
+    assert torch.allclose(img[:, 1:], alone, atol=1e-5)
+
+
 def test_real_and_synthetic_streams_differ():
     from synthgen.sampling import sample_params
     aug = _aug()

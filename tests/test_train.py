@@ -17,7 +17,7 @@ from synthgen.data.sources import RealScans, TensorTissueMaps
 from synthgen.data.training import TrainingBatches, training_lesions
 from train.loop import amp_dtype, resolve_device, train
 from train.losses import DiceCE
-from train.model import load_checkpoint_model
+from synthgen.segment import load_checkpoint_model
 
 
 def tiny(out, steps=4, **kw) -> TrainConfig:
@@ -83,10 +83,16 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_outputs_and_checkpoint_format(tmp_path):
     cfg = tiny(tmp_path, steps=2, val_every=2, ckpt_every=1)
-    out = train(cfg, lesions=lesions(), progress=False)
+    umask = os.umask(0o022)
+    try:
+        out = train(cfg, lesions=lesions(), progress=False)
+    finally:
+        os.umask(umask)
     assert {"val_dice_lesion", "val_lesion_dice", "loss", "samples_s", "synth_ms"} <= set(out)
     for name in ("config.json", "last.pt", "metrics.csv", "curves.png", "val_samples.png"):
         assert (tmp_path / name).is_file(), name
+        # readable by others on a shared server: the umask's mode, as open() gives (mkstemp alone gives 0600)
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temporary files left
     saved = json.loads((tmp_path / "config.json").read_text())
     assert json.loads(json.dumps(TrainConfig.from_dict(saved).to_dict())) == json.loads(json.dumps(cfg.to_dict()))

@@ -1,6 +1,6 @@
 """Training checkpoints: atomic writes and the random state needed to resume bit for bit.
 
-A checkpoint is the ``train.model`` format (``{"model": state_dict, "config": {..., "model": build_unet
+A checkpoint is the ``synthgen.segment`` format (``{"model": state_dict, "config": {..., "model": build_unet
 kwargs}}``, readable by ``load_checkpoint_model``) plus ``optimizer``, ``scheduler``, ``step`` and ``rng``
 (the torch CPU / CUDA generator states of every rank). Synthesis needs no saved state: sample ``i`` of a step
 is a pure function of ``(seed + rank, step * batch_size + i)``.
@@ -55,7 +55,7 @@ def save_checkpoint(path, *, model, optimizer, scheduler, step: int, config: dic
     Args:
         model: the network (a DDP wrapper is unwrapped).
         config: the resolved ``TrainConfig.to_dict()``; stored as ``config`` with ``config["model"]``
-            replaced by ``model_kwargs`` so that ``train.model.load_checkpoint_model`` can rebuild the net,
+            replaced by ``model_kwargs`` so that ``synthgen.segment.load_checkpoint_model`` can rebuild the net,
             and in full as ``train_config``.
         rng: one :func:`rng_state` per rank, in rank order.
     """

@@ -17,7 +17,7 @@ PRESETS = ("paper", "quick")
 
 @dataclass
 class ModelConfig:
-    """``train.model.build_unet`` arguments except the class count (6, or 2 for the baseline)."""
+    """``synthgen.segment.build_unet`` arguments except the class count (6, or 2 for the baseline)."""
     channels: tuple = (32, 64, 128, 256, 320, 320)   # paper
     strides: tuple | None = None                     # None: 2 per down step (paper)
     dropout: float = 0.2                             # paper

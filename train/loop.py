@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -30,6 +29,7 @@ import synthgen
 from synthgen.data.prefetch import Prefetcher
 from synthgen.data.sources import real_scans, tissue_maps
 from synthgen.data.training import TrainingBatches, training_lesions, validation_set
+from synthgen.io import atomic_path
 from train import plots
 from train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import TrainConfig
@@ -185,10 +185,8 @@ class MetricsLog:
         writer = csv.DictWriter(buf, self.fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_path(self.path, ".csv") as tmp, open(tmp, "w", newline="") as f:   # the umask's mode
             f.write(buf.getvalue())
-        os.replace(tmp, self.path)
 
     def append(self, row: dict):
         row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
@@ -206,10 +204,8 @@ def _tensorboard(out: Path):
 
 
 def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path, ".json") as tmp, open(tmp, "w") as f:     # the umask's mode, not mkstemp's 0600
         json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 class StopFlag:

@@ -20,10 +20,21 @@ from pathlib import Path
 if __package__ in (None, ""):   # `python train/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from synthgen.cli import HelpFormatter  # noqa: E402
 from train.config import PRESETS, TrainConfig, preset  # noqa: E402
 
 # options that may differ from the saved config on --resume (they do not change the recipe)
 RESUMABLE = {"device", "log_every", "val_every", "ckpt_every", "plot_samples", "generate_ahead", "data.prefetch"}
+
+
+# command-line option -> TrainConfig field it overrides
+OPTION_PATHS = {"steps": "steps", "out": "out", "seed": "seed", "device": "device", "batch_size": "batch_size",
+                "log_every": "log_every", "val_every": "val_every", "val_samples": "val_samples",
+                "ckpt_every": "ckpt_every", "tissue_maps": "data.tissue_maps", "label_map": "data.label_map",
+                "lesions": "data.lesions", "lesion_pattern": "data.lesion.mask_pattern", "real": "data.real",
+                "real_val": "data.real_val", "store": "data.store", "voxel_size": "generator.voxel_size",
+                "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop", "generate_ahead": "generate_ahead",
+                "work_dtype": "generator.work_dtype", "target": "generator.target", "prefetch": "data.prefetch"}
 
 
 def _crop(text: str) -> tuple:
@@ -36,21 +47,25 @@ def _crop(text: str) -> tuple:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+                                epilog="Options not given take the preset's value, shown as [paper: ..., quick: ...] "
+                                       "(with --resume or --config: the saved config's).")
     p.add_argument("--preset", choices=PRESETS, help="recipe (default: paper on CUDA, quick on CPU)")
     p.add_argument("--steps", type=int, help="total iterations N of the poly schedule")
     p.add_argument("--out", help="output folder (config.json, last.pt, metrics.csv, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--tissue-maps", help="folder of tissue maps (default: bundled MNI152 map)")
-    p.add_argument("--label-map", help="label mapping of the tissue maps ('freesurfer', JSON file, 'gm=3,42;...')")
+    p.add_argument("--label-map", help="label mapping of the tissue maps ('freesurfer', JSON file, 'gm=3,42;...'; "
+                                        "default: synthgen's own labels, 0 bg 1 GM 2 WM 3 PV 4 CSF 5+ other)")
     p.add_argument("--lesions", help="folder of lesion masks in MNI space (default: procedural lesions)")
     p.add_argument("--lesion-pattern", help="file names to take in --lesions (default '*.nii*'; SOOP: "
                                              "'*_lesion.nii.gz')")
-    p.add_argument("--real", help="folder of real scans + lesion masks, alternated 1:1 with synthetic samples")
+    p.add_argument("--real", help="folder of real scans + lesion masks, alternated 1:1 with synthetic samples "
+                                       "(default: synthetic samples only)")
     p.add_argument("--store", help="packed store (python -m synthgen.data pack) instead of --tissue-maps, "
-                                   "--lesions and --real")
-    p.add_argument("--real-val", help="folder of real validation scans + lesion masks")
+                                   "--lesions and --real (default: read those folders)")
+    p.add_argument("--real-val", help="folder of real validation scans + lesion masks (default: "
+                                          "synthetic validation only)")
     p.add_argument("--baseline", action="store_true", help="real scans only, 2 classes (needs --real)")
     p.add_argument("--target", choices=("tissue", "lesion", "labels"),
                    help="what the network segments: tissue (6 classes), lesion (binary) or labels (the label "
@@ -58,9 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int, help="training steps whose maps / scans are read ahead (default 2)")
     p.add_argument("--seed", type=int, help="base seed (rank r uses seed + r)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch-size", type=int, help="samples per step per rank (paper: 1)")
+    p.add_argument("--batch-size", type=int, help="samples per step per rank")
     p.add_argument("--crop", type=_crop, help="training crop, N or D,H,W voxels (multiples of the net stride)")
-    p.add_argument("--voxel-size", type=float, help="training grid in mm (paper: 1; quick preset: 3)")
+    p.add_argument("--voxel-size", type=float, help="training grid in mm")
     p.add_argument("--lr", type=float, help="AdamW learning rate")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (auto: bf16 on CUDA)")
     p.add_argument("--generate-ahead", choices=("auto", "on", "off"),
@@ -71,22 +86,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, help="steps between validations (0: never)")
     p.add_argument("--val-samples", type=int, help="held-out synthetic validation samples")
     p.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
-    p.add_argument("--config", help="JSON config to start from (e.g. a run's config.json) instead of a preset")
+    p.add_argument("--config", help="JSON config to start from (e.g. a run's config.json) instead of a preset "
+                                    "(default: --preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _show_preset_defaults(p)
     return p
+
+
+def _show_preset_defaults(p: argparse.ArgumentParser) -> None:
+    """Append each preset's value to the help of the options that override a config field."""
+    presets = {name: preset(name) for name in PRESETS}
+    for action in p._actions:
+        path = OPTION_PATHS.get(action.dest)
+        if path is None:
+            continue
+        values = {name: _get(cfg, path) for name, cfg in presets.items()}
+        if all(v is None for v in values.values()):
+            continue                          # unset in every preset: the help says what happens then
+        shown = ", ".join(f"{name}: {_shown(v)}" for name, v in values.items())
+        action.help = f"{action.help} [{shown}]".replace("%", "%%")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return str(value)
 
 
 def overrides(args) -> dict:
     """The options given on the command line, as ``{TrainConfig path: value}``."""
-    table = {"steps": "steps", "out": "out", "seed": "seed", "device": "device", "batch_size": "batch_size",
-             "log_every": "log_every", "val_every": "val_every", "val_samples": "val_samples",
-             "ckpt_every": "ckpt_every", "tissue_maps": "data.tissue_maps", "label_map": "data.label_map",
-             "lesions": "data.lesions", "lesion_pattern": "data.lesion.mask_pattern", "real": "data.real", "real_val": "data.real_val",
-             "store": "data.store",
-             "voxel_size": "generator.voxel_size", "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop",
-             "generate_ahead": "generate_ahead", "work_dtype": "generator.work_dtype", "target": "generator.target",
-             "prefetch": "data.prefetch"}
-    out = {path: getattr(args, name) for name, path in table.items() if getattr(args, name) is not None}
+    out = {path: getattr(args, name) for name, path in OPTION_PATHS.items() if getattr(args, name) is not None}
     if args.baseline:
         out["baseline"] = True
         out["generator.target"] = "lesion"

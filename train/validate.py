@@ -2,9 +2,9 @@
 
 The synthetic set (:func:`synthgen.data.training.validation_set`) is drawn once from its own stream (``seed +
 val_seed_offset``, never used in training) with the held-out lesions, and kept on the device, so every validation
-sees the same samples. Dice per class uses
-``train.metrics.dice`` (both masks empty -> 1); ``lesion_dice`` is the mean lesion Dice over the samples whose
-target holds a lesion (the number that matters for stroke), NaN when none does.
+sees the same samples. Dice per class uses ``synthgen.metrics.dice`` (both masks empty -> 1); ``lesion_dice`` is
+the mean lesion Dice over the samples whose target holds a lesion (the number that matters for stroke), NaN when
+none does.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from train.metrics import dice
+from synthgen.metrics import dice
 
 
 def _autocast(device: torch.device, amp_dtype):
@@ -35,7 +35,7 @@ def predict_labels(model, image: torch.Tensor, amp_dtype=None, roi=None) -> torc
 
 
 def dice_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> list:
-    """Dice of every class of one sample (labels ``(*spatial)``), by ``train.metrics.dice``."""
+    """Dice of every class of one sample (labels ``(*spatial)``), by ``synthgen.metrics.dice``."""
     p, t = pred.cpu().numpy(), target.cpu().numpy()
     return [dice(p == c, t == c) for c in range(num_classes)]
 

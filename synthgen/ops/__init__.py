@@ -3,8 +3,8 @@ paths register through :mod:`synthgen.backend`."""
 from .blur import gaussian_blur, gaussian_kernel1d, thick_slices
 from .intensity import (add_noise, bias_field, gamma_transform, gmm_sample, percentile_clip, quantiles,
                         skull_strip, texture_noise, z_normalise)
-from .warp import affine_elastic_coords, flip, grid_pull, reach_box
+from .warp import affine_elastic_coords, flip, grid_pull, output_affine, reach_box
 
 __all__ = ["gaussian_blur", "gaussian_kernel1d", "thick_slices", "add_noise", "bias_field", "gamma_transform",
            "gmm_sample", "percentile_clip", "quantiles", "skull_strip", "texture_noise", "z_normalise",
-           "affine_elastic_coords", "flip", "grid_pull", "reach_box"]
+           "affine_elastic_coords", "flip", "grid_pull", "output_affine", "reach_box"]

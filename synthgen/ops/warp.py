@@ -3,9 +3,11 @@
 For output voxel ``x`` of a crop of size ``S`` the input voxel is
 ``M @ (x - (S - 1) / 2) + center + u(x)`` where ``u`` is the cubic B-spline displacement evaluated on the output
 grid. Only output voxels are ever computed: the crop is chosen first (``center``), never cut from a full volume.
+:func:`output_affine` gives the output grid's voxel -> world affine from the input's (the affine part exactly).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,6 +69,60 @@ def reach_box(out_shape, matrix: torch.Tensor, center: torch.Tensor, elastic: to
     if any(b <= a for a, b in zip(lo, hi)):
         return None
     return tuple(lo), tuple(hi)
+
+
+def output_affine(matrix: torch.Tensor, center: torch.Tensor, flips: torch.Tensor | None, out_shape,
+                  affine=None) -> torch.Tensor:
+    """Voxel -> world affine of each output grid, from the input's voxel -> world ``affine``.
+
+    Output voxel ``o`` (after the flips) samples input voxel ``M F (o - (S - 1) / 2) + center`` (+ the elastic
+    displacement), ``F = diag(-1 if flipped else 1)``: a flip of output axis ``a`` maps ``o_a`` to
+    ``S_a - 1 - o_a``, i.e. negates column ``a`` of ``M`` about the crop centre. So the output affine is
+    ``affine @ [[M F, center - M F (S - 1) / 2], [0, 1]]``. It is exact for the affine part; the elastic part
+    is a displacement about it (``affine[:3, :3] @ u`` in mm, at most a few mm with the paper's ranges).
+
+    Args:
+        matrix: ``(B, 3, 3)`` output offsets -> input offsets (voxels), as :class:`~synthgen.SampleParams`.
+        center: ``(B, 3)`` input voxel at the crop centre.
+        flips: ``(B, 3)`` bool, output axes flipped after the warp (None: no flips).
+        out_shape: the output's spatial size ``(D, H, W)``.
+        affine: the input's ``(4, 4)`` (or ``(B, 4, 4)``) voxel -> world affine; None: identity (the result is
+            then the output -> input voxel map).
+
+    Returns:
+        ``(B, 4, 4)`` float64 on the CPU.
+
+    Raises:
+        ValueError: wrong shapes.
+    """
+    m = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
+    if m.ndim != 3 or m.shape[1:] != (3, 3):
+        raise ValueError(f"`matrix` must be (B, 3, 3), got shape {tuple(m.shape)}")
+    B = m.shape[0]
+    c = torch.as_tensor(center).detach().to("cpu", torch.float64)
+    if c.shape != (B, 3):
+        raise ValueError(f"`center` must be ({B}, 3), got shape {tuple(c.shape)}")
+    size = tuple(int(s) for s in out_shape)
+    if len(size) != 3:
+        raise ValueError(f"`out_shape` must be 3 sizes (D, H, W), got {out_shape}")
+    sign = torch.ones(B, 3, dtype=torch.float64)
+    if flips is not None:
+        f = torch.as_tensor(flips).detach().to("cpu", torch.bool)
+        if f.shape != (B, 3):
+            raise ValueError(f"`flips` must be ({B}, 3), got shape {tuple(f.shape)}")
+        sign = torch.where(f, -sign, sign)
+    mf = m * sign[:, None, :]                                   # M F: column a negated where axis a flips
+    half = torch.tensor([(s - 1) / 2 for s in size], dtype=torch.float64)
+    vox2vox = torch.eye(4, dtype=torch.float64).repeat(B, 1, 1)
+    vox2vox[:, :3, :3] = mf
+    vox2vox[:, :3, 3] = c - mf @ half
+    if affine is None:
+        return vox2vox
+    a = torch.as_tensor(np.asarray(affine, dtype=np.float64) if not isinstance(affine, torch.Tensor)
+                        else affine.detach().to("cpu", torch.float64))
+    if a.shape not in ((4, 4), (B, 4, 4)):
+        raise ValueError(f"`affine` must be (4, 4) or ({B}, 4, 4), got shape {tuple(a.shape)}")
+    return a.to(torch.float64) @ vox2vox
 
 
 def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") -> torch.Tensor:

@@ -3,9 +3,13 @@
 Paper (Chalcroft et al., arXiv:2404.01946), section 2, evaluation. numpy masks in, Python floats out.
 Empty masks: both empty -> Dice 1, HD95 0, AVD 0, ALD 0, lesion F1 1; exactly one empty -> Dice 0,
 HD95 inf (a failure: callers exclude it from means and count it), lesion F1 0, AVD and ALD as computed.
-Connected components use 26-connectivity unless told otherwise (6, 18 or 26).
+Connected components use 26-connectivity unless told otherwise (6, 18 or 26), labelled by cc3d
+(connected-components-3d) when it is installed (3-7x faster than scipy here: benchmarks/connected_components.py),
+else by scipy.ndimage.label; both give the same components.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from scipy import ndimage
@@ -49,9 +53,36 @@ def structure(connectivity: int = 26) -> np.ndarray:
     return ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
 
 
-def label_components(mask, connectivity: int = 26) -> tuple[np.ndarray, int]:
-    """Connected components of a binary mask: ``(labels int32, count)``."""
-    labels, n = ndimage.label(_as_mask(mask, "mask"), structure=structure(connectivity))
+@functools.lru_cache(maxsize=1)
+def _cc3d():
+    try:
+        import cc3d
+    except ImportError:
+        return None
+    return cc3d
+
+
+def label_components(mask, connectivity: int = 26, backend: str = "auto") -> tuple[np.ndarray, int]:
+    """Connected components of a binary mask: ``(labels, count)``, labels an integer array (0 background, the
+    components 1..count in some order).
+
+    Args:
+        backend: ``"auto"`` (cc3d when installed, else scipy), ``"cc3d"`` or ``"scipy"``.
+
+    Raises:
+        ValueError: a bad mask, connectivity or backend. ImportError: ``"cc3d"`` asked for but not installed.
+    """
+    if backend not in ("auto", "cc3d", "scipy"):
+        raise ValueError(f"`backend` must be 'auto', 'cc3d' or 'scipy', got {backend!r}")
+    mask = _as_mask(mask, "mask")
+    struct = structure(connectivity)
+    cc3d = _cc3d() if backend != "scipy" else None
+    if backend == "cc3d" and cc3d is None:
+        raise ImportError("`backend` 'cc3d' needs connected-components-3d: pip install connected-components-3d")
+    if cc3d is not None:
+        labels, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=connectivity, return_N=True)
+        return labels, int(n)
+    labels, n = ndimage.label(mask, structure=struct)
     return labels, int(n)
 
 

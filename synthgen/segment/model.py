@@ -1,0 +1,146 @@
+"""The paper's segmentation network (MONAI UNet), and checkpoints that rebuild it.
+
+Paper (Chalcroft et al., "Synthetic Data for Robust Stroke Segmentation", arXiv:2404.01946), section 2: "A UNet ... with symmetric encoder and
+decoder with channels of (32, 64, 128, 256, 320, 320), instance normalisation, PReLU activation, and one
+residual unit per block. In the decoder, the up-sampling was performed with transposed convolutions. Six
+output channels ... A dropout of 0.2". ``monai.networks.nets.UNet`` with ``num_res_units=1`` matches this
+exactly: every encoder block is one residual unit (3^3 strided conv -> instance norm -> dropout -> PReLU,
+plus a strided 3^3 conv on the skip path), the bottom block (320 channels) is one residual unit at stride 1,
+and every decoder block is a 3^3 *transposed* conv with stride 2 (-> norm -> dropout -> PReLU) followed by
+one residual unit; skips are concatenated. The last decoder unit ends in a plain conv (raw logits). With
+six channel entries there are five stride-2 steps, so input sizes must be multiples of 32 (192^3 windows are).
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_path
+
+PAPER_CHANNELS = (32, 64, 128, 256, 320, 320)
+_BUILD_KEYS = ("out_channels", "in_channels", "channels", "strides", "dropout", "num_res_units")
+
+
+def build_unet(out_channels: int = 6, in_channels: int = 1, channels=PAPER_CHANNELS, strides=None,
+               dropout: float = 0.2, num_res_units: int = 1) -> torch.nn.Module:
+    """Build the paper's 3D UNet (MONAI ``UNet``, instance norm, PReLU, transposed-conv up-sampling).
+
+    Args:
+        out_channels: classes predicted (6: background, GM, WM, PV, CSF, lesion; 2 for the baseline).
+        in_channels: input contrasts.
+        channels: features per level; the last entry is the bottom block (stride 1).
+        strides: down-sampling factor per step, ``len(channels) - 1`` entries (default 2 each).
+        dropout: dropout probability in every block.
+        num_res_units: residual units per block (paper: 1).
+
+    Returns:
+        The untrained network; ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)`` logits, with
+        D, H, W multiples of ``prod(strides)``.
+
+    Raises:
+        ValueError: a size is not positive, fewer than two levels, or ``strides`` of the wrong length.
+    """
+    channels = tuple(int(c) for c in channels)
+    if len(channels) < 2 or min(channels) < 1:
+        raise ValueError(f"`channels` must be at least two positive ints, got {channels}")
+    for name, value in (("out_channels", out_channels), ("in_channels", in_channels)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value}")
+    strides = (2,) * (len(channels) - 1) if strides is None else tuple(int(s) for s in strides)
+    if len(strides) != len(channels) - 1 or min(strides) < 1:
+        raise ValueError(f"`strides` must be {len(channels) - 1} positive ints (one per down step), got {strides}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout}")
+    if int(num_res_units) != num_res_units or num_res_units < 0:
+        raise ValueError(f"`num_res_units` must be a non-negative int, got {num_res_units}")
+    from monai.networks.nets import UNet
+    return UNet(spatial_dims=3, in_channels=int(in_channels), out_channels=int(out_channels),
+                channels=channels, strides=strides, num_res_units=int(num_res_units),
+                norm="instance", act="prelu", dropout=float(dropout))
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def total_stride(model_cfg: dict) -> int:
+    """Product of the down-sampling strides of a ``build_unet`` config: input sizes must be multiples of it."""
+    n_down = len(model_cfg.get("channels", PAPER_CHANNELS)) - 1
+    strides = model_cfg.get("strides") or (2,) * n_down
+    out = 1
+    for s in strides:
+        out *= int(s)
+    return out
+
+
+def save_model_checkpoint(path, model: torch.nn.Module, model_cfg: dict, config: dict | None = None,
+                          **extra) -> Path:
+    """Write ``{"model": state_dict, "config": {..., "model": model_cfg}, **extra}`` atomically.
+
+    The format ``load_checkpoint_model`` reads; training may add optimiser state etc. through ``extra``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config or {})
+    cfg["model"] = dict(model_cfg)
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "config": cfg, **extra}, tmp)
+    return path
+
+
+def _strip_prefixes(state: dict) -> dict:
+    # DDP ("module.") and torch.compile ("_orig_mod.") wrap the weights under a prefix
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_checkpoint_model(path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the network stored in a checkpoint and load its weights (in eval mode).
+
+    Args:
+        path: file written by ``torch.save`` holding ``"model"`` (a state_dict) and ``"config"`` (a plain
+            dict whose ``"model"`` entry holds the ``build_unet`` keyword arguments; missing -> defaults).
+        map_location: passed to ``torch.load``.
+
+    Returns:
+        ``(model, config)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable checkpoint, lacks ``"model"``/``"config"``, has unknown
+            model arguments, or its weights do not fit the configured network. Every message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: checkpoint must be a dict with 'model' and 'config' entries, got {keys}")
+    cfg = ckpt["config"]
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: checkpoint 'config' must be a dict, got {type(cfg).__name__}")
+    model_cfg = dict(cfg.get("model") or {})
+    unknown = sorted(set(model_cfg) - set(_BUILD_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: config['model'] has unknown build_unet arguments {unknown}; "
+                         f"expected a subset of {list(_BUILD_KEYS)}")
+    try:
+        model = build_unet(**model_cfg)
+        model.load_state_dict(_strip_prefixes(ckpt["model"]))
+    except (ValueError, TypeError, RuntimeError, AttributeError) as err:
+        raise ValueError(f"{path}: weights do not fit the network config {model_cfg} ({err})") from err
+    model.eval()
+    return model, cfg
