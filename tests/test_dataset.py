@@ -120,3 +120,28 @@ def test_errors():
         SynthDataset(tissue, 4).set_epoch(-1)
     with pytest.raises(ValueError, match="channel-first"):
         SynthDataset(tissue[0], 4)
+
+
+def test_a_store_of_freesurfer_maps_feeds_the_dataset(tmp_path):
+    """A TissueMaps source (here a packed store of FreeSurfer-labelled maps): maps read when drawn, the store's
+    label mapping sets the generator's labels, the same samples as from the maps in memory."""
+    import nibabel as nib
+    from synthgen.data import pack
+    from synthgen.data.sources import tissue_maps
+    from test_data_training import _freesurfer_map
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.roll(_freesurfer_map(), 2 * i, 0), np.diag([2.0, 2, 2, 1])),
+                 str(tmp_path / f"fs{i}.nii.gz"))
+    pack(tmp_path / "store", tissue_maps=tmp_path, label_map="freesurfer", voxel_size=2.0, progress=False)
+    maps = tissue_maps(tmp_path / "store", voxel_size=2.0)
+    cfg = GeneratorConfig(crop=CROP, voxel_size=2.0, target="labels")
+    ds = SynthDataset(maps, 4, seed=1, config=cfg)
+    assert ds.generator.config.labels == maps.labels and maps.reads == 0
+    items = [ds.sample(i) for i in range(4)]
+    assert maps.reads == 4 and max(int(it["label"].max()) for it in items) > 5      # SynthSeg's structures
+    loaded = [maps.load(i) for i in range(3)]
+    memory = SynthDataset([m.tensor()[0] for m in loaded], 4, seed=1, generator=ds.generator,
+                          affine=[m.affine for m in loaded])
+    for i in range(4):
+        a, b = items[i], memory.sample(i)
+        assert a["map"] == b["map"] and torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
