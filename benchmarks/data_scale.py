@@ -10,8 +10,9 @@ per store. Each (N, M) runs in a fresh process that measures, as ``train/run.py 
 
 - start-up: open the store, list the maps, build the one lesion bank (both splits), make the first batch;
 - per-step data time (steps 1..K, the inputs read ahead as in training): the wait for the step's map and its
-  copy to the device, plus the lesion placement (``LesionSource.sample``), against a quick-preset training
-  step on a pre-made batch timed in the same process;
+  copy to the device, plus the lesion masks placed on the map's grid (``MaskBank.paste``), against a
+  quick-preset training step on a pre-made batch timed in the same process; the lesion's synthesis (Soft-CP,
+  fading, clipping: ``LesionSource.sample`` as a whole) and the whole generator call are reported beside it;
 - peak host RSS of the process, and what the device holds: the resident map's bytes (one map, whatever N) and
   the lesion bank's device bytes (0: the bank lives on the host, a mask goes up when pasted).
 
@@ -118,15 +119,22 @@ def _measure(store: str, steps: int, voxel_size: float, crop: int) -> dict:
     t_index = time.perf_counter()
     data = TrainingBatches(synthgen.SynthGenerator(gen_cfg), maps, seed=0, batch_size=1, device=device,
                            lesions=train_src, prefetch=2).start(0, steps + 1)
-    lesion_ms, delivered_ms = [], []
-    sample = train_src.sample
+    lesion_ms, delivered_ms, paste_ms = [], [], []
+    sample, paste = train_src.sample, train_src.bank.paste
 
     def timed_sample(*a, **k):
         t = time.perf_counter()
+        paste_ms.append(0.0)
         out = sample(*a, **k)
         lesion_ms.append(1e3 * (time.perf_counter() - t))
         return out
-    train_src.sample = timed_sample
+
+    def timed_paste(*a, **k):          # the mask delivered onto the map's grid (the rest is Soft-CP and fading)
+        t = time.perf_counter()
+        out = paste(*a, **k)
+        paste_ms[-1] += 1e3 * (time.perf_counter() - t)
+        return out
+    train_src.sample, train_src.bank.paste = timed_sample, timed_paste
     take = data._take
 
     def timed_take(step):
@@ -162,11 +170,12 @@ def _measure(store: str, steps: int, voxel_size: float, crop: int) -> dict:
         if i >= 3:
             step_ms.append(1e3 * (time.perf_counter() - t))
     resident = data._resident[1] if data._resident else None
-    per_step = [a + b for a, b in zip(delivered_ms[1:], lesion_ms[1:])]
+    per_step = [a + b for a, b in zip(delivered_ms[1:], paste_ms[1:])]
     return {
         "maps": len(maps), "train_masks": len(train_src.bank), "holdout_masks": len(val_src.bank), "index_s": t_index - t0, "startup_s": t_first - t0,
         "first_batch_shape": list(first[0].shape),
-        "delivery_ms": statistics.median(delivered_ms[1:]), "lesion_ms": statistics.median(lesion_ms[1:]),
+        "delivery_ms": statistics.median(delivered_ms[1:]), "paste_ms": statistics.median(paste_ms[1:]),
+        "lesion_ms": statistics.median(lesion_ms[1:]),
         "data_ms": statistics.median(per_step), "data_ms_p90": float(np.percentile(per_step, 90)),
         "synthesis_ms": statistics.median(synth_ms), "quick_step_ms": statistics.median(step_ms),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -223,12 +232,13 @@ def main(argv=None) -> int:
     print(f"\n# data at scale: {platform.machine()}, {os.cpu_count()} cores, git {_git_sha()}, maps 2 mm "
           f"(SynthSeg, FreeSurfer mapping), masks SOOP, {args.steps} steps at {args.crop}^3\n")
     print("| N maps | M masks | index + bank (s) | start-up to 1st batch (s) | peak RSS (MB) | device: map (MB) / "
-          "bank (MB) | data ms/step (p90) | share of a quick step |")
-    print("|---|---|---|---|---|---|---|---|")
+          "bank (MB) | data ms/step: map + masks (p90) | share of a quick step | lesion synthesis / generator (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n_maps']} | {r['n_masks']} | {r['index_s']:.2f} | {r['startup_s']:.2f} | {r['peak_rss_mb']:.0f} "
-              f"| {r['device_map_mb']:.1f} / {r['device_bank_mb']:.0f} | {r['data_ms']:.1f} ({r['data_ms_p90']:.1f}) | "
-              f"{100 * r['data_ms'] / r['quick_step_ms']:.1f} % of {r['quick_step_ms']:.0f} ms |")
+              f"| {r['device_map_mb']:.1f} / {r['device_bank_mb']:.0f} | {r['delivery_ms']:.1f} + {r['paste_ms']:.1f} "
+              f"({r['data_ms_p90']:.1f}) | {100 * r['data_ms'] / r['quick_step_ms']:.1f} % of {r['quick_step_ms']:.0f} ms "
+              f"| {r['lesion_ms']:.1f} / {r['synthesis_ms']:.1f} |")
     result = {"rows": rows}
     if args.folder_baseline:
         fb = _folder_baseline(args.data, args.work)
