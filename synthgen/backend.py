@@ -1,8 +1,10 @@
 """Which implementation runs an op: the one place that decides, and that can say why.
 
 CPU tensors run the plain-torch reference. CUDA tensors run the fastest registered fast path that can run
-(Triton, CUDA C++), falling back to the reference. ``SYNTHGEN_BACKEND=torch|triton|cuda`` forces one: a forced
-backend that cannot run raises with the reason instead of falling back. Nothing here touches CUDA at import.
+(Triton, CUDA C++), falling back to the reference; the generator checks a fast path against the reference once
+per configuration and device before trusting it (:func:`synthgen.fast.checked_backend`). ``SYNTHGEN_BACKEND=
+torch|triton|cuda`` forces one: a forced backend that cannot run raises with the reason instead of falling back,
+and is not checked. Nothing here touches CUDA at import.
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ def backend_status(device) -> dict[str, str | None]:
     return reasons
 
 
+def forced_backend() -> str | None:
+    """The backend SYNTHGEN_BACKEND forces, or None."""
+    return os.environ.get("SYNTHGEN_BACKEND", "").strip().lower() or None
+
+
 def select_backend(device, available=("torch",)) -> str:
     """The backend to use on ``device`` among those that implement the op (``available``).
 
@@ -34,7 +41,7 @@ def select_backend(device, available=("torch",)) -> str:
         ValueError: SYNTHGEN_BACKEND names an unknown backend.
         RuntimeError: the forced backend cannot run here or does not implement this op.
     """
-    forced = os.environ.get("SYNTHGEN_BACKEND", "").strip().lower()
+    forced = forced_backend()
     status = backend_status(device)
     if forced:
         if forced not in BACKENDS:

@@ -317,3 +317,84 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     out = torch.empty(B, 1, *crop, device=dev, dtype=OUT_DTYPES[config.image_dtype])
     triton_reduce.finalise(x, target, out, q, strip, flip, ms, crop, config.target == "lesion", lesion_class)
     return out, target
+
+
+# ------------------------------------------------------------------------------------------------- self-check
+SELF_CHECK_CROP = (13, 12, 14)       # small, odd sizes: the check costs a few launches, not a sample
+SELF_CHECK_ATOL = {"float32": 1e-3, "float16": 0.1}   # max |fast - reference| in z units (float32 measured <= 2e-5;
+                                                      # float16 work volumes <= 0.03)
+SELF_CHECK_TARGET = 0.999            # share of target voxels that must agree (FMA contraction may move a class
+                                     # boundary voxel; the interpreter and the host build agree on every voxel)
+_checked: dict = {}
+
+
+def _check_key(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: str):
+    return (str(tissue.device), backend, tissue.is_floating_point(), int(tissue.shape[1]), lesion is not None,
+            repr(dataclasses_replace_crop(config)))
+
+
+def dataclasses_replace_crop(config: GeneratorConfig) -> GeneratorConfig:
+    """``config`` with the self-check's crop (the kernel variants do not depend on the crop)."""
+    import dataclasses
+    return dataclasses.replace(config, crop=SELF_CHECK_CROP)
+
+
+def self_check(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: str) -> tuple[bool, str]:
+    """Run ``backend`` and the reference on a small piece of ``tissue`` with the same injected texture and noise,
+    every per-sample switch exercised, and compare: ``(ok, what was found)``. Exceptions are part of the answer."""
+    from .generator import generate_ref
+    from .sampling import sample_params
+    cfg = dataclasses_replace_crop(config)
+    dev = tissue.device
+    try:
+        size = [min(n, 26) for n in tissue.shape[2:]]
+        lo = [(n - s) // 2 for n, s in zip(tissue.shape[2:], size)]
+        piece = tissue[:1, :, lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]].contiguous()
+        piece = piece.expand(2, *piece.shape[1:])
+        params = sample_params(cfg, size, 0, 0, 2)
+        # every switch on in one sample and off in the other: each axis pass and epilogue variant runs
+        params.skull_strip = torch.tensor([True, False])
+        params.flip = torch.tensor([[True, False, True], [False, True, False]])
+        params.spacing = torch.tensor([[2.5, 2.5, 2.5], [1.0, 3.3, 1.0]])
+        params.motion_fwhm = torch.tensor([[0.0, 2.5, 0.0], [0.0, 0.0, 1.7]])
+        params.smooth_fwhm = torch.tensor([0.8, 0.0])
+        params.gmm_fwhm = torch.tensor([1.3, 0.0])
+        weights = None
+        if lesion is not None:
+            box = torch.zeros(2, 1, *size, device=dev)
+            box[:, :, size[0] // 4:size[0] // 2, size[1] // 4:size[1] // 2, size[2] // 3:2 * size[2] // 3] = 1
+            weights = (box * 0.7, box, (0, 0, 0))
+        g = torch.Generator().manual_seed(0)
+        texture = torch.randn(2, 1, *cfg.crop, generator=g).to(dev)
+        noise = tuple(torch.randn(2, 1, *cfg.crop, generator=g).to(dev) for _ in range(2))
+        tables = label_tables(cfg, dev)
+        ref_img, ref_tgt = generate_ref(cfg, piece, params, weights, tables, texture=texture, noise=noise)
+        img, tgt = generate_fast(cfg, piece, params, weights, backend, texture=texture, noise=noise, tables=tables)
+        diff = float((img.float() - ref_img.float()).abs().max())
+        agree = float((tgt == ref_tgt).float().mean())
+    except Exception as err:          # compile or launch failure: the fast path cannot be trusted here
+        return False, f"{type(err).__name__}: {err}"
+    tol = SELF_CHECK_ATOL[config.work_dtype] + (2 ** -7 if config.image_dtype != "float32" else 0.0) * 8
+    ok = diff <= tol and agree >= SELF_CHECK_TARGET
+    return ok, f"max |image - reference| {diff:.3g} z (tolerance {tol:.3g}), target {100 * agree:.2f} % equal " \
+               f"(needs {100 * SELF_CHECK_TARGET:.1f} %)"
+
+
+def checked_backend(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: str) -> str:
+    """``backend`` once it has passed :func:`self_check` for this configuration and device, else "torch" (after one
+    warning with the reason and the numbers). ``SYNTHGEN_SELF_CHECK=0`` skips the check."""
+    import os
+    import warnings
+    if os.environ.get("SYNTHGEN_SELF_CHECK", "1").strip() == "0":
+        return backend
+    key = _check_key(config, tissue, lesion, backend)
+    if key not in _checked:
+        ok, found = self_check(config, tissue, lesion, backend)
+        _checked[key] = ok
+        if not ok:
+            name = torch.cuda.get_device_name(tissue.device) if tissue.is_cuda else str(tissue.device)
+            warnings.warn(f"synthgen: the {backend} fast path disagrees with the reference on {name} ({found}); "
+                          "this configuration runs the reference on the device instead (SYNTHGEN_BACKEND="
+                          f"{backend} forces the fast path, SYNTHGEN_SELF_CHECK=0 skips the check)", RuntimeWarning,
+                          stacklevel=3)
+    return backend if _checked[key] else "torch"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from . import fast, ops
-from .backend import select_backend
+from .backend import forced_backend, select_backend
 from .config import DEFAULT_NUM_LABELS, GeneratorConfig
 from .sampling import SampleParams, generator_for, sample_params
 
@@ -85,6 +85,58 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
         target = torch.where(w_lab > threshold, torch.full_like(target, lesion_class), target)
     image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture, w_int)
     return ops.bias_field(image, params.bias), target
+
+
+def generate_ref(config: GeneratorConfig, tissue: torch.Tensor, params: SampleParams, lesion, tables,
+                 texture: torch.Tensor | None = None, noise=None, stage=None):
+    """The whole pipeline by the reference ops (paper section 2): what :class:`SynthGenerator` runs on the torch
+    backend, and the definition the fast path is compared with.
+
+    Args:
+        config: the generator's config.
+        tissue: ``(B, C, X, Y, Z)`` labels or probabilities (already broadcast to the batch).
+        params: the batch's parameters.
+        lesion: boxed lesion weights (:meth:`synthgen.lesions.LesionSource.sample`) or None.
+        tables: ``(target_of_label, lesion_class)`` (:func:`synthgen.fast.label_tables`).
+        texture: the unit within-class texture ``(B, 1, *crop)``, or None to draw it from ``params.noise_key``;
+        noise: the two standard-normal noise volumes ``(B, 1, *crop)``, or None to draw them alike.
+        stage: a context-manager factory ``stage(name)`` timing each stage (None: none).
+
+    Returns:
+        ``(image (B, 1, *crop) in config.image_dtype, target (B, *crop) uint8)``.
+    """
+    from contextlib import nullcontext
+    stage = stage or (lambda name: nullcontext())
+    dev = tissue.device
+    crop = tuple(int(c) for c in config.crop)
+    table, lesion_class = tables
+    p = params.to(dev)
+    gens = [generator_for(int(k), dev) for k in params.noise_key] if texture is None or noise is None else None
+    with stage("warp_gmm_bias"):
+        if texture is None:
+            texture = ops.texture_noise(crop, p.gmm_fwhm, gens, device=dev)
+        image, target = warp_sample_ref(tissue, lesion, p, texture.to(dev), crop, table, lesion_class,
+                                        config.lesion_threshold)
+        brain = target > 0
+        del texture
+    with stage("gamma"):
+        image = ops.gamma_transform(image, p.gamma)
+    with stage("blur"):
+        image = ops.thick_slices(image, p.spacing, p.motion_fwhm)     # motion blur + slice profile
+    with stage("noise"):
+        image = ops.add_noise(image, p.noise_std, None if noise is not None else gens, config.noise.kind,
+                              normals=noise)
+        image = ops.gaussian_blur(image, p.smooth_fwhm)
+    with stage("normalise"):
+        image = ops.percentile_clip(image, *config.clip)
+        image = ops.skull_strip(image, brain, p.skull_strip)
+        image = ops.flip(image, p.flip)
+        target = ops.flip(target, p.flip)
+        image = ops.z_normalise(image).to(getattr(torch, config.image_dtype))
+    target = target[:, 0]
+    if config.target == "lesion":
+        target = (target == lesion_class).to(torch.uint8)
+    return image, target
 
 
 class SynthGenerator:
@@ -211,31 +263,11 @@ class SynthGenerator:
                 lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key], affine=affine,
                                              classes=cfg.labels.class_table(), region=reach) if reach else None
         backend = select_backend(dev, available=fast.AVAILABLE)
+        if backend != "torch" and not forced_backend():
+            backend = fast.checked_backend(cfg, tissue, lesion, backend)      # the fast path checked once
         if backend != "torch":      # fused kernels (synthgen.fast); same parameters, same maths
             image, target = fast.generate_fast(cfg, tissue, params, lesion, backend, tables=(table, lesion_class))
-            return (image, target, params) if return_params else (image, target)
-        p = params.to(dev)
-        with self._stage("warp_gmm_bias", dev):
-            gens = [generator_for(int(k), dev) for k in params.noise_key]
-            texture = ops.texture_noise(crop, p.gmm_fwhm, gens, device=dev)
-            image, target = warp_sample_ref(tissue, lesion, p, texture, crop, table, lesion_class,
-                                            cfg.lesion_threshold)
-            brain = target > 0
-            del texture
-        with self._stage("gamma", dev):
-            image = ops.gamma_transform(image, p.gamma)
-        with self._stage("blur", dev):
-            image = ops.thick_slices(image, p.spacing, p.motion_fwhm)     # motion blur + slice profile
-        with self._stage("noise", dev):
-            image = ops.add_noise(image, p.noise_std, gens, cfg.noise.kind)
-            image = ops.gaussian_blur(image, p.smooth_fwhm)
-        with self._stage("normalise", dev):
-            image = ops.percentile_clip(image, *cfg.clip)
-            image = ops.skull_strip(image, brain, p.skull_strip)
-            image = ops.flip(image, p.flip)
-            target = ops.flip(target, p.flip)
-            image = ops.z_normalise(image).to(getattr(torch, cfg.image_dtype))
-        target = target[:, 0]
-        if cfg.target == "lesion":
-            target = (target == lesion_class).to(torch.uint8)
+        else:
+            image, target = generate_ref(cfg, tissue, params, lesion, (table, lesion_class),
+                                         stage=lambda name: self._stage(name, dev))
         return (image, target, params) if return_params else (image, target)

@@ -2,32 +2,13 @@
 
 Kept free of Triton imports: the interpreter tests and the compiled GPU tests both use it.
 """
-import torch
-
-import synthgen
-from synthgen import ops
+from synthgen import fast
+from synthgen.generator import generate_ref
 
 
-class FixedLesion:
-    """A lesion source returning the same ``(intensity_weight, label_weight)`` for every key."""
-
-    def __init__(self, weights):
-        self.weights = weights
-
-    def sample(self, tissue, keys, affine=None, classes=None, region=None):
-        return self.weights
-
-
-def reference_with_noise(monkeypatch, cfg, tissue, params, texture, normals, lesion=None):
-    """``SynthGenerator`` forced to the torch backend, its texture and noise replaced by the given volumes."""
-    monkeypatch.setattr(ops, "texture_noise", lambda shape, fwhm, gens, device=None: texture)
-
-    def add_noise(x, std, gens, kind="rician"):
-        s = std.view(-1, 1, 1, 1, 1)
-        if kind == "gaussian":
-            return x + normals[0] * s
-        return torch.sqrt((x + normals[0] * s) ** 2 + (normals[1] * s) ** 2)
-    monkeypatch.setattr(ops, "add_noise", add_noise)
-    monkeypatch.setenv("SYNTHGEN_BACKEND", "torch")
-    gen = synthgen.SynthGenerator(cfg, lesions=FixedLesion(lesion) if lesion is not None else None)
-    return gen(tissue, params=params)
+def reference_with_noise(cfg, tissue, params, texture, normals, lesion=None):
+    """The reference pipeline (:func:`synthgen.generator.generate_ref`) with the given texture and noise volumes."""
+    B = len(params)
+    tissue = tissue.expand(B, *tissue.shape[1:]) if tissue.shape[0] == 1 else tissue
+    return generate_ref(cfg, tissue, params, lesion, fast.label_tables(cfg, tissue.device), texture=texture,
+                        noise=normals)

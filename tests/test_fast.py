@@ -57,7 +57,7 @@ def _lesion(B):
 
 
 @pytest.mark.parametrize("kind", ["labels", "probs-lesion", "labels-lesion-binary-gaussian"])
-def test_fast_matches_reference(monkeypatch, kind):
+def test_fast_matches_reference(kind):
     B = 2
     extra = {}
     if "binary" in kind:
@@ -70,7 +70,7 @@ def test_fast_matches_reference(monkeypatch, kind):
     g = torch.Generator().manual_seed(1)
     texture = torch.randn(B, 1, *CROP, generator=g)
     normals = (torch.randn(B, 1, *CROP, generator=g), torch.randn(B, 1, *CROP, generator=g))
-    ref_img, ref_tgt = reference_with_noise(monkeypatch, cfg, tissue, params, texture, normals, lesion)
+    ref_img, ref_tgt = reference_with_noise(cfg, tissue, params, texture, normals, lesion)
     img, tgt = fast.generate_fast(cfg, tissue, params, lesion, "triton", texture=texture, noise=normals)
     assert img.shape == ref_img.shape and tgt.shape == ref_tgt.shape and tgt.dtype == torch.uint8
     assert torch.equal(tgt, ref_tgt)
@@ -97,7 +97,7 @@ def _many_labels(n=40):
 
 
 @pytest.mark.parametrize("target", ["tissue", "labels", "lesion"])
-def test_fast_matches_reference_with_many_labels(monkeypatch, target):
+def test_fast_matches_reference_with_many_labels(target):
     """A 40-label map: per-label Gaussians by table lookup and the label -> target table, on both paths."""
     tissue, labels = _many_labels()
     cfg = _config(labels=labels, target=target)
@@ -107,12 +107,84 @@ def test_fast_matches_reference_with_many_labels(monkeypatch, target):
     texture = torch.randn(2, 1, *CROP, generator=g)
     normals = (torch.randn(2, 1, *CROP, generator=g), torch.randn(2, 1, *CROP, generator=g))
     lesion = _lesion(2)
-    ref_img, ref_tgt = reference_with_noise(monkeypatch, cfg, tissue, params, texture, normals, lesion)
+    ref_img, ref_tgt = reference_with_noise(cfg, tissue, params, texture, normals, lesion)
     img, tgt = fast.generate_fast(cfg, tissue, params, lesion, "triton", texture=texture, noise=normals)
     assert torch.equal(tgt, ref_tgt)
     torch.testing.assert_close(img, ref_img, atol=2e-5, rtol=1e-5)
     lesion_class = {"tissue": 5, "labels": 7, "lesion": 1}[target]
     assert int(tgt.max()) == lesion_class and (tgt == lesion_class).any()
+
+
+def _auto_fast_path(monkeypatch):
+    """The generator's automatic choice made to pick Triton on this CPU (the interpreter runs it)."""
+    import synthgen.generator as generator_module
+    monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
+    monkeypatch.delenv("SYNTHGEN_SELF_CHECK", raising=False)
+    monkeypatch.setattr(generator_module, "select_backend", lambda device, available: "triton")
+    monkeypatch.setattr(fast, "_checked", {})
+
+
+def test_self_check_passes_and_the_fast_path_runs(monkeypatch, recwarn):
+    _auto_fast_path(monkeypatch)
+    calls = []
+    real = fast.generate_fast
+    monkeypatch.setattr(fast, "generate_fast", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    gen = synthgen.SynthGenerator(_config())
+    gen(phantom_labels(MAP), seed=0)
+    gen(phantom_labels(MAP), seed=1)
+    assert len(calls) == 3 and not [w for w in recwarn if "disagrees" in str(w.message)]   # checked once
+    ok, found = fast.self_check(_config(), phantom_labels(MAP), None, "triton")
+    assert ok and "max |image - reference|" in found
+
+
+def test_a_corrupted_fast_path_falls_back_to_the_reference_with_a_warning(monkeypatch):
+    from synthgen.kernels import triton_warp
+    _auto_fast_path(monkeypatch)
+    real = triton_warp.warp_sample
+
+    def corrupted(args, minmax=False):        # a compiler bug: one voxel in a thousand off by a lot
+        out = real(args, minmax=minmax)
+        args.image.view(-1)[::997] += 50.0
+        return out
+    monkeypatch.setattr(triton_warp, "warp_sample", corrupted)
+    cfg = _config()
+    tissue = phantom_labels(MAP)
+    with pytest.warns(RuntimeWarning, match=r"triton fast path disagrees with the reference .*max \|image"):
+        image, target = synthgen.SynthGenerator(cfg)(tissue, seed=2, batch_size=2)
+    import synthgen.generator as generator_module
+    monkeypatch.setattr(generator_module, "select_backend", lambda device, available: "torch")
+    ref_image, ref_target = synthgen.SynthGenerator(cfg)(tissue, seed=2, batch_size=2)
+    assert torch.equal(image, ref_image) and torch.equal(target, ref_target)       # the reference ran
+    # a failure to compile or launch falls back alike, naming the exception
+    monkeypatch.setattr(triton_warp, "warp_sample", lambda args, minmax=False: 1 / 0)
+    ok, found = fast.self_check(cfg, tissue, None, "triton")
+    assert not ok and "ZeroDivisionError" in found
+
+
+def test_a_forced_or_unchecked_fast_path_does_not_fall_back(monkeypatch, recwarn):
+    import synthgen.backend as backend
+    import synthgen.generator as generator_module
+    from synthgen.kernels import triton_warp
+    _auto_fast_path(monkeypatch)
+    real = triton_warp.warp_sample
+
+    def corrupted(args, minmax=False):
+        out = real(args, minmax=minmax)
+        args.image.view(-1)[::997] += 50.0
+        return out
+    monkeypatch.setattr(triton_warp, "warp_sample", corrupted)
+    cfg, tissue = _config(), phantom_labels(MAP)
+    monkeypatch.setattr(generator_module, "select_backend", lambda device, available: "torch")
+    reference = synthgen.SynthGenerator(cfg)(tissue, seed=2, batch_size=2)[0]
+    monkeypatch.setattr(backend, "backend_status", lambda device: {"torch": None, "triton": None, "cuda": None})
+    monkeypatch.setattr(generator_module, "select_backend", backend.select_backend)
+    monkeypatch.setenv("SYNTHGEN_BACKEND", "triton")                  # forced: runs, no check, no fallback
+    forced = synthgen.SynthGenerator(cfg)(tissue, seed=2, batch_size=2)[0]
+    monkeypatch.delenv("SYNTHGEN_BACKEND")
+    monkeypatch.setenv("SYNTHGEN_SELF_CHECK", "0")                    # unchecked: the same
+    unchecked = synthgen.SynthGenerator(cfg)(tissue, seed=2, batch_size=2)[0]
+    assert not torch.equal(forced, reference) and torch.equal(forced, unchecked) and fast._checked == {}
+    assert not [w for w in recwarn if "disagrees" in str(w.message)]
 
 
 def test_float16_work_volumes_keep_the_output():

@@ -31,7 +31,7 @@ def _inputs(size, B=2, seed=0):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_matches_reference_on_device(monkeypatch, backend, size):
     cfg, tissue, params, texture, normals = _inputs(size)
-    ref_img, ref_tgt = reference_with_noise(monkeypatch, cfg, tissue, params, texture, normals)
+    ref_img, ref_tgt = reference_with_noise(cfg, tissue, params, texture, normals)
     img, tgt = fast.generate_fast(cfg, tissue, params, None, backend, texture=texture, noise=normals)
     # nearest-label ties at exactly .5 and fma contraction may flip a handful of voxels
     assert (tgt != ref_tgt).float().mean() < 1e-5
@@ -116,5 +116,44 @@ def test_generation_never_waits_for_the_device(monkeypatch):
     try:
         for i in range(3):
             gen(tissue, seed=0, index=2 * i, batch_size=2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["labels", "soft-lesion", "float16"])
+def test_self_check_passes_on_the_device(kind, recwarn):
+    """The first use of a configuration checks the fast path against the reference on this GPU: it must agree."""
+    import dataclasses
+    from synthgen.lesions import LesionSource
+    monkey = {"float16": dict(work_dtype="float16")}.get(kind, {})
+    cfg = dataclasses.replace(GeneratorConfig(crop=(96, 96, 96)), **monkey)
+    tissue = default_tissue_map(device="cuda")
+    if kind.startswith("soft"):
+        tissue = torch.nn.functional.one_hot(tissue[:, 0].long(), 6).permute(0, 4, 1, 2, 3).float()
+    ok, found = fast.self_check(cfg, tissue, (1,) if "lesion" in kind else None, "triton")   # (1,): "has a lesion"
+    assert ok, found
+    gen = synthgen.SynthGenerator(cfg, lesions=LesionSource.procedural() if "lesion" in kind else None)
+    gen(tissue, seed=0)
+    assert not [w for w in recwarn if "disagrees" in str(w.message)]
+
+
+@pytest.mark.gpu
+def test_mask_lesions_on_the_device_never_wait_for_it(monkeypatch):
+    """Pasting masks from a bank, Soft-CP and fading inside the crop's reach: no host sync per batch."""
+    from synthgen.lesions import LesionSource
+    monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
+    tissue, affine = default_tissue_map(device="cuda", with_affine=True)
+    masks = torch.zeros(3, *tissue.shape[2:])
+    masks[0, 60:80, 90:120, 70:90] = 1
+    masks[1, 120:140, 100:130, 60:85] = 1
+    masks[2, 0:10, 0:10, 0:10] = 1
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)), lesions=LesionSource.from_tensor(masks))
+    gen(tissue, seed=0, batch_size=2, affine=affine)               # compile; check the map and the path once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(3):
+            gen(tissue, seed=0, index=2 * i, batch_size=2, affine=affine)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -10,6 +10,6 @@ from .morphology import dilate, erode, fading_coefficients, fading_field, soft_c
 from .procedural import procedural_lesion
 from .source import LesionSource, dense_weights, tissue_share
 
-__all__ = ["LesionSource", "MaskBank", "dense_weights", "dilate", "erode", "fading_coefficients", "fading_field", "holdout_bucket",
-           "list_mask_files", "load_mask_bank", "mask_bank_from_items", "masks_from_tensor", "procedural_lesion",
-           "soft_cp", "store_mask_items", "tissue_share"]
+__all__ = ["LesionSource", "MaskBank", "dense_weights", "dilate", "erode", "fading_coefficients", "fading_field",
+           "holdout_bucket", "list_mask_files", "load_mask_bank", "mask_bank_from_items", "masks_from_tensor",
+           "procedural_lesion", "soft_cp", "store_mask_items", "tissue_share"]

@@ -276,7 +276,7 @@ class LesionSource:
             into = (i, slice(None), *(slice(a - o, b - o) for a, b, o in zip(*box, out[0])))
             label[into] = w[0]
             region_i = tuple(zip(*box))
-            fade = fading_config(coeffs[i].to(tissue.device), shape, cfg.fading, region_i) if faded[i] else 1.0
+            fade = fading_config(to_device(coeffs[i], tissue.device), shape, cfg.fading, region_i) if faded[i] else 1.0
             intensity[into] = (w * fade)[0]
         return intensity, label, out[0]
 

@@ -79,20 +79,33 @@ def gamma_transform(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return ((x - lo) / span).clamp(0, 1).pow(gamma.to(x.device, x.dtype).view(-1, 1, 1, 1, 1)) * span + lo
 
 
-def add_noise(x: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator], kind: str = "rician") -> torch.Tensor:
+def add_noise(x: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator] | None = None,
+              kind: str = "rician", normals=None) -> torch.Tensor:
     """Add noise of per-sample ``std`` ``(B,)``: Gaussian, or Rician (magnitude of the image plus complex
-    Gaussian noise, as in magnitude MR images)."""
+    Gaussian noise, as in magnitude MR images).
+
+    Args:
+        generators: one per sample: draw the standard normals from them; or
+        normals: the two standard-normal volumes ``(n1, n2)``, each shaped like ``x`` (``n2`` unused for
+            Gaussian noise), to use instead (e.g. those a fast path drew).
+    """
     if kind not in ("rician", "gaussian"):
         raise ValueError(f"`kind` must be 'rician' or 'gaussian', got {kind!r}")
+    if (generators is None) == (normals is None):
+        raise ValueError("`generators` or `normals` must be given, not both nor neither")
     out = []
-    for b, g in enumerate(generators):
+    for b in range(x.shape[0]):
         s = std[b].to(x.device, x.dtype)
-        n1 = torch.randn(x[b:b + 1].shape, generator=g, device=x.device, dtype=x.dtype) * s
+
+        def normal(k):
+            if normals is not None:
+                return normals[k][b:b + 1].to(x.device, x.dtype)
+            return torch.randn(x[b:b + 1].shape, generator=generators[b], device=x.device, dtype=x.dtype)
+        n1 = normal(0) * s
         if kind == "gaussian":
             out.append(x[b:b + 1] + n1)
         else:
-            n2 = torch.randn(x[b:b + 1].shape, generator=g, device=x.device, dtype=x.dtype) * s
-            out.append(torch.sqrt((x[b:b + 1] + n1) ** 2 + n2 ** 2))
+            out.append(torch.sqrt((x[b:b + 1] + n1) ** 2 + (normal(1) * s) ** 2))
     return torch.cat(out)
 
 
