@@ -2,7 +2,7 @@
 
     python benchmarks/kernel_resources.py [--arch 80 90] [--json out.json]
 
-No GPU needed: the variants are compiled ahead of time (synthgen.kernels.aot) with Triton's own ptxas. Use it
+No GPU needed: the variants are compiled ahead of time (benchmarks/triton_aot.py) with Triton's own ptxas. Use it
 when editing a kernel: register pressure bounds occupancy (65,536 registers per SM), spills go to local memory.
 Must run without TRITON_INTERPRET=1.
 """
@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import triton_aot as aot  # noqa: E402
 
 from synthgen.io import atomic_path  # noqa: E402
-from synthgen.kernels import aot  # noqa: E402
 
 REGS_PER_SM, MAX_WARPS_PER_SM = 65536, 64
 

@@ -68,6 +68,24 @@ def _corner(cx, cy, cz, X, Y, Z, dx: tl.constexpr, dy: tl.constexpr, dz: tl.cons
 
 
 @triton.jit
+def _corners(cx, cy, cz, X, Y, Z, mask):
+    """The 8 trilinear corners of each point, as :func:`_corner` gives them, computed once for every channel."""
+    return (_corner(cx, cy, cz, X, Y, Z, 0, 0, 0, mask), _corner(cx, cy, cz, X, Y, Z, 0, 0, 1, mask),
+            _corner(cx, cy, cz, X, Y, Z, 0, 1, 0, mask), _corner(cx, cy, cz, X, Y, Z, 0, 1, 1, mask),
+            _corner(cx, cy, cz, X, Y, Z, 1, 0, 0, mask), _corner(cx, cy, cz, X, Y, Z, 1, 0, 1, mask),
+            _corner(cx, cy, cz, X, Y, Z, 1, 1, 0, mask), _corner(cx, cy, cz, X, Y, Z, 1, 1, 1, mask))
+
+
+@triton.jit
+def _lerp(ptr, c):
+    """Trilinear value of the volume at ``ptr`` at corners ``c`` (:func:`_corners`); zero outside."""
+    v = c[0][1] * tl.load(ptr + c[0][0], mask=c[0][2], other=0.0).to(tl.float32)
+    for i in tl.static_range(1, 8):
+        v += c[i][1] * tl.load(ptr + c[i][0], mask=c[i][2], other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
 def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
                  les_ptr, les_bstride, LX, LY, LZ, lox, loy, loz, threshold,
                  mat_ptr, ctr_ptr,
@@ -138,14 +156,7 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
         cls = tl.load(cls_ptr + lab, mask=mask, other=0).to(tl.int32)     # label -> target class
     else:
         XYZ = X * Y * Z
-        o000, w000, m000 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 0, mask)
-        o001, w001, m001 = _corner(cx, cy, cz, X, Y, Z, 0, 0, 1, mask)
-        o010, w010, m010 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 0, mask)
-        o011, w011, m011 = _corner(cx, cy, cz, X, Y, Z, 0, 1, 1, mask)
-        o100, w100, m100 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 0, mask)
-        o101, w101, m101 = _corner(cx, cy, cz, X, Y, Z, 1, 0, 1, mask)
-        o110, w110, m110 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 0, mask)
-        o111, w111, m111 = _corner(cx, cy, cz, X, Y, Z, 1, 1, 1, mask)
+        corners = _corners(cx, cy, cz, X, Y, Z, mask)
         p0 = tl.zeros([BLOCK], tl.float32)
         total = tl.zeros([BLOCK], tl.float32)
         mean = tl.zeros([BLOCK], tl.float32)
@@ -153,15 +164,7 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
         best = tl.full([BLOCK], -1.0, tl.float32)
         cls = tl.zeros([BLOCK], tl.int32)
         for k in tl.static_range(K):
-            ck = tb + k * XYZ
-            pk = (w000 * tl.load(ck + o000, mask=m000, other=0.0).to(tl.float32)
-                  + w001 * tl.load(ck + o001, mask=m001, other=0.0).to(tl.float32)
-                  + w010 * tl.load(ck + o010, mask=m010, other=0.0).to(tl.float32)
-                  + w011 * tl.load(ck + o011, mask=m011, other=0.0).to(tl.float32)
-                  + w100 * tl.load(ck + o100, mask=m100, other=0.0).to(tl.float32)
-                  + w101 * tl.load(ck + o101, mask=m101, other=0.0).to(tl.float32)
-                  + w110 * tl.load(ck + o110, mask=m110, other=0.0).to(tl.float32)
-                  + w111 * tl.load(ck + o111, mask=m111, other=0.0).to(tl.float32))
+            pk = _lerp(tb + k * XYZ, corners)
             total += pk
             if k == 0:
                 p0 = pk
@@ -183,26 +186,9 @@ def _warp_kernel(tis_ptr, tis_bstride, X, Y, Z,
         # the lesion weights cover the map box [lo, lo + (LX, LY, LZ)): zero outside it, as outside the map
         lb = les_ptr + b.to(tl.int64) * les_bstride
         XYZl = LX * LY * LZ
-        qx = cx - lox
-        qy = cy - loy
-        qz = cz - loz
-        o000, w000, m000 = _corner(qx, qy, qz, LX, LY, LZ, 0, 0, 0, mask)
-        o001, w001, m001 = _corner(qx, qy, qz, LX, LY, LZ, 0, 0, 1, mask)
-        o010, w010, m010 = _corner(qx, qy, qz, LX, LY, LZ, 0, 1, 0, mask)
-        o011, w011, m011 = _corner(qx, qy, qz, LX, LY, LZ, 0, 1, 1, mask)
-        o100, w100, m100 = _corner(qx, qy, qz, LX, LY, LZ, 1, 0, 0, mask)
-        o101, w101, m101 = _corner(qx, qy, qz, LX, LY, LZ, 1, 0, 1, mask)
-        o110, w110, m110 = _corner(qx, qy, qz, LX, LY, LZ, 1, 1, 0, mask)
-        o111, w111, m111 = _corner(qx, qy, qz, LX, LY, LZ, 1, 1, 1, mask)
-        wi = (w000 * tl.load(lb + o000, mask=m000, other=0.0) + w001 * tl.load(lb + o001, mask=m001, other=0.0)
-              + w010 * tl.load(lb + o010, mask=m010, other=0.0) + w011 * tl.load(lb + o011, mask=m011, other=0.0)
-              + w100 * tl.load(lb + o100, mask=m100, other=0.0) + w101 * tl.load(lb + o101, mask=m101, other=0.0)
-              + w110 * tl.load(lb + o110, mask=m110, other=0.0) + w111 * tl.load(lb + o111, mask=m111, other=0.0))
-        ll = lb + XYZl
-        wl = (w000 * tl.load(ll + o000, mask=m000, other=0.0) + w001 * tl.load(ll + o001, mask=m001, other=0.0)
-              + w010 * tl.load(ll + o010, mask=m010, other=0.0) + w011 * tl.load(ll + o011, mask=m011, other=0.0)
-              + w100 * tl.load(ll + o100, mask=m100, other=0.0) + w101 * tl.load(ll + o101, mask=m101, other=0.0)
-              + w110 * tl.load(ll + o110, mask=m110, other=0.0) + w111 * tl.load(ll + o111, mask=m111, other=0.0))
+        lc = _corners(cx - lox, cy - loy, cz - loz, LX, LY, LZ, mask)
+        wi = _lerp(lb, lc)
+        wl = _lerp(lb + XYZl, lc)
         wi = tl.minimum(tl.maximum(wi, 0.0), 1.0)
         les = tl.load(mub + L - 1) + tl.load(sgb + L - 1) * t
         img = img * (1.0 - wi) + les * wi

@@ -4,8 +4,9 @@
 select every kernel variant, recording each launch (kernel, argument types, constexprs) instead of running it;
 :func:`compile_variant` compiles one for an ``sm_XX`` target with Triton's own ptxas, and :func:`resources`
 reads registers, stack (spills) and shared memory from the cubin. Used by tests/test_triton_compile.py and
-benchmarks/kernel_resources.py. Needs Triton without ``TRITON_INTERPRET=1`` (the interpreter replaces the
-kernels before they can be compiled).
+benchmarks/kernel_resources.py: a tool beside the benchmarks, not part of the runtime package (it drives
+synthgen.fast from outside). Needs Triton without ``TRITON_INTERPRET=1`` (the interpreter replaces the kernels
+before they can be compiled).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def record_launches():
     with ``key = (kernel name, signature items, constexpr items)``."""
     from triton.runtime.jit import JITFunction
 
-    from .triton_warp import _warp_kernel
+    from synthgen.kernels.triton_warp import _warp_kernel
     if not isinstance(_warp_kernel, JITFunction):
         raise RuntimeError("Triton kernels cannot be compiled with TRITON_INTERPRET=1 (they are interpreted)")
     seen = {}
@@ -66,9 +67,9 @@ def launched_variants() -> dict:
     """Every kernel variant the fast path launches, over label / probability maps, lesions, Rician / Gaussian
     noise, tissue / lesion targets, float32 / float16 work volumes, 1 / 2 clip levels, image dtypes, and
     Philox / given noise."""
-    from .. import fast
-    from ..config import AnisotropyConfig, GeneratorConfig, MotionBlurConfig, NoiseConfig, SmoothConfig
-    from ..sampling import sample_params
+    from synthgen import fast
+    from synthgen.config import AnisotropyConfig, GeneratorConfig, MotionBlurConfig, NoiseConfig, SmoothConfig
+    from synthgen.sampling import sample_params
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 6, (1, 1, 13, 12, 14), generator=g, dtype=torch.uint8)
