@@ -5,8 +5,10 @@
         [--work-dtypes float32 float16]
 
 Providers: ``synthgen`` (this project, batch B per call, once per ``--backends`` entry; SYNTHGEN_BACKEND is
-set for the row), ``synthgen+lesions`` (the same with procedural stroke lesions, as training runs it; default on
-CUDA), and when installed the equivalent chain in
+set for the row), ``synthgen+lesions`` (the same with procedural stroke lesions, as training runs it by default),
+``synthgen+masks`` (with lesion masks from a bank: the ``--masks`` folder, e.g. SOOP, or else 24 procedural
+masks drawn once; as training runs it with ``--lesions``); the lesion rows are on by default, and their
+``lesion %`` column is the lesion stage's share of the sample; and when installed the equivalent chain in
 ``cornucopia`` (SynthFromLabelTransform: affine+elastic, GMM, bias, gamma, smoothing, low-res, noise, quantile),
 ``torchio`` and ``monai`` (affine, elastic, label->GMM image, bias, gamma, blur, anisotropy, noise, percentile
 rescale, flips, z-normalisation). Peers get the tissue map already cropped to the output size (less work than
@@ -71,14 +73,26 @@ def _centre_crop(tissue: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def synthgen_provider(tissue, size, batch, device, work_dtype="float32", lesions=None):
+def synthgen_provider(tissue, size, batch, device, work_dtype="float32", lesions=None, affine=None):
     gen = synthgen.SynthGenerator(GeneratorConfig(crop=(size, size, size), work_dtype=work_dtype), lesions=lesions)
     state = {"index": 0}
 
     def run():
-        gen(tissue, seed=0, index=state["index"], batch_size=batch)
+        gen(tissue, seed=0, index=state["index"], batch_size=batch, affine=affine)
         state["index"] += batch
     return run, gen
+
+
+def mask_bank(tissue, affine, folder=None, pattern="*_lesion.nii.gz", n=24):
+    """Lesion masks for the ``synthgen+masks`` rows: a folder's (read once), else ``n`` procedural masks drawn on
+    the map and kept as a bank in world space (the same placement path either way)."""
+    from synthgen.config import LesionConfig
+    if folder:
+        return LesionSource.from_folder(folder, pattern=pattern, config=LesionConfig(healthy_probability=0.0),
+                                        progress=False)
+    procedural = LesionSource.procedural(affine, LesionConfig(healthy_probability=0.0))
+    masks, _ = procedural.sample_masks(tissue[:1].cpu().expand(n, -1, -1, -1, -1), list(range(n)))
+    return LesionSource.from_tensor(masks, masks_affine=affine, config=LesionConfig(healthy_probability=0.0))
 
 
 def cornucopia_provider(tissue, size, device):
@@ -202,6 +216,8 @@ def main(argv=None):
     parser.add_argument("--peak-tflops", type=float, default=67.0,
                         help="fp32 peak for the roofline floor (H100 SXM: 67; meaningless on a CPU)")
     parser.add_argument("--json", default=None, help="write the rows and the machine description here")
+    parser.add_argument("--masks", default=None, help="lesion masks for the synthgen+masks rows (e.g. SOOP); "
+                                                      "default: 24 procedural masks drawn once")
     args = parser.parse_args(argv)
     cuda = torch.device(args.device).type == "cuda"
     sizes = args.sizes or ([96, 128, 192] if cuda else [96, 128])
@@ -210,8 +226,9 @@ def main(argv=None):
     backends = args.backends or (["triton", "cuda"] if cuda else [None])
     work_dtypes = args.work_dtypes or (["float32", "float16"] if cuda else ["float32"])
     tissue, affine = default_tissue_map(device=args.device, with_affine=True)
-    # "synthgen+lesions": the same chain with procedural stroke lesions (what training runs; peers have none)
-    providers = args.providers or (["synthgen", "synthgen+lesions", *PEERS] if cuda else ["synthgen", *PEERS])
+    # "synthgen+lesions" / "+masks": the same chain with procedural lesions or a mask bank (peers have none)
+    providers = args.providers or ["synthgen", "synthgen+lesions", "synthgen+masks", *PEERS]
+    bank = mask_bank(tissue, affine, args.masks) if "synthgen+masks" in providers else None
     bandwidth = roofline.bandwidth(args.device, nbytes=(1 << 30) if cuda else (1 << 28))
     rows = []
     for size in sizes:
@@ -219,7 +236,7 @@ def main(argv=None):
             if provider == "synthgen":
                 configs = [(b, k, w) for b in backends for k in batches for w in work_dtypes
                            if not (w == "float16" and b in ("torch", "cuda"))]      # float16 work: Triton only
-            elif provider == "synthgen+lesions":
+            elif provider in ("synthgen+lesions", "synthgen+masks"):
                 configs = [(backends[0], k, "float32") for k in batches]
             else:
                 configs = [(None, 1, None)]
@@ -228,8 +245,9 @@ def main(argv=None):
                        "device": args.device, "work_dtype": work or ""}
                 try:
                     if provider.startswith("synthgen"):
-                        lesions = LesionSource.procedural(affine) if provider == "synthgen+lesions" else None
-                        run, gen = synthgen_provider(tissue, size, batch, args.device, work, lesions)
+                        lesions = {"synthgen+lesions": LesionSource.procedural(affine),
+                                   "synthgen+masks": bank}.get(provider)
+                        run, gen = synthgen_provider(tissue, size, batch, args.device, work, lesions, affine)
                     else:
                         run, gen = PEERS[provider](tissue, size, args.device), None
                 except ImportError as err:
@@ -262,6 +280,8 @@ def main(argv=None):
                     with forced_backend(backend):
                         run()
                     row["stage_ms"] = {k: round(v / batch, 2) for k, v in gen.stage_ms.items()}
+                    if "lesion" in row["stage_ms"] and sum(row["stage_ms"].values()) > 0:
+                        row["lesion_share"] = row["stage_ms"]["lesion"] / sum(row["stage_ms"].values())
                 rows.append(row)
                 print(f"{provider:>10}{f'[{backend}]' if backend else ''} {size}^3 batch {batch}: "
                       f"{row['ms_per_sample']:.1f} ms/sample", file=sys.stderr)
@@ -274,8 +294,8 @@ def main(argv=None):
     print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {_git_sha()}; "
           f"copy bandwidth {bandwidth / 1e9:.0f} GB/s\n")
     print("| provider | size | batch | ms/sample (p20-p80) | samples/s | vs fastest peer | x floor | extra mem / outputs "
-          "| stages (ms/sample) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| lesion % | stages (ms/sample) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         stages = ", ".join(f"{k} {v:.0f}" for k, v in r.get("stage_ms", {}).items())
         speed = f"{r['speedup_vs_fastest_peer']:.1f}x" if "speedup_vs_fastest_peer" in r else ""
@@ -284,7 +304,10 @@ def main(argv=None):
         tags = ",".join(t for t in (r["backend"], "fp16 work" if r["work_dtype"] == "float16" else "") if t)
         name = f"{r['provider']}[{tags}]" if tags else r["provider"]
         print(f"| {name} | {r['size']}^3 | {r['batch']} | {r['ms_per_sample']:.1f} "
-              f"({r['ms_p20']:.1f}-{r['ms_p80']:.1f}) | {r['samples_per_s']:.2f} | {speed} | {floor} | {mem} | {stages} |")
+              f"({r['ms_p20']:.1f}-{r['ms_p80']:.1f}) | {r['samples_per_s']:.2f} | {speed} | {floor} | {mem} | "
+              f"{100 * r['lesion_share']:.0f} % | {stages} |" if "lesion_share" in r else
+              f"({r['ms_p20']:.1f}-{r['ms_p80']:.1f}) | {r['samples_per_s']:.2f} | {speed} | {floor} | {mem} | | "
+              f"{stages} |")
     if args.json:
         out = {"device": device_name(args.device), "versions": _versions(), "git_sha": _git_sha(),
                "repeats": repeats, "bandwidth_gbs": bandwidth / 1e9, "rows": rows}

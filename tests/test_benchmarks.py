@@ -22,6 +22,24 @@ def test_throughput_writes_rows_with_floor_and_stages(tmp_path):
     assert data["device"] and data["versions"]["torch"]
 
 
+def test_throughput_lesion_rows_report_the_lesion_share(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from synthgen.data import default_tissue_map
+    _, affine = default_tissue_map(with_affine=True)
+    mask = np.zeros((40, 40, 40), np.uint8)
+    mask[15:25, 15:25, 15:25] = 1
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ np.array([80.0, 100.0, 80.0]) + affine[:3, 3]   # inside the brain
+    (tmp_path / "m").mkdir()
+    nib.save(nib.Nifti1Image(mask, shifted), str(tmp_path / "m" / "a_lesion.nii.gz"))
+    out = tmp_path / "t.json"
+    throughput.main(["--device", "cpu", "--sizes", "24", "--providers", "synthgen+masks", "--repeats", "2",
+                     "--masks", str(tmp_path / "m"), "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["provider"] == "synthgen+masks" and 0 < row["lesion_share"] < 1 and row["stage_ms"]["lesion"] > 0
+
+
 def test_roofline_model_of_the_fast_path():
     cfg = GeneratorConfig(crop=(64, 64, 64))
     params = synthgen.SynthGenerator(cfg).sample_params((1, 1, 80, 80, 80), seed=0, batch=32)
