@@ -55,6 +55,24 @@ def test_dilate_erode_match_scipy_with_border():
     assert np.array_equal(erode(f, 1)[0, 0].numpy() > 0.5, ref_e)
 
 
+def test_soft_cp_equals_its_definition_by_scipy_morphology():
+    """w = 1 on erode^e(mask) (the border counts as mask), alpha^j on ring j of dilate^j(core), alpha^e on the rest
+    of the mask: built with scipy.ndimage on random masks touching the border."""
+    g = torch.Generator().manual_seed(4)
+    for trial in range(3):
+        m = torch.rand(1, 1, 13, 17, 11, generator=g) > (0.35 + 0.1 * trial)
+        e, d, alpha = 2, 3, 0.8
+        core = ndimage.binary_erosion(m[0, 0].numpy(), CUBE, iterations=e, border_value=1)
+        want = core.astype(np.float64)
+        grown = core
+        for j in range(1, d + 1):
+            grown = ndimage.binary_dilation(grown, CUBE)
+            want = np.maximum(want, grown * alpha ** j)
+        want = np.maximum(want, m[0, 0].numpy() * alpha ** e)
+        got = soft_cp(m, alpha=alpha, erode_steps=e, dilate_steps=d)[0, 0].double().numpy()
+        assert np.allclose(got, want, atol=1e-7), trial
+
+
 def test_soft_cp_core_one_and_monotone_decay():
     m = ball((31, 31, 31), (15, 15, 15), 9)[None, None]
     w = soft_cp(m, alpha=0.9, erode_steps=3, dilate_steps=5)[0, 0]
