@@ -251,6 +251,8 @@ class GeneratorConfig:
     target: str = "tissue"          # "tissue": 6 classes (TARGET_CLASSES); "lesion": binary (paper's baseline);
                                     # "labels": the label set of labels.targets, lesion last (e.g. a parcellation)
     labels: LabelConfig = field(default_factory=LabelConfig)   # meaning of hard labels (one Gaussian per label)
+    channels: int = 1               # contrasts of one anatomy and one lesion, each with its own GMM and intensity
+                                    # chain (SynthSeg n_channels; SynthStroke draws one GMM per channel)
     image_dtype: str = "float32"    # output image: "float32", "float16" or "bfloat16" (target: uint8); the GPU
                                     # fast path writes it directly (half the bytes for a bf16 autocast model)
     work_dtype: str = "float32"     # intermediate volumes of the GPU fast path (synthgen.fast): "float32" gives
@@ -270,6 +272,8 @@ class GeneratorConfig:
         _check_prob("flip_probability", self.flip_probability)
         if not 0 < self.lesion_threshold < 1:
             raise ValueError(f"`lesion_threshold` must be in (0, 1), got {self.lesion_threshold}")
+        if isinstance(self.channels, bool) or int(self.channels) != self.channels or not 1 <= self.channels <= 16:
+            raise ValueError(f"`channels` must be an int in [1, 16], got {self.channels!r}")
         if self.target not in ("tissue", "lesion", "labels"):
             raise ValueError(f"`target` must be 'tissue', 'lesion' or 'labels', got {self.target!r}")
         self.labels.validate()

@@ -334,9 +334,9 @@ def _check_key(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: s
 
 
 def dataclasses_replace_crop(config: GeneratorConfig) -> GeneratorConfig:
-    """``config`` with the self-check's crop (the kernel variants do not depend on the crop)."""
+    """``config`` with the self-check's crop and one contrast (the kernel variants depend on neither)."""
     import dataclasses
-    return dataclasses.replace(config, crop=SELF_CHECK_CROP)
+    return dataclasses.replace(config, crop=SELF_CHECK_CROP, channels=1)
 
 
 def self_check(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: str) -> tuple[bool, str]:

@@ -214,7 +214,8 @@ class SynthGenerator:
         """Voxel -> world affines ``(B, 4, 4)`` float64 of the samples made with ``params`` from a map whose voxel ->
         world affine is ``affine`` (exact for the affine part; the elastic warp is a displacement about it). See
         :func:`synthgen.ops.output_affine`."""
-        return ops.output_affine(params.matrix, params.center, params.flip, self.config.crop, affine)
+        C = self.config.channels          # the contrasts of a sample share its grid
+        return ops.output_affine(params.matrix[::C], params.center[::C], params.flip[::C], self.config.crop, affine)
 
     @torch.no_grad()
     def __call__(self, tissue: torch.Tensor, seed: int = 0, index: int = 0, batch_size: int | None = None,
@@ -233,7 +234,8 @@ class SynthGenerator:
                 (None: the lesion source's own).
 
         Returns:
-            ``image`` ``(B, 1, *crop)`` float32 z-normalised and ``target`` ``(B, *crop)`` uint8 (6 classes, 0/1
+            ``image`` ``(B, C, *crop)`` (``C = config.channels`` contrasts of one anatomy, each z-normalised) float32
+            and ``target`` ``(B, *crop)`` uint8 (6 classes, 0/1
             when ``config.target == "lesion"``, or ``config.labels.targets`` and the lesion), [and ``params``];
             plain tensors (a MetaTensor's metadata is dropped: :meth:`output_affine` gives each sample's own grid).
         """
@@ -241,27 +243,36 @@ class SynthGenerator:
             tissue = tissue.as_subclass(torch.Tensor)    # e.g. a MetaTensor: its metadata is the map's, not the crop's
         self._check_tissue_once(tissue)
         dev = tissue.device
-        n = len(params) if params is not None else (batch_size or tissue.shape[0])
+        cfg = self.config
+        C = cfg.channels
+        if params is not None and not isinstance(params, SampleParams):
+            raise TypeError(f"`params` must be SampleParams, got {type(params).__name__}")
+        if params is not None and len(params) % C:
+            raise ValueError(f"`params` must hold {C} rows per sample (config.channels), got {len(params)}")
+        n = len(params) // C if params is not None else (batch_size or tissue.shape[0])
         if tissue.shape[0] not in (1, n):
             raise ValueError(f"`tissue` batch must be 1 or {n}, got {tissue.shape[0]}")
         if tissue.shape[0] == 1 and n > 1:
             tissue = tissue.expand(n, *tissue.shape[1:])
         if params is None:
             params = self.sample_params(tissue.shape, seed, index, n)
-        elif not isinstance(params, SampleParams):
-            raise TypeError(f"`params` must be SampleParams, got {type(params).__name__}")
-        cfg = self.config
         crop = tuple(int(c) for c in cfg.crop)
 
         table, lesion_class = self.label_tables(dev)
         with self._stage("lesion", dev):
             lesion = None
             if self.lesions:
-                # lesion weights only where the crops can reach (from the host copies of the parameters)
+                # lesion weights only where the crops can reach (from the host copies of the parameters); one
+                # lesion per anatomy, shared by its contrasts
                 pc = params.to("cpu")
                 reach = ops.reach_box(crop, pc.matrix, pc.center, pc.elastic, tissue.shape[2:])
-                lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key], affine=affine,
+                lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key[::C]], affine=affine,
                                              classes=cfg.labels.class_table(), region=reach) if reach else None
+        if C > 1:       # each contrast a row of its own through the same pipeline (one launch per pass)
+            tissue = tissue.repeat_interleave(C, 0) if tissue.stride(0) else tissue[:1].expand(n * C,
+                                                                                                *tissue.shape[1:])
+            if lesion is not None:
+                lesion = (lesion[0].repeat_interleave(C, 0), lesion[1].repeat_interleave(C, 0), *lesion[2:])
         backend = select_backend(dev, available=fast.AVAILABLE)
         if backend != "torch" and not forced_backend():
             backend = fast.checked_backend(cfg, tissue, lesion, backend)      # the fast path checked once
@@ -270,4 +281,6 @@ class SynthGenerator:
         else:
             image, target = generate_ref(cfg, tissue, params, lesion, (table, lesion_class),
                                          stage=lambda name: self._stage(name, dev))
+        if C > 1:       # (B * C, 1, ...) -> (B, C, ...); the contrasts share one target
+            image, target = image.reshape(n, C, *image.shape[2:]), target[::C].contiguous()
         return (image, target, params) if return_params else (image, target)

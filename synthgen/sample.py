@@ -93,7 +93,9 @@ def write_samples(out_dir, n: int, seed: int = 0, start: int = 0, config: Genera
             continue
         image, target, params = gen(tissue, seed=seed, index=index, return_params=True, affine=map_affine)
         affine = gen.output_affine(params, map_affine)[0].numpy()
-        save_nifti(paths["image"], image[0, 0].float().cpu().numpy(), affine, dtype=np.float32)
+        volume = image[0].float().cpu().numpy()            # (C, X, Y, Z): a 4D image for several contrasts
+        save_nifti(paths["image"], volume[0] if len(volume) == 1 else np.moveaxis(volume, 0, -1), affine,
+                   dtype=np.float32)
         save_nifti(paths["target"], target[0].cpu().numpy(), affine, dtype=np.uint8)
         record = params_record(params, seed, index, affine, map_affine, config, lesions)
         with atomic_path(paths["params"], ".json") as tmp, open(tmp, "w") as f:
@@ -119,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
                    help="'procedural', 'none', or a folder of binary lesion masks in the map's space")
     p.add_argument("--lesion-pattern", default=None,
                    help="file names to take in the lesion folder (default '*.nii*'; SOOP: '*_lesion.nii.gz')")
+    p.add_argument("--channels", type=int, default=1, help="contrasts of one anatomy per sample (a 4D image)")
     p.add_argument("--target", choices=("tissue", "lesion", "labels"), default="tissue",
                    help="6 classes (tissue + lesion), the binary lesion target, or the label mapping's target set")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -129,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        config = GeneratorConfig(crop=tuple(args.crop), target=args.target)
+        config = GeneratorConfig(crop=tuple(args.crop), target=args.target, channels=args.channels)
         if args.label_map is not None:
             from .data.tissue import resolve_mapping
             config.labels = resolve_mapping(args.label_map).label_config()

@@ -106,14 +106,19 @@ def _bernoulli(g: torch.Generator, p: float, n: int = 1) -> torch.Tensor:
     return torch.rand(n, generator=g, dtype=torch.float64) < p
 
 
-def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int) -> SampleParams:
+# what one anatomy shares across its contrasts (GeneratorConfig.channels); every other field is per contrast
+ANATOMY_FIELDS = ("matrix", "center", "elastic", "skull_strip", "flip", "lesion_key")
+
+
+def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int, stream: str = "params") -> SampleParams:
     """Draw the parameters of sample ``index`` of stream ``seed`` for a tissue map of spatial ``in_shape``.
 
     The order of draws is fixed: changing a range changes values, never which variable a draw feeds.
+    ``stream`` names the random stream (contrast ``c > 0`` of a multi-contrast sample draws from its own).
     """
     c = config
     mm = 1.0 / c.voxel_size          # distances are drawn in mm, used in voxels
-    g = generator_for(sample_key(seed, index, "params"))
+    g = generator_for(sample_key(seed, index, stream))
     aff = c.affine
     rotation = _uniform(g, -aff.rotation, aff.rotation, 3)
     shear = _uniform(g, -aff.shear, aff.shear, 3)
@@ -186,5 +191,20 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int) -> Samp
 
 
 def sample_params(config: GeneratorConfig, in_shape, seed: int, index: int, batch: int) -> SampleParams:
-    """Parameters of samples ``index, ..., index + batch - 1`` of stream ``seed`` (CPU tensors)."""
-    return SampleParams.cat([sample_one(config, in_shape, seed, index + i) for i in range(batch)])
+    """Parameters of samples ``index, ..., index + batch - 1`` of stream ``seed`` (CPU tensors).
+
+    With ``config.channels = C > 1`` there are ``batch * C`` rows, sample-major: row ``i * C + c`` is contrast
+    ``c`` of sample ``i``. Contrast 0 is the single-contrast sample (the same bytes); contrast ``c`` draws its
+    intensities (GMM, texture, bias, gamma, blur, resolution, noise) from a stream of its own and shares the
+    anatomy (:data:`ANATOMY_FIELDS`: geometry, skull-strip, flips, lesion) with contrast 0.
+    """
+    rows = []
+    for i in range(batch):
+        first = sample_one(config, in_shape, seed, index + i)
+        rows.append(first)
+        for ch in range(1, config.channels):
+            other = sample_one(config, in_shape, seed, index + i, stream=f"params/contrast{ch}")
+            for name in ANATOMY_FIELDS:
+                setattr(other, name, getattr(first, name))
+            rows.append(other)
+    return SampleParams.cat(rows)

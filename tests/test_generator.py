@@ -184,3 +184,33 @@ def test_image_dtype(phantom, dtype):
     torch.testing.assert_close(b.float(), a, atol=0, rtol=2 ** -7 if dtype == "bfloat16" else 2 ** -10)
     with pytest.raises(ValueError, match="`image_dtype` must be"):
         _cfg(image_dtype="float64").validate()
+
+
+def test_several_contrasts_of_one_anatomy(phantom):
+    """channels=3: three different images of one warped anatomy and one lesion, with one target; contrast 0 is
+    the single-contrast sample, byte for byte; params replay."""
+    import dataclasses
+    from synthgen.lesions import LesionSource
+    from synthgen.config import LesionConfig
+    cfg = _cfg()
+    masks = torch.zeros(1, *phantom.shape[2:])
+    masks[0, 12:18, 14:20, 12:18] = 1
+    lesions = LesionSource.from_tensor(masks, config=LesionConfig(healthy_probability=0.0))
+    one, t1 = synthgen.SynthGenerator(cfg, lesions=lesions)(phantom, seed=5, batch_size=2)
+    gen = synthgen.SynthGenerator(dataclasses.replace(cfg, channels=3), lesions=lesions)
+    many, t3, params = gen(phantom, seed=5, batch_size=2, return_params=True)
+    assert many.shape == (2, 3, *cfg.crop) and t3.shape == t1.shape and torch.equal(t3, t1)
+    assert torch.equal(many[:, :1], one) and (t3 == 5).any()
+    for b in range(2):
+        corr = torch.corrcoef(many[b].flatten(1))
+        assert not torch.equal(many[b, 0], many[b, 1]) and corr[0, 1] < 0.999      # different contrasts
+    assert len(params) == 6 and torch.equal(params.matrix[0], params.matrix[2])    # one anatomy
+    assert not torch.equal(params.gmm_mu[0], params.gmm_mu[1])
+    again, t_again = gen(phantom, params=params)
+    assert torch.equal(again, many) and torch.equal(t_again, t3)
+    affines = gen.output_affine(params)
+    assert affines.shape == (2, 4, 4)
+    with pytest.raises(ValueError, match="3 rows per sample"):
+        gen(phantom, params=params.select(0))
+    with pytest.raises(ValueError, match="`channels` must be an int in"):
+        dataclasses.replace(cfg, channels=0).validate()

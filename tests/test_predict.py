@@ -218,3 +218,18 @@ def test_errors(tmp_path, ckpt, model):
     for bad in ("abc", "32,32", "0"):
         with pytest.raises(SystemExit):
             P.main(["--checkpoint", str(ckpt), "--out", str(out), "--window", bad, str(tmp_path / "a.nii.gz")])
+
+
+def test_a_multi_contrast_network_takes_its_contrasts_together():
+    torch.manual_seed(1)
+    net = build_unet(**dict(SMALL, in_channels=2)).eval()
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal((13, 15, 18)).astype(np.float32) for _ in range(2))
+    got = S.segment(net, [a, b], 16, tta=False)
+    x = torch.from_numpy(np.stack([a, b]))[None]
+    with torch.no_grad():
+        want = sliding_window_inference(x, (16,) * 3, 1, net, overlap=0.5, mode="gaussian", sigma_scale=0.125,
+                                        padding_mode="constant", cval=float(x.min()))[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="takes 2 contrasts of a subject together"):
+        S.segment(net, [a], 16)

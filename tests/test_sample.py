@@ -102,3 +102,13 @@ def test_cli_label_map_and_label_target(tmp_path):
     names = freesurfer_mapping().label_config().target_names
     present = {names[c] for c in np.unique(target)}
     assert {"left_cerebral_cortex", "right_cerebral_cortex", "left_cerebral_white_matter"} <= present
+
+
+def test_cli_several_contrasts_make_a_4d_image(tmp_path):
+    out = tmp_path / "samples"
+    assert main(["--out", str(out), "-n", "1", "--crop", *CROP, "--channels", "3", "--lesions", "none",
+                 "--device", "cpu"]) == 0
+    image = nib.load(str(sample_paths(out, 0)["image"]))
+    assert image.shape == (16, 20, 12, 3)
+    data = image.get_fdata()
+    assert not np.allclose(data[..., 0], data[..., 1])

@@ -353,3 +353,15 @@ def test_real_validation_scores_lesion_vs_rest():
                     prefix="real_", lesion_only=True)
     assert set(m) == {f"real_dice_{c}" for c in REAL_CLASSES} | {"real_lesion_dice"}
     assert m["real_dice_rest"] == 1.0 and m["real_dice_lesion"] == 1.0 and m["real_lesion_dice"] == 1.0
+
+
+def test_several_contrasts_train_and_the_network_takes_them(tmp_path):
+    cfg = tiny(tmp_path / "run", steps=2, val_every=2)
+    cfg.generator.channels = 2
+    out = train(cfg, lesions=lesions(), progress=False)
+    assert out["step"] == 2 and out["loss"] == out["loss"]
+    model, saved = load_checkpoint_model(tmp_path / "run" / "last.pt")
+    assert saved["model"]["in_channels"] == 2
+    cfg.data.real = "somewhere"
+    with pytest.raises(ValueError, match="trains on synthetic data only"):
+        cfg.validate()

@@ -103,7 +103,8 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         """Keyword arguments of ``build_unet`` (the checkpoint's ``config["model"]``)."""
         m = self.model
-        return {"out_channels": self.num_classes, "in_channels": 1, "channels": list(m.channels),
+        return {"out_channels": self.num_classes, "in_channels": 1 if self.baseline else self.generator.channels,
+                "channels": list(m.channels),
                 "strides": None if m.strides is None else list(m.strides), "dropout": m.dropout,
                 "num_res_units": m.num_res_units}
 
@@ -146,6 +147,9 @@ class TrainConfig:
             if both:
                 raise ValueError(f"`data.store` (--store) must be given without {both}: the store replaces the "
                                  "folders (labels were mapped when it was packed), got both")
+        if self.generator.channels > 1 and (d.real or d.real_val):
+            raise ValueError(f"`generator.channels` {self.generator.channels} (several contrasts) trains on synthetic "
+                             "data only: real scans are one contrast; drop --real / --real-val, got both")
         if self.baseline and not (d.real or d.store):
             raise ValueError("`baseline` trains on real scans only: it needs `data.real` (--real DIR) or "
                              "`data.store` (--store STORE), got None")

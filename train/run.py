@@ -34,7 +34,8 @@ OPTION_PATHS = {"steps": "steps", "out": "out", "seed": "seed", "device": "devic
                 "lesions": "data.lesions", "lesion_pattern": "data.lesion.mask_pattern", "real": "data.real",
                 "real_val": "data.real_val", "store": "data.store", "voxel_size": "generator.voxel_size",
                 "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop", "generate_ahead": "generate_ahead",
-                "work_dtype": "generator.work_dtype", "target": "generator.target", "prefetch": "data.prefetch"}
+                "work_dtype": "generator.work_dtype", "target": "generator.target", "prefetch": "data.prefetch",
+                "channels": "generator.channels"}
 
 
 def _crop(text: str) -> tuple:
@@ -71,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
                    help="what the network segments: tissue (6 classes), lesion (binary) or labels (the label "
                         "mapping's target label set, e.g. SynthSeg's 32 structures with --label-map freesurfer)")
     p.add_argument("--prefetch", type=int, help="training steps whose maps / scans are read ahead (default 2)")
+    p.add_argument("--channels", type=int, help="contrasts of one anatomy per sample (each its own GMM and "
+                                                "intensity chain); the network takes them together")
     p.add_argument("--seed", type=int, help="base seed (rank r uses seed + r)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, help="samples per step per rank")

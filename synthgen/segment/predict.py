@@ -82,9 +82,11 @@ def segment(model: torch.nn.Module, volumes: list[np.ndarray], window=192, tta: 
     """Logits of one subject: sliding window over each volume (and its 8 flips), averaged.
 
     Args:
-        model: network mapping ``(B, 1, *window)`` to ``(B, C, *window)`` logits; put in eval mode here.
+        model: network mapping ``(B, 1, *window)`` to ``(B, C, *window)`` logits; put in eval mode here. A network
+            trained on several contrasts (``GeneratorConfig.channels``) takes them together: ``volumes`` are then
+            its input channels, in the training order.
         volumes: preprocessed 3D volumes (RAS, 1 mm, normalised) on one common grid; their logits are
-            averaged (multi-contrast ensembling).
+            averaged (multi-contrast ensembling), or they are the channels of a multi-contrast network.
         window: sliding-window size (int or 3 ints; multiples of the network's total stride).
         tta: average over all 8 combinations of flips along the three axes.
         overlap: fraction of overlap between neighbouring windows.
@@ -115,8 +117,15 @@ def segment(model: torch.nn.Module, volumes: list[np.ndarray], window=192, tta: 
     amp = device.type == "cuda" if amp is None else amp
     flips = [d for n in range(4) for d in itertools.combinations((2, 3, 4), n)] if tta else [()]
     total = None
-    for vol in volumes:
-        x = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[None, None].to(device)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    contrasts = convs[0].in_channels if convs else 1
+    if contrasts > 1 and len(volumes) != contrasts:
+        raise ValueError(f"the network takes {contrasts} contrasts of a subject together (trained with "
+                         f"channels={contrasts}), got {len(volumes)} volume(s): give them as one case, in the "
+                         "training order (train/predict.py --ensemble)")
+    inputs = [np.stack(volumes)] if contrasts > 1 else [v[None] for v in volumes]
+    for vol in inputs:
+        x = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[None].to(device)
         for dims in flips:
             xi = torch.flip(x, dims) if dims else x
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -126,7 +135,7 @@ def segment(model: torch.nn.Module, volumes: list[np.ndarray], window=192, tta: 
             y = y.float()
             y = torch.flip(y, dims) if dims else y
             total = y if total is None else total + y
-    return (total[0] / (len(volumes) * len(flips))).cpu().numpy()
+    return (total[0] / (len(inputs) * len(flips))).cpu().numpy()
 
 
 def logits_to_outputs(logits: np.ndarray, logits_affine: np.ndarray, shape, affine
