@@ -102,6 +102,9 @@ class RandRealAugmentd(Randomizable, MapTransform):
             ``(1, X, Y, Z)`` (binary or multi-class; labels are kept) on the same grid.
         config: :class:`synthgen.GeneratorConfig` (crop and geometry, bias, gamma, flip ranges).
         histogram: :class:`synthgen.real.HistogramConfig`.
+        lesions: a :class:`synthgen.lesions.LesionSource` (e.g. ``LesionSource.from_folder(masks)``) pasting stroke
+            lesions into the scans first (:func:`synthgen.real.paste_lesions`, placed by the scan's affine), with
+            label ``lesion_label``; None: the scans as they are.
         device: augment there; default: where the scan is.
         allow_missing_keys: return the data unchanged when a key is absent.
 
@@ -110,12 +113,12 @@ class RandRealAugmentd(Randomizable, MapTransform):
     """
 
     def __init__(self, keys=("image", "label"), config=None, histogram=None, device=None,
-                 allow_missing_keys: bool = False):
+                 allow_missing_keys: bool = False, lesions=None, lesion_label: int = 1):
         from .real import RealAugmenter
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(self.keys) != 2:
             raise ValueError(f"`keys` must be (scan key, label key), got {list(self.keys)}")
-        self.augmenter = RealAugmenter(config, histogram)
+        self.augmenter = RealAugmenter(config, histogram, lesions=lesions, lesion_label=lesion_label)
         self.device = device
         self.seed = 0
 
@@ -145,7 +148,7 @@ class RandRealAugmentd(Randomizable, MapTransform):
         if not scan.is_floating_point():
             scan = scan.float()
         image, target, params = self.augmenter(scan[None], labels[None], seed=self.seed, index=0,
-                                               return_params=True)
+                                               return_params=True, affine=affine)
         g = params.geometry
         out = output_affine(g.matrix, g.center, g.flip, self.augmenter.config.crop, affine)[0]
         d[skey] = MetaTensor(image[0], affine=out, meta=_meta(scan_src, self.seed))

@@ -130,11 +130,16 @@ class RealAugmenter:
     Args:
         config: geometry, bias, gamma and flip ranges, shared with the synthetic generator (crop size too).
         histogram: histogram normalisation / shift settings.
+        lesions: a :class:`synthgen.lesions.LesionSource` (e.g. a mask bank) to paste stroke lesions into the scans
+            before they are augmented (:func:`paste_lesions`: healthy scans gain a lesion), or None.
+        lesion_label: the label the pasted lesions get in the target.
     """
 
-    def __init__(self, config: GeneratorConfig | None = None, histogram: HistogramConfig | None = None):
+    def __init__(self, config: GeneratorConfig | None = None, histogram: HistogramConfig | None = None,
+                 lesions=None, lesion_label: int = 1):
         self.config = (config or GeneratorConfig()).validate()
         self.histogram = (histogram or HistogramConfig()).validate()
+        self.lesions, self.lesion_label = lesions, int(lesion_label)
 
     def sample_params(self, in_shape, seed: int = 0, index: int = 0, batch: int = 1) -> RealParams:
         """Parameters of real samples ``index .. index + batch - 1`` of stream ``seed`` (CPU tensors)."""
@@ -149,7 +154,7 @@ class RealAugmenter:
 
     @torch.no_grad()
     def __call__(self, scan: torch.Tensor, mask: torch.Tensor, seed: int = 0, index: int = 0,
-                 params: RealParams | None = None, return_params: bool = False):
+                 params: RealParams | None = None, return_params: bool = False, affine=None):
         """Augment a batch.
 
         Args:
@@ -159,6 +164,7 @@ class RealAugmenter:
                 (integer or bool; float only with integer values, as ``LoadImaged`` gives labels).
             seed, index: sample ``i`` of the batch is real sample ``index + i`` of stream ``seed``.
             params: replay these parameters.
+            affine: the scans' 4x4 voxel -> world (MNI mm) affine, where lesions are pasted (``lesions``).
 
         Returns:
             ``image`` ``(B, C, *crop)`` float32, each channel z-normalised, and ``target`` ``(B, *crop)`` with the
@@ -189,6 +195,9 @@ class RealAugmenter:
         if len(params) != n:
             raise ValueError(f"`params` must hold {n} samples, got {len(params)}")
         dev = scan.device
+        if self.lesions is not None:
+            scan, mask = paste_lesions(scan, mask, self.lesions, [sample_key(seed, index + i, "real-lesion")
+                                                                  for i in range(n)], affine, self.lesion_label)
         p = params.geometry.to(dev)
         crop = tuple(int(c) for c in self.config.crop)
         coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
@@ -208,6 +217,57 @@ class RealAugmenter:
         if target.is_floating_point():
             target = target.round().to(torch.int64)
         return (image, target, params) if return_params else (image, target)
+
+
+def paste_lesions(scan: torch.Tensor, mask: torch.Tensor, lesions, keys: list[int], affine=None,
+                  lesion_label: int = 1):
+    """Paste stroke lesions into real scans (e.g. healthy ones): the lesion source's masks, faded and Soft-CP
+    blended as in synthesis, with an intensity drawn from the scan's own.
+
+    The head is the scan's foreground (above its minimum plus 5 % of its 1st-99th percentile range), the region
+    the lesion is clipped to (and where procedural lesions may grow). Per sample and channel the lesion's mean
+    is the scan's foreground intensity at a quantile ~ U(0, 1) (any contrast a lesion may take there, as the GMM
+    draws it for synthetic samples) and its std ~ U(0, 10 %) of that range, on a texture smoothed over one voxel.
+
+    Args:
+        scan: ``(B, C, X, Y, Z)`` float; mask: ``(B, 1, X, Y, Z)`` labels on the same grid.
+        lesions: a :class:`synthgen.lesions.LesionSource`.
+        keys: one 64-bit key per sample (its lesion and intensity draws).
+        affine: the grid's voxel -> world (MNI mm) affine (the masks are placed by it).
+        lesion_label: the label lesion voxels get in the returned mask.
+
+    Returns:
+        ``(scan float32, mask)``: the blended scans and the labels with lesions where the Soft-CP weight > 0.5.
+    """
+    from .sampling import generator_for
+    x = scan.float()
+    sub = x[:, :1].flatten(2)[..., ::max(1, x[0, 0].numel() // 200_000)]          # quantiles on a subsample
+    lo, hi = torch.quantile(sub, torch.tensor([0.01, 0.99], device=x.device), dim=-1).unbind(0)   # (B, 1) each
+    floor = x[:, :1].flatten(2).amin(-1) + 0.05 * (hi - lo)
+    head = (x[:, :1] > floor[..., None, None, None]).to(torch.uint8)
+    weights = lesions.sample(head, keys, affine=affine, classes=(0, 1))
+    out, labelled = x.clone(), mask.clone()
+    if weights is None:
+        return out, labelled
+    w_int, w_lab, offset = weights[0], weights[1], weights[2] if len(weights) > 2 else (0, 0, 0)
+    box = (slice(None), slice(None), *(slice(o, o + n) for o, n in zip(offset, w_int.shape[2:])))
+    region, target = out[box], labelled[box]
+    for b, key in enumerate(keys):
+        if not bool(w_lab[b].any()):
+            continue
+        g = generator_for(int(key) ^ 0x5EED)
+        for c in range(x.shape[1]):
+            fg = x[b, c][head[b, 0] > 0]
+            fg = fg[::max(1, fg.numel() // 200_000)]
+            q = float(torch.rand(1, generator=g, dtype=torch.float64))
+            p1, mean, p99 = torch.quantile(fg, torch.tensor([0.01, q, 0.99], device=x.device, dtype=fg.dtype))
+            std = float(torch.rand(1, generator=g)) * 0.1 * float(p99 - p1)
+            texture = torch.randn((1, 1, *w_int.shape[2:]), generator=g).to(x.device)
+            texture = ops.gaussian_blur(texture, torch.tensor([1.0]))[0, 0]
+            region[b, c] = region[b, c] * (1 - w_int[b, 0]) + (mean + std * texture) * w_int[b, 0]
+        target[b] = torch.where(w_lab[b] > 0.5, torch.full_like(target[b], lesion_label), target[b])
+    out[box], labelled[box] = region, target
+    return out, labelled
 
 
 def mixed_source(step: int, first: str = "synthetic") -> tuple[str, int]:

@@ -183,3 +183,34 @@ def test_cuda_matches_cpu():
     a, ta = aug(scan, mask, seed=0, index=1)
     b, tb = aug(scan.cuda(), mask.cuda(), seed=0, index=1)
     assert torch.allclose(a, b.cpu(), atol=1e-3) and (ta != tb.cpu()).float().mean() < 1e-3
+
+
+def test_lesions_pasted_into_a_healthy_scan():
+    """A mask bank pastes lesions into healthy real scans: the target gains them where the mask lies (inside the
+    head), the scan changes only there, with an intensity drawn from the scan's own range; reproducible."""
+    from synthgen.config import FadingConfig, LesionConfig
+    from synthgen.lesions import LesionSource
+    from synthgen.real import paste_lesions
+    scan, _ = _pair(shape=(20, 24, 28))
+    healthy = torch.zeros((1, 1, 20, 24, 28), dtype=torch.uint8)
+    masks = torch.zeros(1, 20, 24, 28)
+    masks[0, 6:12, 8:14, 10:18] = 1
+    cfg = LesionConfig(healthy_probability=0.0, fading=FadingConfig(probability=0.0))
+    source = LesionSource.from_tensor(masks, config=cfg)
+    out, labels = paste_lesions(scan, healthy, source, [7])
+    assert torch.equal(labels[0, 0] > 0, masks[0] > 0)                 # Soft-CP keeps the target = the mask
+    changed = (out != scan).any(1)[0]
+    grown = torch.nn.functional.max_pool3d(masks[None], 7, 1, 3)[0, 0] > 0   # the mask and its Soft-CP edge
+    assert changed.any() and not (changed & ~grown).any()
+    lo, hi = float(scan[scan > 0].min()), float(scan.max())
+    inside = out[0, 0][masks[0] > 0]
+    assert float(inside.min()) > lo - 0.5 * (hi - lo) and float(inside.max()) < hi + 0.5 * (hi - lo)
+    again, labels2 = paste_lesions(scan, healthy, source, [7])
+    assert torch.equal(again, out) and torch.equal(labels2, labels)
+    assert not torch.equal(paste_lesions(scan, healthy, source, [8])[0], out)
+    # through the augmenter: the lesion appears in the augmented target, multi-class labels kept
+    aug = RealAugmenter(GeneratorConfig(crop=(16, 16, 16)), lesions=source, lesion_label=9)
+    labels_in = healthy.clone()
+    labels_in[:, :, 14:18] = 3
+    _, target = aug(scan, labels_in, seed=0, index=0)
+    assert {3, 9} <= set(target.unique().tolist())
