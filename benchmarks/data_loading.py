@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench_utils import git_sha  # noqa: E402
 
 from synthgen.data import open_store, pack, read_mask, read_tissue_map  # noqa: E402
 
@@ -51,13 +52,6 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -73,7 +67,7 @@ def main(argv=None) -> int:
     rows = []
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "python": platform.python_version(), "numpy": np.__version__, "nibabel": nib.__version__,
-               "git": _git_sha()}
+               "git": git_sha()}
     with tempfile.TemporaryDirectory() as tmp:
         for case, (folder, pattern, section, reader, kw) in CASES.items():
             files = sorted((data / folder).glob(pattern))[: args.items]

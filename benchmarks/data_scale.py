@@ -37,13 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_utils import git_sha  # noqa: E402
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # --------------------------------------------------------------------------------------------------- setup
@@ -229,7 +224,7 @@ def main(argv=None) -> int:
             row.update(n_maps=n, n_masks=m)
             rows.append(row)
             print(f"N={n} M={m}: start-up {row['startup_s']:.2f} s, data {row['data_ms']:.1f} ms/step", flush=True)
-    print(f"\n# data at scale: {platform.machine()}, {os.cpu_count()} cores, git {_git_sha()}, maps 2 mm "
+    print(f"\n# data at scale: {platform.machine()}, {os.cpu_count()} cores, git {git_sha()}, maps 2 mm "
           f"(SynthSeg, FreeSurfer mapping), masks SOOP, {args.steps} steps at {args.crop}^3\n")
     print("| N maps | M masks | index + bank (s) | start-up to 1st batch (s) | peak RSS (MB) | device: map (MB) / "
           "bank (MB) | data ms/step: map + masks (p90) | share of a quick step | lesion synthesis / generator (ms) |")
@@ -247,7 +242,7 @@ def main(argv=None) -> int:
               f"{fb['bank_s']:.1f} s")
     if args.json:
         from synthgen.io import atomic_path
-        result.update(machine=platform.machine(), cores=os.cpu_count(), git=_git_sha())
+        result.update(machine=platform.machine(), cores=os.cpu_count(), git=git_sha())
         with atomic_path(args.json, ".json") as tmp:
             Path(tmp).write_text(json.dumps(result, indent=1))
     return 0

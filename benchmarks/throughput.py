@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -33,6 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_utils import git_sha  # noqa: E402
 
 import roofline  # noqa: E402
 import synthgen  # noqa: E402
@@ -157,13 +158,6 @@ def _versions():
             pass
     return out
 
-
-def _git_sha():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                       text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def device_name(device) -> str:
@@ -291,7 +285,7 @@ def main(argv=None):
                  if r["size"] == row["size"] and not r["provider"].startswith("synthgen")]
         if row["provider"] == "synthgen" and peers:
             row["speedup_vs_fastest_peer"] = min(peers) / row["ms_per_sample"]
-    print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {_git_sha()}; "
+    print(f"\ndevice: {device_name(args.device)}; torch {torch.__version__}; git {git_sha()}; "
           f"copy bandwidth {bandwidth / 1e9:.0f} GB/s\n")
     print("| provider | size | batch | ms/sample (p20-p80) | samples/s | vs fastest peer | x floor | extra mem / outputs "
           "| lesion % | stages (ms/sample) |")
@@ -309,7 +303,7 @@ def main(argv=None):
               f"({r['ms_p20']:.1f}-{r['ms_p80']:.1f}) | {r['samples_per_s']:.2f} | {speed} | {floor} | {mem} | | "
               f"{stages} |")
     if args.json:
-        out = {"device": device_name(args.device), "versions": _versions(), "git_sha": _git_sha(),
+        out = {"device": device_name(args.device), "versions": _versions(), "git_sha": git_sha(),
                "repeats": repeats, "bandwidth_gbs": bandwidth / 1e9, "rows": rows}
         with atomic_path(args.json, ".json") as tmp:
             Path(tmp).write_text(json.dumps(out, indent=2))

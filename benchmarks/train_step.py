@@ -15,13 +15,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_utils import git_sha  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -46,13 +47,6 @@ def _stats(ms: list) -> dict:
     a = np.asarray(ms)
     return {"median": float(np.median(a)), "p20": float(np.percentile(a, 20)), "p80": float(np.percentile(a, 80))}
 
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def bench(preset_name: str, device: torch.device, steps: int, warmup: int, crop=None) -> dict:
@@ -139,7 +133,7 @@ def main(argv=None) -> int:
     row = bench(name, device, args.steps, args.warmup, (args.crop,) * 3 if args.crop else None)
     row.update({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                 or platform.machine(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                "synthgen": synthgen.__version__, "python": platform.python_version(), "git_sha": _git_sha(),
+                "synthgen": synthgen.__version__, "python": platform.python_version(), "git_sha": git_sha(short=False),
                 "backend": os.environ.get("SYNTHGEN_BACKEND", "auto")})
     ms = row["ms"]
     print(f"\ntrain step, preset {name}, crop {row['crop']} at {row['voxel_size']:g} mm, {row['amp']}, "
