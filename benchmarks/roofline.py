@@ -3,8 +3,8 @@
     python benchmarks/roofline.py --size 192 --batch 64 [--device cuda] [--peak-tflops 67] [--work-dtype float16]
                                   [--time] [--json out.json]
 
-The model follows the passes synthgen.fast launches for a batch drawn from the default config (an axis pass runs
-when any sample of the batch needs it, so large batches run them all). Bandwidth is measured with a device copy
+The model costs the passes synthgen.fast launches (synthgen.fast.pass_plan) for a batch drawn from the default config
+(an axis pass runs when any sample of the batch needs it, so large batches run them all). Bandwidth is measured with a device copy
 (read + write); ``--peak-tflops`` is the fp32 non-tensor peak (H100 SXM: 67). Floor = max(bytes / bandwidth,
 flop / peak) per sample. ``--time`` also times generate_fast on a CUDA device (needs Triton) and reports the
 ratio to the floor. Standalone: benchmarks/throughput.py does not import it.
@@ -25,54 +25,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import synthgen  # noqa: E402
 from synthgen.config import GeneratorConfig  # noqa: E402
 from synthgen.io import atomic_path  # noqa: E402
-from synthgen.ops.blur import gaussian_kernel1d, gaussian_kernel_table  # noqa: E402
+from synthgen import fast  # noqa: E402
 
 F32 = 4
-
-
-def _taps(fwhms) -> int:
-    return max(gaussian_kernel1d(float(f)).numel() for f in fwhms)
 
 
 def passes(params, crop, labels_channels: int = 1, lesion: bool = True, lesion_target: bool = False,
            work_bytes: int = F32):
     """(name, bytes per voxel, flop per voxel) of every pass synthgen.fast runs for this batch (Triton backend;
-    ``work_bytes`` per intermediate voxel: 4 float32, 2 float16). Noise and min/max ride in epilogues."""
+    ``work_bytes`` per intermediate voxel: 4 float32, 2 float16), read from :func:`synthgen.fast.pass_plan`:
+    the passes the launcher runs, costed here. Noise and min/max ride in epilogues."""
     w = work_bytes
-    rows = [("texture randn (Philox)", w, 40)]
-    for axis in range(3):
-        k = _taps(params.gmm_fwhm.tolist())
-        if k > 1:
-            rows.append((f"texture blur axis {axis} ({k} taps)", 2 * w, 2 * k))
     tissue_bytes = 1 if labels_channels == 1 else 8 * labels_channels * F32 / 8   # gathers mostly hit cache
     warp_flop = 30 + 64 * 3 * 2 + 64 * 2 + 40 + (8 * 2 * labels_channels if labels_channels > 1 else 4)
-    rows.append(("warp+sample+GMM+bias+target, min/max", w + tissue_bytes + (2 * F32 if lesion else 0) + w + 1,
-                 warp_flop + (40 if lesion else 0) + 2))
-    axis_rows = []
-    profile = torch.where(params.spacing > 1, params.spacing, torch.zeros(()))
-    taps = [gaussian_kernel_table(params.motion_fwhm[:, a].tolist(), profile[:, a].tolist())[0].shape[1]
-            for a in range(3)]
-    gamma = True
-    for axis in sorted(range(3), key=lambda a: taps[a]):       # the gamma rides on the narrowest kernel
-        k = taps[axis]
-        if k > 1 or gamma:
-            axis_rows.append([f"motion blur + slice profile axis {axis} ({k} taps{', gamma' if gamma else ''})",
-                              2 * w, 2 * k + (20 * k if gamma else 0)])
-            gamma = False
-        if bool((params.spacing[:, axis] > 1).any()):
-            axis_rows.append([f"thick-slice resample axis {axis}", 2 * w, 20])
-    axis_rows[-1][0] += " + noise (Philox, Rician)"
-    axis_rows[-1][2] += 2 * 40 + 8
-    smooth_rows = []
-    for axis in range(3):
-        k = _taps(params.smooth_fwhm.tolist())
-        if k > 1:
-            smooth_rows.append([f"smoothing axis {axis} ({k} taps)", 2 * w, 2 * k])
-    (smooth_rows or axis_rows)[-1][0] += ", min/max"
-    (smooth_rows or axis_rows)[-1][2] += 2
-    rows += [tuple(r) for r in axis_rows + smooth_rows]
-    rows += [("histogram level 1", w, 6), ("histogram level 2", w, 8), ("clip/strip statistics", w + 1, 8),
-             ("final: clip, strip, flip, z-norm", w + 1 + F32 + (1 if lesion_target else 0), 8)]
+    rows, histograms = [], 0
+    for p in fast.pass_plan(GeneratorConfig(crop=tuple(crop)), params):
+        if p.name == "randn":
+            row = ["texture randn (Philox)", w, 40]
+        elif p.name == "blur" and p.stage == "thick":
+            row = [f"motion blur + slice profile axis {p.axis} ({p.taps} taps{', gamma' if p.gamma else ''})",
+                   2 * w, 2 * p.taps + (20 * p.taps if p.gamma else 0)]
+        elif p.name == "blur":
+            row = [f"{'texture blur' if p.stage == 'texture' else 'smoothing'} axis {p.axis} ({p.taps} taps)", 2 * w,
+                   2 * p.taps]
+        elif p.name == "warp":
+            row = ["warp+sample+GMM+bias+target", w + tissue_bytes + (2 * F32 if lesion else 0) + w + 1,
+                   warp_flop + (40 if lesion else 0)]
+        elif p.name == "resample":
+            row = [f"thick-slice resample axis {p.axis}", 2 * w, 20]
+        elif p.name == "histogram":
+            histograms += 1
+            row = [f"histogram level {histograms}", w, 6 if histograms == 1 else 8]
+        elif p.name == "stats":
+            row = ["clip/strip statistics", w + 1, 8]
+        else:
+            row = ["final: clip, strip, flip, z-norm", w + 1 + F32 + (1 if lesion_target else 0), 8]
+        if "noise" in p.epilogue:
+            row[0] += " + noise (Philox, Rician)"
+            row[2] += 2 * 40 + 8
+        if "minmax" in p.epilogue:
+            row[0] += ", min/max"
+            row[2] += 2
+        rows.append(tuple(row))
     return rows
 
 
@@ -126,7 +120,6 @@ def main(argv=None):
            "peak_tflops": args.peak_tflops, "bytes_per_voxel": total_b, "flop_per_voxel": total_f,
            "floor_ms": 1e3 * floor, "passes": rows}
     if args.time:
-        from synthgen import fast
         from synthgen.data.default_map import default_tissue_map
         tissue = default_tissue_map(device=args.device)
         fast.generate_fast(cfg, tissue, params, None, "triton")

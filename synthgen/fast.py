@@ -53,16 +53,73 @@ def _kernel_table(device, *fwhms):
     return to_device(table, device), to_device(radius_t, device), int(radius.max(initial=0))
 
 
-def _blur_passes(fwhm_rows, device):
-    """The blur passes along the three axes for per-sample FWHM rows (B, 3): callables ``(x, y, epilogue)``;
-    an axis whose kernels are all identities is skipped."""
+@dataclass(frozen=True)
+class Pass:
+    """One pass over the batch's volumes that :func:`generate_fast` launches (see :func:`pass_plan`)."""
+    name: str                   # "randn", "blur", "warp", "resample", "histogram", "stats" or "final"
+    stage: str                  # "texture", "warp", "thick" (motion blur, slice profile, resample), "smooth",
+                                # "normalise"
+    axis: int | None = None     # the axis of a blur or resample
+    taps: int = 0               # kernel width (2 r + 1) of a blur: the widest sample's
+    gamma: bool = False         # the gamma rides on this blur (applied to every tap)
+    epilogue: tuple = ()        # what rides in the pass's epilogue: "noise", "minmax"
+
+
+def _stage_fwhms(params: SampleParams):
+    """Per axis, the FWHM lists each blur stage composes: texture, motion blur + slice profile, smoothing."""
+    B = len(params)
+    profile = torch.where(params.spacing > 1, params.spacing.double(), torch.zeros((), dtype=torch.float64))
+    return {"texture": [[params.gmm_fwhm.tolist()]] * 3,
+            "thick": [[params.motion_fwhm[:, a].tolist(), profile[:, a].tolist()] for a in range(3)],
+            "smooth": [[params.smooth_fwhm.reshape(B).tolist()]] * 3}
+
+
+def pass_plan(config: GeneratorConfig, params: SampleParams, texture_given: bool = False,
+              clip_levels: int = 2) -> list[Pass]:
+    """The passes :func:`generate_fast` runs for a batch, in order: the one definition of what runs (the launcher
+    follows it, benchmarks/roofline.py costs it).
+
+    An axis pass runs only when some sample of the batch needs it; the motion blur / slice profile passes run
+    narrowest first, with the gamma on the first; the noise rides in the epilogue of the last of the "thick"
+    passes and the image's range (min/max) in that of the last pass before the clip.
+    """
+    pc = params.to("cpu")
+    fwhms = _stage_fwhms(pc)
+    radius = {stage: [int(gaussian_kernel_table(*rows[a])[1].max(initial=0)) for a in range(3)]
+              for stage, rows in fwhms.items()}
+    plan = []
+    if not texture_given:
+        plan.append(Pass("randn", "texture"))
+        plan += [Pass("blur", "texture", a, 2 * radius["texture"][a] + 1) for a in range(3) if radius["texture"][a]]
+    plan.append(Pass("warp", "warp", epilogue=("minmax",)))
+    gamma = True
+    for a in sorted(range(3), key=lambda axis: radius["thick"][axis]):
+        if radius["thick"][a] > 0 or gamma:
+            plan.append(Pass("blur", "thick", a, 2 * radius["thick"][a] + 1, gamma=gamma))
+            gamma = False
+        if bool((pc.spacing[:, a] > 1).any()):
+            plan.append(Pass("resample", "thick", a))
+    smooth = [Pass("blur", "smooth", a, 2 * radius["smooth"][a] + 1) for a in range(3) if radius["smooth"][a]]
+    last_thick = max(i for i, p in enumerate(plan) if p.stage == "thick")
+    plan[last_thick] = _with(plan[last_thick], ("noise",) if smooth else ("noise", "minmax"))
+    if smooth:
+        smooth[-1] = _with(smooth[-1], ("minmax",))
+    plan += smooth
+    plan += [Pass("histogram", "normalise") for _ in range(clip_levels)]
+    plan += [Pass("stats", "normalise"), Pass("final", "normalise")]
+    return plan
+
+
+def _with(p: Pass, epilogue: tuple) -> Pass:
+    import dataclasses
+    return dataclasses.replace(p, epilogue=epilogue)
+
+
+def _blur_launch(p: Pass, fwhms, device, gamma=None):
+    """The callable ``(x, y, epilogue)`` of a planned blur, its kernel table uploaded."""
     from .kernels.triton_blur import blur_axis
-    out = []
-    for axis in range(3):
-        table, radius, rmax = _kernel_table(device, fwhm_rows[:, axis].tolist())
-        if rmax > 0:
-            out.append(functools.partial(blur_axis, kernels=table, radius=radius, axis=axis))
-    return out
+    table, radius, _ = _kernel_table(device, *fwhms[p.stage][p.axis])
+    return functools.partial(blur_axis, kernels=table, radius=radius, axis=p.axis, gamma=gamma if p.gamma else None)
 
 
 def _run(passes, x, y, epilogue=None):
@@ -252,6 +309,9 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
     if tissue.is_floating_point():
         tissue = tissue.to(torch.float32)
 
+    plan = pass_plan(config, pc, texture is not None, clip_levels)
+    fwhms = _stage_fwhms(pc)
+    stage = {name: [p for p in plan if p.stage == name] for name in ("texture", "thick", "smooth")}
     a = torch.empty(B, *crop, device=dev, dtype=work_dtype)
     tmp = torch.empty_like(a)
     if texture is not None:
@@ -260,7 +320,7 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
         image, spare = a, tmp
     else:
         triton_noise.randn(a, seeds, 0)
-        tex, tmp = _run(_blur_passes(pc.gmm_fwhm.reshape(B, 1).expand(B, 3), dev), a, tmp)
+        tex, tmp = _run([_blur_launch(p, fwhms, dev) for p in stage["texture"] if p.name == "blur"], a, tmp)
         taps, _ = gaussian_kernel_table(pc.gmm_fwhm.tolist())      # unit variance after the 3 axis blurs
         tscale = up(torch.from_numpy(np.sqrt((taps ** 2).sum(1)) ** -3))
         image, spare = tmp, tex                 # the texture buffer is free once the warp has read it
@@ -274,31 +334,25 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
                                         config.lesion_threshold), minmax=True)
     lesion_class = tables[1]
 
-    # per axis: motion blur and slice profile as one kernel, thick-slice resample. Axes commute, so the gamma
-    # (applied to every tap) rides on the narrowest kernel, run first. The noise is added in the epilogue of
+    # per axis (pass_plan): motion blur and slice profile as one kernel, thick-slice resample. Axes commute, so the
+    # gamma (applied to every tap) rides on the narrowest kernel, run first. The noise is added in the epilogue of
     # the last of these passes, the clip range recorded by the last pass before the clip.
     span = (hi - lo).clamp(min=1e-6)
     gamma = torch.stack([lo, span, up(pc.gamma)], 1).contiguous()
-    profile = torch.where(pc.spacing > 1, pc.spacing.double(), torch.zeros((), dtype=torch.float64))
-    tables = [_kernel_table(dev, pc.motion_fwhm[:, a].tolist(), profile[:, a].tolist()) for a in range(3)]
     passes = []
-    for axis in sorted(range(3), key=lambda a: tables[a][2]):
-        table, radius, rmax = tables[axis]
-        if rmax > 0 or gamma is not None:
-            passes.append(functools.partial(triton_blur.blur_axis, kernels=table, radius=radius, axis=axis,
-                                            gamma=gamma))
-            gamma = None
-        r = pc.spacing[:, axis]
-        if bool((r > 1).any()):
-            n = crop[axis]
-            n_low = torch.tensor([len(torch.arange(0, n - 1 + 1e-6, float(ri), dtype=torch.float64))
-                                  for ri in r.tolist()], dtype=torch.int32)
-            passes.append(functools.partial(triton_blur.resample_axis, spacing=up(r), n_low=up(n_low, torch.int32),
-                                            axis=axis))
-    smooth = _blur_passes(pc.smooth_fwhm.reshape(B, 1).expand(B, 3), dev)
+    for p in stage["thick"]:
+        if p.name == "blur":
+            passes.append(_blur_launch(p, fwhms, dev, gamma))
+            continue
+        r = pc.spacing[:, p.axis]
+        n_low = torch.tensor([len(torch.arange(0, crop[p.axis] - 1 + 1e-6, float(ri), dtype=torch.float64))
+                              for ri in r.tolist()], dtype=torch.int32)
+        passes.append(functools.partial(triton_blur.resample_axis, spacing=up(r), n_low=up(n_low, torch.int32),
+                                        axis=p.axis))
+    smooth = [_blur_launch(p, fwhms, dev) for p in stage["smooth"]]
     normals = None if noise is None else tuple(v.reshape(B, *crop).to(**f32).contiguous() for v in noise)
     noisy = triton_blur.Epilogue(up(pc.noise_std), seeds, normals, rician=config.noise.kind == "rician",
-                                 minmax=not smooth)
+                                 minmax="minmax" in stage["thick"][-1].epilogue)
     last = triton_blur.Epilogue(minmax=True) if smooth else noisy
     x, y = _run(passes, image, spare, noisy)
     x, y = _run(smooth, x, y, last)

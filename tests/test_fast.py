@@ -115,6 +115,28 @@ def test_fast_matches_reference_with_many_labels(target):
     assert int(tgt.max()) == lesion_class and (tgt == lesion_class).any()
 
 
+def test_the_pass_plan_is_what_runs(monkeypatch):
+    """generate_fast launches exactly the axis passes of fast.pass_plan, in its order (the roofline model costs it)."""
+    from synthgen.kernels import triton_blur, triton_noise
+    launched = []
+    for module, name in ((triton_blur, "blur_axis"), (triton_blur, "resample_axis"), (triton_noise, "randn")):
+        real = getattr(module, name)
+
+        def record(*a, _real=real, _name=name, **k):
+            launched.append(("randn", None) if _name == "randn" else
+                            ("blur" if _name == "blur_axis" else "resample", k["axis"]))
+            return _real(*a, **k)
+        monkeypatch.setattr(module, name, record)
+    cfg = _config()
+    for seed in range(3):
+        params = _params(cfg, seed=seed)
+        params.smooth_fwhm = torch.tensor([0.0, 1.1 * seed])
+        launched.clear()
+        fast.generate_fast(cfg, phantom_labels(MAP), params)
+        plan = [(p.name, p.axis) for p in fast.pass_plan(cfg, params) if p.name in ("randn", "blur", "resample")]
+        assert launched == plan and len(plan) > 4
+
+
 def _auto_fast_path(monkeypatch):
     """The generator's automatic choice made to pick Triton on this CPU (the interpreter runs it)."""
     import synthgen.generator as generator_module

@@ -176,8 +176,9 @@ def test_philox_texture_statistics():
     seeds = torch.tensor([1, 2])
     z = triton_noise.randn(torch.empty(2, *shape), seeds, 0)
     assert abs(float(z.mean())) < 4 / (z.numel() ** 0.5) and abs(float(z.var()) - 1) < 0.03
-    fw = torch.tensor([[1.5] * 3, [1.5] * 3])
-    t, _ = fast._run(fast._blur_passes(fw, "cpu"), z, torch.empty_like(z))
+    fwhms = {"texture": [[[1.5, 1.5]]] * 3}                            # both samples, every axis
+    blurs = [fast._blur_launch(fast.Pass("blur", "texture", a), fwhms, "cpu") for a in range(3)]
+    t, _ = fast._run(blurs, z, torch.empty_like(z))
     k = ops.gaussian_kernel1d(1.5, dtype=torch.float64)
     t = t / float(k.pow(2).sum().sqrt() ** 3)
     inner = t[:, 8:-8, 8:-8, 8:-8]                                    # away from replicate borders
