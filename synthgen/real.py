@@ -21,19 +21,18 @@ import torch
 
 from . import ops
 from .config import GeneratorConfig
+from .ops.intensity import interp
 from .sampling import SampleParams, generator_for, sample_key, sample_params
 
 
 @dataclass
 class HistogramConfig:
-    """Histogram normalisation and random histogram shift (MONAI ``HistogramNormalize``/``RandHistogramShift``)."""
-    bins: int = 256                   # histogram equalisation bins; MONAI HistogramNormalize num_bins=256
+    """Random histogram shift (MONAI ``RandHistogramShift``); the normalisation before it is
+    :func:`synthgen.ops.histogram_normalise`, the one inference uses too."""
     shift_probability: float = 0.5    # no source in the paper; MONAI's default is 0.1
     shift_control_points: int = 10    # knots of the random monotone intensity curve; MONAI default 10
 
     def validate(self) -> "HistogramConfig":
-        if self.bins < 2:
-            raise ValueError(f"`histogram.bins` must be >= 2, got {self.bins}")
         if not 0.0 <= self.shift_probability <= 1.0:
             raise ValueError(f"`histogram.shift_probability` must be in [0, 1], got {self.shift_probability}")
         if self.shift_control_points < 3:
@@ -50,39 +49,6 @@ class RealParams:
 
     def __len__(self) -> int:
         return len(self.geometry)
-
-
-def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear interpolation like ``numpy.interp`` (``xp`` increasing, ends clamped), on any device."""
-    n = xp.numel()
-    idx = torch.searchsorted(xp.contiguous(), x.contiguous(), right=True).clamp(1, n - 1)
-    x0, x1 = xp[idx - 1], xp[idx]
-    w = ((x - x0) / (x1 - x0).clamp(min=torch.finfo(x.dtype).tiny)).clamp(0, 1)
-    return fp[idx - 1] + w * (fp[idx] - fp[idx - 1])
-
-
-def histogram_normalise(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
-    """Histogram equalisation per sample onto [0, 1] (MONAI ``HistogramNormalize`` with min 0, max 1).
-
-    Each voxel goes through the normalised cumulative histogram (``bins`` bins between the sample's minimum
-    and maximum, interpolated at the left bin edges); the minimum maps to 0, so a zero background stays 0.
-
-    Shape:
-        x: ``(B, C, ...)``; returns the same shape, float32.
-    """
-    out = torch.empty_like(x, dtype=torch.float32)
-    for b in range(x.shape[0]):
-        v = x[b].reshape(-1).float()
-        lo, hi = float(v.min()), float(v.max())
-        if hi <= lo:
-            out[b] = 0.0
-            continue
-        hist = torch.histc(v, bins=bins, min=lo, max=hi)
-        cdf = hist.cumsum(0)
-        cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0]).clamp(min=1.0)
-        edges = torch.linspace(lo, hi, bins + 1, device=v.device, dtype=torch.float32)[:-1]
-        out[b] = interp(v, edges, cdf).reshape(x[b].shape)
-    return out
 
 
 def histogram_shift(x: torch.Tensor, knots: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
@@ -207,7 +173,7 @@ class RealAugmenter:
         # per-channel intensity steps: fold the channels into the batch, one sample's parameters for each
         per_channel = (lambda t: t.repeat_interleave(channels, 0)) if channels > 1 else (lambda t: t)
         image = image.reshape(n * channels, 1, *crop)
-        image = histogram_normalise(image, self.histogram.bins)
+        image = ops.histogram_normalise(image)
         image = histogram_shift(image, per_channel(params.shift_knots), per_channel(params.shift_on))
         image = ops.bias_field(image, per_channel(p.bias))
         image = ops.gamma_transform(image, per_channel(p.gamma))

@@ -133,7 +133,7 @@ def load_real_val(cfg: TrainConfig, device: torch.device) -> list:
     """
     from synthgen.data import check
     from synthgen.data.tissue import read_mask, read_scan
-    from train.predict import histogram_normalise, zscore
+    from synthgen.segment import histogram_normalise, zscore
     files, _ = check.list_nifti(cfg.data.real_val)
     pairs, _ = check.pair_real_files(files)
     out = []

@@ -24,8 +24,7 @@ if __package__ in (None, ""):                     # run as a script: make the pr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synthgen.cli import HelpFormatter  # noqa: E402
-# histogram_normalise and zscore: train/loop.py normalises real validation scans as prediction does
-from synthgen.segment import histogram_normalise, predict_files, zscore  # noqa: E402, F401
+from synthgen.segment import predict_files  # noqa: E402
 
 
 def _window_arg(text: str):

@@ -65,6 +65,58 @@ def gmm_sample(tissue: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, text
     return image
 
 
+# Nyul-style landmarks: these foreground percentiles map to a fixed standard scale (p1 -> 0, p99 -> 1, deciles evenly
+# in between): a piecewise-linear, outlier-robust, coarse histogram equalisation
+LANDMARK_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
+
+
+def histogram_normalise(x: torch.Tensor, percentiles=LANDMARK_PERCENTILES) -> torch.Tensor:
+    """Map each volume's intensities piecewise-linearly so that foreground percentile landmarks hit a fixed scale.
+
+    The one histogram normalisation of real scans, in training's real branch and at inference (paper section 2).
+    Foreground is every finite voxel above the volume's minimum (it drops zero padding and a flat background, so
+    the result does not depend on how much of the field of view is background: a training crop and the whole
+    scan are normalised alike, which a full-volume histogram equalisation would not do). Landmark ``p_i`` (the
+    ``percentiles[i]``-th foreground percentile, numpy's linear definition) maps to ``(percentiles[i] -
+    percentiles[0]) / (percentiles[-1] - percentiles[0])``; values below the first or above the last landmark
+    are clamped to 0 / 1. A fixed standard scale (Nyul & Udupa 1999 with the scale fixed instead of learned)
+    needs no training statistics.
+
+    Shape:
+        x: ``(B, C, ...)`` (each ``(b, c)`` volume on its own); returns float32 of the same shape in [0, 1], all
+        zeros for a constant volume; NaN / Inf count as 0.
+    """
+    x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    pc = torch.tensor([float(p) for p in percentiles], dtype=torch.float64)
+    scale = ((pc - pc[0]) / (pc[-1] - pc[0])).to(x.device, torch.float32)
+    out = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            v = x[b, c]
+            fg = v[v > v.min()]
+            if fg.numel() < 2:
+                continue
+            fg = torch.sort(fg.double()).values
+            pos = pc.to(fg.device) / 100.0 * (fg.numel() - 1)          # numpy's "linear" percentile
+            lo = pos.floor().long().clamp(max=fg.numel() - 1)
+            hi = (lo + 1).clamp(max=fg.numel() - 1)
+            marks = fg[lo] + (pos - lo.double()) * (fg[hi] - fg[lo])
+            # ties (a saturated or quantised scan) would make the map non-invertible: force them apart
+            marks = marks + torch.arange(marks.numel(), device=marks.device, dtype=marks.dtype) * max(
+                1e-6 * float(marks[-1] - marks[0]), 1e-12)
+            out[b, c] = interp(v.reshape(-1), marks.float(), scale).reshape(v.shape)
+    return out
+
+
+def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """``numpy.interp`` (``xp`` increasing, ends clamped), on any device."""
+    n = xp.numel()
+    idx = torch.searchsorted(xp.contiguous(), x.contiguous(), right=True).clamp(1, n - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    w = ((x - x0) / (x1 - x0).clamp(min=torch.finfo(x.dtype).tiny)).clamp(0, 1)
+    return fp[idx - 1] + w * (fp[idx] - fp[idx - 1])
+
+
 def bias_field(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """Multiply by ``exp(f)``, ``f`` the cubic B-spline of ``coeffs`` ``(B, 1, m, m, m)`` over the volume."""
     return x * torch.exp(smooth_field(coeffs.to(x.device, x.dtype), x.shape[2:]))

@@ -21,33 +21,15 @@ import torch
 from ..io import check_affine, fov_overlap, load_nifti, nifti_stem, resample_to_grid, save_nifti, to_ras_1mm
 from .model import load_checkpoint_model, total_stride
 
-# Nyul-style landmarks: these foreground percentiles map to a fixed standard scale (p1 -> 0, p99 -> 1,
-# deciles evenly in between), i.e. a piecewise-linear, outlier-robust coarse histogram equalisation
-LANDMARK_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
+from synthgen.ops import LANDMARK_PERCENTILES  # noqa: E402  (re-exported: the landmarks' home is the op)
 
 
 def histogram_normalise(volume: np.ndarray, percentiles=LANDMARK_PERCENTILES) -> np.ndarray:
-    """Map intensities piecewise-linearly so that foreground percentile landmarks hit a fixed standard scale.
-
-    Foreground is every finite voxel above the volume's minimum (drops zero padding and a flat background).
-    Landmark ``p_i`` (the ``percentiles[i]``-th foreground percentile) maps to
-    ``(percentiles[i] - percentiles[0]) / (percentiles[-1] - percentiles[0])``; values below the first or above
-    the last landmark are clamped to 0 / 1 (the training pipeline's 1st/99th percentile clip). A fixed
-    standard scale (Nyul & Udupa 1999 with the scale fixed instead of learned) needs no training statistics.
-
-    Returns:
-        float32 array of the same shape in [0, 1]; all zeros for a constant image. NaN/Inf become 0.
-    """
-    vol = np.nan_to_num(np.asarray(volume, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    fg = vol[vol > vol.min()]
-    if fg.size < 2:
-        return np.zeros_like(vol)
-    pc = np.asarray(percentiles, dtype=np.float64)
-    marks = np.percentile(fg, pc)
-    # ties (e.g. a saturated or quantised scan) would make the mapping non-invertible: force increasing
-    marks = marks + np.arange(marks.size) * max(1e-6 * (marks[-1] - marks[0]), 1e-12)
-    scale = (pc - pc[0]) / (pc[-1] - pc[0])
-    return np.interp(vol, marks, scale).astype(np.float32)
+    """:func:`synthgen.ops.histogram_normalise` (foreground landmarks to a fixed scale, the one normalisation
+    that training's real branch uses too) on a numpy volume: float32 of the same shape in [0, 1]."""
+    from synthgen.ops import histogram_normalise as normalise
+    vol = torch.from_numpy(np.ascontiguousarray(np.asarray(volume, dtype=np.float32)))
+    return normalise(vol[None, None], percentiles)[0, 0].numpy()
 
 
 def zscore(volume: np.ndarray) -> np.ndarray:
