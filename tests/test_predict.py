@@ -210,7 +210,7 @@ def test_errors(tmp_path, ckpt, model):
         S.segment(model, [vol, vol[:4]], WIN)
     far = np.diag([1.0, 1.0, 1.0, 1.0])
     far[:3, 3] = 900.0
-    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.float32), far), str(tmp_path / "far.nii.gz"))
+    nib.save(nib.Nifti1Image(np.arange(1000, dtype=np.float32).reshape(10, 10, 10), far), str(tmp_path / "far.nii.gz"))
     res = S.predict_files(ckpt, [tmp_path / "a.nii.gz", tmp_path / "far.nii.gz"], out, ensemble=True,
                           window=WIN, tta=False, progress=False)
     assert res[0]["status"] == "error" and "cannot ensemble" in res[0]["error"]
