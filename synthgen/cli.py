@@ -48,9 +48,7 @@ def debugging(argv) -> bool:
 def error_line(err: BaseException) -> str:
     """The one line an error is answered with."""
     text = str(err).strip() or type(err).__name__
-    if isinstance(err, INPUT_ERRORS):
-        if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
-            text = f"{err.filename}: {text}"
+    if isinstance(err, INPUT_ERRORS):      # an OSError's text names its file
         return f"error: {text}"
     if isinstance(err, MemoryError):
         return ("error: out of memory (MemoryError): use smaller inputs, a coarser --voxel-size or a smaller crop; "

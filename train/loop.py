@@ -113,6 +113,25 @@ def check_data(cfg: TrainConfig) -> None:
         print(p, file=sys.stderr)
 
 
+def check_grids(cfg: TrainConfig, store) -> None:
+    """The maps not read from folders (a packed store's, or the bundled one) must reslice to the training grid within
+    the memory limit, checked from their index / header before any work (:func:`synthgen.validate.check_reslice`).
+
+    Raises:
+        ValueError: naming the map and the voxel sizes.
+    """
+    vox = cfg.generator.voxel_size
+    if store is not None:
+        for section in ("tissue_maps", "real"):
+            for name, entry in store.index["sections"][section].items():
+                validate.check_reslice(entry["shape"][-3:], entry["affine"], vox, f"{store.root}/{name} (packed)")
+    elif not (cfg.data.tissue_maps or cfg.baseline):
+        import nibabel as nib
+        from synthgen.data.default_map import default_tissue_map_path
+        img = nib.load(str(default_tissue_map_path()))
+        validate.check_reslice(img.shape, img.affine, vox, f"{default_tissue_map_path()} (the bundled tissue map)")
+
+
 def open_data_store(cfg: TrainConfig):
     """The packed store of ``data.store`` (a :class:`synthgen.data.store.PackedStore`), or None.
 
@@ -296,6 +315,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     ckpt_path = out / LAST
     check_run_folder(out, resume, overwrite)
     check_data(cfg)
+    store = open_data_store(cfg)
+    check_grids(cfg, store)
     if resume and not (ckpt_path.is_file() or (out / PREV).is_file()):
         raise FileNotFoundError(f"{ckpt_path}: checkpoint not found (nothing to resume)")
     if is_main:
@@ -312,7 +333,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
 
     # data: read by index from the store or the folders (a bounded read-ahead), synthesised on the training device
     d = cfg.data
-    store = open_data_store(cfg)
     if cfg.baseline and d.store and not len(store.real):
         raise ValueError(f"`baseline` trains on real scans only: the store {d.store} must hold real scans "
                          "(pack --real DIR), got none")

@@ -398,4 +398,9 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
         except (OSError, ValueError, RuntimeError, MemoryError) as err:   # one bad scan must not stop the others
             result["status"], result["error"] = "error", f"{type(err).__name__}: {err}"
             print(f"error: {result['name']}: {result['error']}", file=sys.stderr)
+            if isinstance(err, (ValueError, FileNotFoundError)):
+                failed.append(err)
+    if len(failed) == len(cases):                  # every case was bad input: nothing was done
+        raise failed[0] if len(failed) == 1 else ValueError(
+            "no scan can be segmented:\n" + "\n".join(r["error"] for r in results))
     return results
