@@ -337,6 +337,16 @@ CASES = {
                                                       **{"data.tissue_maps": _constant_maps}), "error"),
     "train/--lr 1e6 diverges": Case("train", _train(names=["diverged", "--lr"], steps=6, **{"optim.lr": 1e6}),
                                     "diverged"),
+
+    # preview and sample
+    "preview/--crop 2": Case("preview", _check(lambda t: ["--crop", "2", "2", "2", "-n", "1"], ["crop"]), "error"),
+    "preview/--lesions folder that does not exist": Case("preview", _check(lambda t: [
+        "--crop", "16", "16", "16", "-n", "1", "--lesions", str(t / "nope")], ["nope"]), "error"),
+    "sample/--out is a file": Case("sample", _check(lambda t: ["--out", str(_file(t)), "-n", "1", "--crop", "16", "16",
+                                                               "16"], ["file.txt"]), "error"),
+    "sample/4D label map with one volume": Case("sample", _check(lambda t: [
+        "--out", str(t / "o"), "-n", "1", "--crop", "8", "8", "8", "--lesions", "none", "--tissue-map",
+        str(save(t / "m.nii.gz", phantom_labels((20, 24, 18))[0, 0].numpy()[..., None], MNI4))]), "works"),
 }
 
 
