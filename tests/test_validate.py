@@ -186,3 +186,52 @@ def test_binary_predictions_cannot_hold_label_9():
     with pytest.raises(ValueError, match=r"p.nii: prediction is a binary mask \(0/1\) but --label 9 .* --label 1"):
         binarise_prediction(np.array([[[0, 1]]]), 9, "p.nii")
     assert binarise_prediction(np.array([[[0, 3]]]), 9)[0].sum() == 0        # multi-class: found in none (warned)
+
+
+def test_predict_with_every_scan_bad_is_one_error_listing_each(tmp_path):
+    from synthgen.segment import build_unet, predict_files
+    kwargs = {"out_channels": 2, "channels": (4, 8), "dropout": 0.0}
+    model = (build_unet(**kwargs), {"model": kwargs, "generator": {"crop": [16, 16, 16], "voxel_size": 4.0}})
+    (tmp_path / "a.nii.gz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"no scan can be segmented:\n.*a.nii.gz: cannot be read as NIfTI.*\n"
+                                         r".*b.nii.gz: no such scan"):
+        predict_files(model, [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], tmp_path / "o", progress=False)
+
+
+def test_store_problems_and_a_store_folder_in_the_way(tmp_path):
+    import nibabel as nib
+    from synthgen.data import pack
+    m = np.zeros((8, 8, 8), np.uint8)
+    m[2:4, 2:4, 2:4] = 1
+    (tmp_path / "l").mkdir()
+    nib.save(nib.Nifti1Image(m, np.eye(4)), str(tmp_path / "l" / "a.nii.gz"))
+    pack(tmp_path / "s", lesions=tmp_path / "l", progress=False, check=False)
+    assert store_mod.check_store(tmp_path / "s") == []
+    (tmp_path / "s" / "lesions" / "a.npy").unlink()
+    (problem,) = store_mod.check_store(tmp_path / "s")
+    assert problem.path.endswith("lesions/a") and "a.npy: cannot be read from the store" in problem.message
+    (problem,) = store_mod.check_store(tmp_path / "nostore")
+    assert "not a packed store" in problem.message
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "real").write_text("a file")
+    with pytest.raises(ValueError, match="t/real: is a file where the store keeps its real folder"):
+        store_mod.check_output_store(tmp_path / "t")
+
+
+def test_training_config_files_and_packed_grids(tmp_path):
+    from train import run
+    from train.config import quick_preset
+    from train.loop import check_grids
+    args = run.parser().parse_args(["--config", str(tmp_path / "none.json")])
+    with pytest.raises(FileNotFoundError, match="none.json: no such config file"):
+        run.resolve_config(args)
+    (tmp_path / "bad.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match=r"bad.json: not a training config \(JSONDecodeError"):
+        run.resolve_config(run.parser().parse_args(["--config", str(tmp_path / "bad.json")]))
+
+    class Store:        # the index of a store whose map was packed with 50 mm voxels
+        root = tmp_path / "s"
+        index = {"sections": {"tissue_maps": {"m": {"shape": [40, 40, 40], "affine": np.diag([50.0, 50, 50, 1])}},
+                              "real": {}}}
+    with pytest.raises(ValueError, match=r"s/m \(packed\): reslicing to 3 mm voxels would make a 651x651x651"):
+        check_grids(quick_preset(), Store())
