@@ -505,3 +505,20 @@ def test_debug_shows_the_traceback(tmp_path, checkpoints, monkeypatch, capsys):
     monkeypatch.setenv("SYNTHGEN_DEBUG", "1")
     with pytest.raises(ValueError, match="z.nii.gz: scan is constant"):
         MAINS["predict"](argv)
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    """--lr 1e6 with a checkpoint every step: training stops at the first non-finite loss, and the checkpoint left
+    behind is the last finite one (it loads, checksum and weights verified), never a NaN one."""
+    import re
+
+    import train.loop as loop
+    from train.checkpoint import load_checkpoint
+    monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
+    config = train_config(tmp_path, steps=8, ckpt_every=1, **{"optim.lr": 1e6})
+    code, text = answer("train", ["--config", str(config)], capsys)
+    assert code == 1 and "training diverged: the " in text, text
+    found = re.search(r"stopped after step (\d+).*last.pt \(step (\d+)\) is the last good checkpoint, kept", text)
+    assert found, text
+    stopped, kept = map(int, found.groups())
+    assert 0 < kept < stopped and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == kept

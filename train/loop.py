@@ -416,15 +416,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
 
     bad_step = torch.full((), -1, dtype=torch.long, device=device)   # first step whose loss was not finite
 
-    def diverged(at: int, loss_value) -> None:
-        """Stop without saving: the loss (or weights) of step ``at`` are not finite."""
+    def diverged(at: int, loss_value=None) -> None:
+        """Stop without saving: the loss (or the weights) of step ``at`` are not finite."""
         first = int(bad_step)
+        what = (f"the loss is {loss_value if loss_value is not None else 'not finite'} from step {first} on"
+                if first >= 0 else "the weights are not finite")
         kept = (f"{ckpt_path} (step {saved_at}) is the last good checkpoint, kept" if saved_at >= 0 and
                 ckpt_path.is_file() else "no checkpoint was written")
         raise TrainingDiverged(
-            f"training diverged: the loss is {loss_value} from step {first if first >= 0 else at} on (stopped after "
-            f"step {at}, nothing non-finite saved); {kept}. Train again with a lower --lr (now {cfg.optim.lr:g}; "
-            "with another --out or --overwrite) or check the data")
+            f"training diverged: {what} (stopped after step {at}, nothing non-finite saved); {kept}. Train again "
+            f"with a lower --lr (now {cfg.optim.lr:g}; with another --out or --overwrite) or check the data")
 
     def weights_finite() -> bool:
         params = [p.detach() for p in net.parameters()]
@@ -432,7 +433,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
 
     def checkpoint(at: int) -> None:
         if _agree(int(bad_step) >= 0 or not weights_finite(), world, device):
-            diverged(at, "not finite")
+            diverged(at)
         states = [rng_state(device)]
         if world > 1:
             import torch.distributed as dist
