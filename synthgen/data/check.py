@@ -4,14 +4,18 @@
 :class:`Problem` (errors and warnings, each naming its file); nothing is written. The data are usable when
 no problem has severity ``"error"``. ``python -m synthgen.data check`` prints the same list.
 
-What is checked:
-- every file: opens as NIfTI (corrupt gzip, truncated data, wrong extension), finite non-singular affine;
-  image-like files with another extension (``.img``, ``.mgz``, ``.nii.bz2``, ...) are reported;
-- tissue maps: 3D integer labels covered by the label mapping (0-255 in our convention without one,
-  and GM present), or 4D probabilities in [0, 1] summing to at most 1 (+tolerance), with enough channels;
-- lesion masks: 3D, binary {0, 1} (or ``mask_threshold``), not empty (warning);
-- real scans: 3D, no NaN/Inf, not constant; each scan paired with one mask on the same grid
-  (:func:`pair_real_files` documents the rule);
+What is checked (each kind by the function training reads it with, so check == train: ``tissue_array``,
+``mask_array``, ``scan_array`` of :mod:`synthgen.data.tissue`, thresholds in :mod:`synthgen.validate`):
+- every file: opens as NIfTI (corrupt gzip, truncated data, wrong extension; names match case-insensitively),
+  finite non-singular affine; image-like files with another extension (``.img``, ``.mgz``, ``.nii.bz2``, ...) are
+  reported;
+- tissue maps: 3D integer labels (or 4D with one volume) covered by the label mapping (0-14 in our convention
+  without one, and GM present; a brain label with one), or 4D probabilities in [0, 1] summing to at most 1
+  (+tolerance), with enough channels; not constant; a grid of at least 6 voxels per axis and voxels no coarser
+  than 10 mm, that reslices to ``voxel_size`` within the memory limit;
+- lesion masks: 3D, binary {0, 1} (or ``mask_threshold``), voxels no coarser than 10 mm, not empty (warning);
+- real scans: 3D, no NaN/Inf, not constant, a grid that holds a head (little foreground: warning); each scan
+  paired with one mask on the same grid (:func:`pair_real_files` documents the rule);
 - space: pasting assumes tissue maps and lesion masks share one world space (MNI). Lesion voxels outside
   every tissue map's field of view are errors; files whose brain or lesions sit far from where MNI puts
   them are warnings (resampling goes through the affines, so grids may differ).

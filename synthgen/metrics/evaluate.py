@@ -128,7 +128,7 @@ def load_case(pred_path, truth_path, paper_protocol: bool = False, label="auto",
                          f"overlap by {100 * overlap:.0f}% of the smaller one")
     truth_mask = truth.astype(bool)
     if paper_protocol:
-        truth_u8, grid = to_ras_1mm(truth_mask.astype(np.uint8), t_aff, order=0)
+        truth_u8, grid = to_ras_1mm(truth_mask.astype(np.uint8), t_aff, order=0, name=truth_path)
         pred_u8 = resample_to_grid(pred_mask.astype(np.uint8), p_aff, truth_u8.shape, grid, order=0)
         pad = [((max(PAPER_PAD - n, 0)) // 2, (max(PAPER_PAD - n, 0) + 1) // 2) for n in truth_u8.shape]
         return np.pad(pred_u8, pad).astype(bool), np.pad(truth_u8, pad).astype(bool), np.ones(3), used
