@@ -335,7 +335,7 @@ CASES = {
     "train/--crop 1000": Case("train", _train(names=["crop"], **{"generator.crop": (1000, 1000, 1000)}), "error"),
     "train/constant tissue map": Case("train", _train(names=["m.nii.gz", "constant"],
                                                       **{"data.tissue_maps": _constant_maps}), "error"),
-    "train/--lr 1e6 diverges": Case("train", _train(names=["diverged", "--lr"], steps=6, **{"optim.lr": 1e6}),
+    "train/--lr 1e6 diverges": Case("train", _train(names=["diverged", "--lr"], steps=12, **{"optim.lr": 1e6}),
                                     "diverged"),
 
     # preview and sample
@@ -515,7 +515,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys
     import train.loop as loop
     from train.checkpoint import load_checkpoint
     monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
-    config = train_config(tmp_path, steps=8, ckpt_every=1, **{"optim.lr": 1e6})
+    config = train_config(tmp_path, steps=12, ckpt_every=1, **{"optim.lr": 1e6})
     code, text = answer("train", ["--config", str(config)], capsys)
     assert code == 1 and "training diverged: the " in text, text
     found = re.search(r"stopped after step (\d+).*last.pt \(step (\d+)\) is the last good checkpoint, kept", text)
