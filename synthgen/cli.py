@@ -1,7 +1,25 @@
-"""What the command-line tools share: help that shows every option's default."""
+"""What the command-line tools share: help that shows every option's default, and one way of answering errors.
+
+Every entry point (``train/run.py``, ``train/predict.py``, ``train/evaluate.py``, ``python -m synthgen.data``,
+``synthgen.preview``, ``synthgen.sample``) runs its ``main`` through :func:`cli_main`: bad input is one line
+``error: <file or argument>: <problem and what to do>`` and exit status 2 (:data:`INPUT_ERRORS`), any other failure
+one line and exit status 1; no traceback unless ``--debug`` is given or ``SYNTHGEN_DEBUG=1`` is set.
+
+Exit statuses: 0 done; 1 some cases of a batch failed (each named, the others done), or an internal error;
+2 usage or input error (nothing was done); 128 + N stopped by signal N after saving its work (training).
+"""
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+DEBUG_ENV = "SYNTHGEN_DEBUG"
+# a problem with what the user gave (files, folders, arguments): exit status 2
+INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                FileExistsError)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -14,3 +32,48 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or "default" in text.lower()):
             return text
         return f"{text} (default: %(default)s)"
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    """The ``--debug`` flag every command line has (read by :func:`cli_main`)."""
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the Python traceback of an error (also: {DEBUG_ENV}=1)")
+
+
+def debugging(argv) -> bool:
+    """``--debug`` among the arguments or ``SYNTHGEN_DEBUG`` set to anything but "" / "0"."""
+    return "--debug" in (argv or ()) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def error_line(err: BaseException) -> str:
+    """The one line an error is answered with."""
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, INPUT_ERRORS):      # an OSError's text names its file
+        return f"error: {text}"
+    if isinstance(err, MemoryError):
+        return ("error: out of memory (MemoryError): use smaller inputs, a coarser --voxel-size or a smaller crop; "
+                f"{DEBUG_ENV}=1 shows where")
+    return f"error: {type(err).__name__}: {text} (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+
+
+def cli_main(fn):
+    """Wrap a command line's ``main(argv) -> int``: errors become one line on stderr and an exit status (2 for
+    :data:`INPUT_ERRORS`, 1 otherwise, 130 for Ctrl-C); ``--debug`` / ``SYNTHGEN_DEBUG=1`` re-raise instead."""
+    @functools.wraps(fn)
+    def main(argv=None) -> int:
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            return fn(args)
+        except SystemExit:
+            raise
+        except KeyboardInterrupt:
+            if debugging(args):
+                raise
+            print("error: interrupted (Ctrl-C)", file=sys.stderr)
+            return 128 + 2
+        except Exception as err:   # noqa: BLE001 -- every error gets one line; --debug shows the traceback
+            if debugging(args):
+                raise
+            print(error_line(err), file=sys.stderr)
+            return EXIT_INPUT if isinstance(err, INPUT_ERRORS) else EXIT_FAILED
+    return main

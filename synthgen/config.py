@@ -12,6 +12,7 @@ reads it back. The library never reads a global config.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 # Tissue-map classes (input) and target classes (output). Channels 5+ of a tissue map are extra
@@ -22,10 +23,14 @@ LESION_CLASS = 5
 NON_BRAIN = 5                 # tissue class of the extra non-brain labels (scalp, skull, ...): background in targets
 DEFAULT_NUM_LABELS = 15       # labels 0..14 in our convention (0-4 the tissue classes, 5-14 non-brain tissues)
 MAX_LABELS = 256              # hard labels are uint8 on the device
+MAX_CROP_VOXELS = 320 ** 3    # a larger crop asks for tens of GB (the fused path moves ~140 bytes per voxel)
+MIN_VOXEL_MM, MAX_VOXEL_MM = 0.1, 16.0   # training grids outside this make kernels or maps absurd (1e-6 mm: TBs)
 
 
 def _check_range(name: str, lo_hi, lo_bound=None, hi_bound=None):
     lo, hi = lo_hi
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"`{name}` must be finite, got {lo_hi}")
     if not (lo <= hi):
         raise ValueError(f"`{name}` must be a (low, high) range with low <= high, got {lo_hi}")
     if lo_bound is not None and lo < lo_bound:
@@ -72,8 +77,8 @@ class AffineConfig:
             raise ValueError(f"`affine.shear` must be in [0, 1), got {self.shear}")
         if not 0 <= self.zoom < 1:
             raise ValueError(f"`affine.zoom` must be in [0, 1), got {self.zoom}")
-        if self.translation < 0:
-            raise ValueError(f"`affine.translation` must be >= 0, got {self.translation}")
+        if not (0 <= self.translation < math.inf):
+            raise ValueError(f"`affine.translation` must be finite and >= 0, got {self.translation}")
 
 
 @dataclass
@@ -86,8 +91,8 @@ class ElasticConfig:
     def validate(self):
         if self.control_points < 4:
             raise ValueError(f"`elastic.control_points` must be >= 4 (cubic spline), got {self.control_points}")
-        if self.max_std < 0:
-            raise ValueError(f"`elastic.max_std` must be >= 0, got {self.max_std}")
+        if not (0 <= self.max_std < math.inf):
+            raise ValueError(f"`elastic.max_std` must be finite and >= 0, got {self.max_std}")
 
 
 @dataclass
@@ -99,8 +104,8 @@ class BiasConfig:
     def validate(self):
         if self.control_points < 4:
             raise ValueError(f"`bias.control_points` must be >= 4 (cubic spline), got {self.control_points}")
-        if self.max_std < 0:
-            raise ValueError(f"`bias.max_std` must be >= 0, got {self.max_std}")
+        if not (0 <= self.max_std < math.inf):
+            raise ValueError(f"`bias.max_std` must be finite and >= 0, got {self.max_std}")
 
 
 @dataclass
@@ -109,8 +114,8 @@ class GammaConfig:
     log_std: float = 0.6          # SynthStroke gamma=0.6 (cornucopia LogNormal(0, 0.6)); SynthSeg uses 0.5
 
     def validate(self):
-        if self.log_std < 0:
-            raise ValueError(f"`gamma.log_std` must be >= 0, got {self.log_std}")
+        if not (0 <= self.log_std < math.inf):
+            raise ValueError(f"`gamma.log_std` must be finite and >= 0, got {self.log_std}")
 
 
 @dataclass
@@ -150,8 +155,10 @@ class NoiseConfig:
     scale: float = 255.0          # intensity scale the std is relative to: the top of gmm.mu
 
     def validate(self):
-        if self.max_std < 0:
-            raise ValueError(f"`noise.max_std` must be >= 0, got {self.max_std}")
+        if not (0 <= self.max_std < math.inf):
+            raise ValueError(f"`noise.max_std` must be finite and >= 0, got {self.max_std}")
+        if not (0 < self.scale < math.inf):
+            raise ValueError(f"`noise.scale` must be finite and > 0, got {self.scale}")
         if self.kind not in ("rician", "gaussian"):
             raise ValueError(f"`noise.kind` must be 'rician' or 'gaussian', got {self.kind!r}")
 
@@ -260,10 +267,13 @@ class GeneratorConfig:
                                     # traffic (math stays float32, stores round to 11 bits: statistics unchanged)
 
     def validate(self) -> "GeneratorConfig":
-        if len(self.crop) != 3 or any(int(c) != c or c < 4 for c in self.crop):
+        if len(self.crop) != 3 or any(not math.isfinite(c) or int(c) != c or c < 4 for c in self.crop):
             raise ValueError(f"`crop` must be 3 integers >= 4, got {self.crop}")
-        if not self.voxel_size > 0:
-            raise ValueError(f"`voxel_size` must be > 0 mm, got {self.voxel_size}")
+        if math.prod(int(c) for c in self.crop) > MAX_CROP_VOXELS:
+            raise ValueError(f"`crop` must hold at most {MAX_CROP_VOXELS:.3g} voxels (320^3; ~140 bytes each to "
+                             f"synthesise), got {'x'.join(str(int(c)) for c in self.crop)}")
+        if not MIN_VOXEL_MM <= self.voxel_size <= MAX_VOXEL_MM:
+            raise ValueError(f"`voxel_size` must be in [{MIN_VOXEL_MM:g}, {MAX_VOXEL_MM:g}] mm, got {self.voxel_size}")
         for part in (self.gmm, self.affine, self.elastic, self.bias, self.gamma, self.motion,
                      self.anisotropy, self.noise, self.smooth):
             part.validate()

@@ -243,6 +243,9 @@ class SynthGenerator:
             tissue = tissue.as_subclass(torch.Tensor)    # e.g. a MetaTensor: its metadata is the map's, not the crop's
         self._check_tissue_once(tissue)
         dev = tissue.device
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size
+                                       or batch_size < 1):
+            raise ValueError(f"`batch_size` must be a positive int or None (the tissue batch), got {batch_size!r}")
         cfg = self.config
         C = cfg.channels
         if params is not None and not isinstance(params, SampleParams):

@@ -6,7 +6,10 @@ NIfTI defines it). Resampling always goes through world coordinates, never array
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import re
+import socket
 import tempfile
 import zlib
 from contextlib import contextmanager
@@ -17,6 +20,8 @@ import numpy as np
 import torch
 
 from .ops.warp import grid_pull
+from .validate import check_reslice
+from .validate import voxel_sizes as voxel_sizes   # noqa: PLC0414 -- io's public name
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -82,15 +87,27 @@ def check_affine(affine: np.ndarray, name="affine") -> None:
         raise ValueError(f"{name}: affine is singular (det {np.linalg.det(affine[:3, :3]):.3g})")
 
 
+def _temporary_tag() -> str:
+    """``tmp-<pid>-<host hash>``: who writes a temporary file, so that a later start can tell a killed writer's file
+    (its process is gone) from a live one's."""
+    host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+    return f"tmp-{os.getpid()}-{host}"
+
+
+# .<target name>.tmp-<pid>-<host>-<8 random characters of mkstemp><suffix>
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]{8}")
+
+
 @contextmanager
 def atomic_path(path, suffix: str = ""):
     """Yield a temporary name beside ``path``; on success rename it onto ``path``, on error remove it.
 
-    Readers never see a half-written file, and a killed writer leaves the previous version intact.
+    Readers never see a half-written file, and a killed writer leaves the previous version intact; its temporary
+    file (``.<name>.tmp-<pid>-<host>-...``) is removed by :func:`remove_stale_temporaries` on the next start.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temporary_tag()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -101,6 +118,43 @@ def atomic_path(path, suffix: str = ""):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True            # another user's process: alive
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporary files that killed writers of :func:`atomic_path` left in ``folder`` (not recursive).
+
+    Only files named as :func:`atomic_path` names them, written on this host by a process that no longer exists,
+    are removed: a live writer's file and any other file are never touched.
+
+    Returns:
+        The paths removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = _temporary_tag().rsplit("-", 1)[1]
+    removed = []
+    for entry in folder.iterdir():
+        m = _TEMPORARY.match(entry.name)
+        if m is None or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        try:
+            if entry.is_file():
+                entry.unlink()
+                removed.append(entry)
+        except FileNotFoundError:     # removed meanwhile by another starter
+            pass
+    return removed
 
 
 def save_png(fig, path, **savefig_kwargs) -> Path:
@@ -144,11 +198,6 @@ def fov_overlap(shape_a, aff_a, shape_b, aff_b) -> float:
     inter = np.prod(np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None))
     smaller = min(np.prod(hi_a - lo_a), np.prod(hi_b - lo_b))
     return float(inter / smaller)
-
-
-def voxel_sizes(affine) -> np.ndarray:
-    """Voxel edge lengths in mm (norms of the affine's columns)."""
-    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
 
 
 def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,17 +275,24 @@ def affine_grid_points(shape, vox2vox: torch.Tensor) -> torch.Tensor:
 
 
 def to_ras_1mm(data: np.ndarray, affine: np.ndarray, order: int = 1,
-               voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+               voxel_size: float = 1.0, name="image") -> tuple[np.ndarray, np.ndarray]:
     """Reorient to RAS, then reslice to isotropic ``voxel_size`` mm covering the same field of view.
 
     An image already at that voxel size (within 1e-3 mm) and axis-aligned is only reoriented. Trilinear reslicing
     to a coarser grid is anti-aliased (:func:`resample_to_grid`).
+
+    Raises:
+        ValueError: (naming ``name``) the new grid would exceed :data:`synthgen.validate.MAX_GRID_VOXELS`, checked
+            before it is allocated.
     """
+    if not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise ValueError(f"`voxel_size` must be a positive number of mm, got {voxel_size}")
     data, affine = reorient_to_ras(data, affine)
     sizes = voxel_sizes(affine)
     oblique = not np.allclose(affine[:3, :3] / sizes, np.eye(3), atol=1e-4)
     if np.allclose(sizes, voxel_size, atol=1e-3) and not oblique:
         return data, affine
+    check_reslice(data.shape, affine, voxel_size, name, channels=data.shape[3] if data.ndim == 4 else 1)
     # bounding box of the input's voxel centres in world space, on an axis-aligned RAS grid
     corners = np.array([[i, j, k, 1.0] for i in (0, data.shape[0] - 1) for j in (0, data.shape[1] - 1)
                         for k in (0, data.shape[2] - 1)])

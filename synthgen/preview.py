@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import HelpFormatter
+from .cli import HelpFormatter, add_debug, cli_main
 from .config import GeneratorConfig
 from .generator import SynthGenerator
 from .io import save_png
@@ -93,18 +93,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("tissue", "lesion"), default="tissue",
                    help="6 classes (tissue + lesion) or the binary lesion target")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    add_debug(p)
     return p
 
 
+@cli_main
 def main(argv=None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     if args.n < 1:
         cli.error(f"-n must be >= 1, got {args.n}")
+    config = GeneratorConfig(crop=tuple(args.crop), target=args.target).validate()     # before any work
+    from .validate import check_output_file, resolve_device
+    check_output_file(args.out, "montage (--out)")
+    device = resolve_device(args.device)
 
     from .data import default_tissue_map
-    tissue, affine = default_tissue_map(device=args.device, with_affine=True)
-    config = GeneratorConfig(crop=tuple(args.crop), target=args.target)
+    tissue, affine = default_tissue_map(device=device, with_affine=True)
     source = lesion_source(args.lesions, tissue, affine, args.lesion_pattern)
     gen = SynthGenerator(config, lesions=source)
     images, targets = [], []

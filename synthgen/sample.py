@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import HelpFormatter
+from .cli import HelpFormatter, add_debug, cli_main
 from .config import GeneratorConfig
 from .generator import SynthGenerator
-from .io import atomic_path, save_nifti
+from .io import atomic_path, remove_stale_temporaries, save_nifti
 from .preview import lesion_source
 
 
@@ -71,7 +71,10 @@ def write_samples(out_dir, n: int, seed: int = 0, start: int = 0, config: Genera
 
     from .data.sources import DefaultTissueMap
     from .data.tissue import read_tissue_map, resolve_mapping
-    config = config or GeneratorConfig()
+    from .validate import check_output_dir, resolve_device
+    out_dir = check_output_dir(out_dir, "output folder")
+    device = resolve_device(device)
+    config = (config or GeneratorConfig()).validate()
     mapping = resolve_mapping(label_map)
     if mapping is not None:
         config = dataclasses.replace(config, labels=mapping.label_config()).validate()
@@ -83,8 +86,8 @@ def write_samples(out_dir, n: int, seed: int = 0, start: int = 0, config: Genera
         tissue, map_affine = tmap.to_tensor(), tmap.affine
     tissue = tissue.to(device)
     gen = SynthGenerator(config, lesions=lesion_source(lesions, tissue, map_affine, lesion_pattern))
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)            # what a killed run left
     written = []
     for index in tqdm(range(start, start + n), desc="sampling", unit="sample", disable=not progress):
         paths = sample_paths(out_dir, index)
@@ -126,22 +129,20 @@ def parser() -> argparse.ArgumentParser:
                    help="6 classes (tissue + lesion), the binary lesion target, or the label mapping's target set")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--overwrite", action="store_true", help="rewrite samples whose files exist")
+    add_debug(p)
     return p
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        config = GeneratorConfig(crop=tuple(args.crop), target=args.target, channels=args.channels)
-        if args.label_map is not None:
-            from .data.tissue import resolve_mapping
-            config.labels = resolve_mapping(args.label_map).label_config()
-        paths = write_samples(args.out, args.n, seed=args.seed, start=args.start, config=config.validate(),
-                              lesions=args.lesions, lesion_pattern=args.lesion_pattern, tissue_map=args.tissue_map,
-                              device=args.device, overwrite=args.overwrite, label_map=args.label_map)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = GeneratorConfig(crop=tuple(args.crop), target=args.target, channels=args.channels)
+    if args.label_map is not None:
+        from .data.tissue import resolve_mapping
+        config.labels = resolve_mapping(args.label_map).label_config()
+    paths = write_samples(args.out, args.n, seed=args.seed, start=args.start, config=config.validate(),
+                          lesions=args.lesions, lesion_pattern=args.lesion_pattern, tissue_map=args.tissue_map,
+                          device=args.device, overwrite=args.overwrite, label_map=args.label_map)
     print(f"wrote {len(paths)} samples to {args.out} ({paths[0]['image'].name}, ...)")
     return 0
 

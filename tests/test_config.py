@@ -50,3 +50,44 @@ def test_round_trip_through_a_dict():
 def test_out_of_range_parameters_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         GeneratorConfig(**bad).validate()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(bias=BiasConfig(max_std=NAN)), "bias.max_std"),
+    (dict(bias=BiasConfig(max_std=INF)), "bias.max_std"),
+    (dict(gamma=GammaConfig(log_std=NAN)), "gamma.log_std"),
+    (dict(noise=NoiseConfig(max_std=INF)), "noise.max_std"),
+    (dict(noise=NoiseConfig(scale=NAN)), "noise.scale"),
+    (dict(noise=NoiseConfig(scale=0.0)), "noise.scale"),
+    (dict(gmm=GMMConfig(mu=(0.0, INF))), "gmm.mu"),
+    (dict(gmm=GMMConfig(lesion_mu=(0.0, NAN))), "gmm.lesion_mu"),
+    (dict(gmm=GMMConfig(sigma=(0.0, INF))), "gmm.sigma"),
+    (dict(elastic=ElasticConfig(max_std=INF)), "elastic.max_std"),
+    (dict(affine=AffineConfig(translation=INF)), "affine.translation"),
+    (dict(affine=AffineConfig(rotation=NAN)), "affine.rotation"),
+    (dict(motion=MotionBlurConfig(fwhm=(0.0, INF))), "motion.fwhm"),
+    (dict(anisotropy=AnisotropyConfig(spacing=(1.0, INF))), "anisotropy.spacing"),
+    (dict(smooth=SmoothConfig(fwhm=(NAN, 1.0))), "smooth.fwhm"),
+    (dict(voxel_size=NAN), "voxel_size"),
+    (dict(voxel_size=INF), "voxel_size"),
+    (dict(voxel_size=1e-6), r"voxel_size` must be in \[0.1, 16\] mm"),
+    (dict(crop=(1000, 1000, 1000)), r"`crop` must hold at most .* got 1000x1000x1000"),
+    (dict(crop=(INF, 64, 64)), "`crop` must be 3 integers"),
+])
+def test_non_finite_and_memory_exploding_parameters_are_refused(bad, match):
+    """NaN / Inf would give all-NaN images or all-background targets; a 1000^3 crop or 1e-6 mm voxels ask for
+    hundreds of GB: each is refused by validate(), naming the field."""
+    with pytest.raises(ValueError, match=match):
+        GeneratorConfig(**bad).validate()
+
+
+def test_batch_size_zero_is_refused():
+    import torch
+    from synthgen import SynthGenerator
+    gen = SynthGenerator(GeneratorConfig(crop=(8, 8, 8)))
+    tissue = torch.ones(1, 1, 8, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive int or None .* got 0"):
+        gen(tissue, batch_size=0)

@@ -196,7 +196,7 @@ def test_cli_check_exit_status(tmp_path, capsys):
     _save(tmp_path / "l" / "ok.nii.gz", _lesion())
     assert main(["check", "--lesions", str(tmp_path / "l"), "--quiet"]) == 0
     _save(tmp_path / "l" / "soft.nii.gz", _lesion() * 0.5)
-    assert main(["check", "--lesions", str(tmp_path / "l"), "--quiet"]) == 1
+    assert main(["check", "--lesions", str(tmp_path / "l"), "--quiet"]) == 2   # input errors: exit 2
     out = capsys.readouterr().out
     assert "soft.nii.gz: mask must be binary" in out and "1 error(s)" in out
     assert main(["check", "--lesions", str(tmp_path / "l"), "--mask-threshold", "0.2", "--quiet"]) == 0

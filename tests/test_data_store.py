@@ -137,5 +137,5 @@ def test_cli_pack(tmp_path, capsys):
     assert "3 packed" in capsys.readouterr().out
     assert len(open_store(tmp_path / "s").lesions) == 3
     _save(les / "bad.nii.gz", np.full((3, 3, 3), 0.5, np.float32))
-    assert main(["pack", "--lesions", str(les), "--out", str(tmp_path / "s"), "--quiet"]) == 1
+    assert main(["pack", "--lesions", str(les), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     assert len(open_store(tmp_path / "s").lesions) == 3   # untouched

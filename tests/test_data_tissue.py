@@ -59,11 +59,11 @@ def test_oblique_input_is_resliced_on_an_axis_aligned_ras_grid(tmp_path):
 
 
 def test_2mm_labels_resampled_to_1mm_nearest(tmp_path):
-    lab = _labels((5, 6, 7))
+    lab = _labels((6, 7, 8))
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     aff[:3, 3] = [-4, -6, -8]
     tm = read_tissue_map(_save(tmp_path / "lab2.nii.gz", lab, aff))
-    assert tm.data.shape == (9, 11, 13)
+    assert tm.data.shape == (11, 13, 15)
     assert np.allclose(tm.affine, np.diag([1.0, 1, 1, 1]) + np.pad(np.array([[-4], [-6], [-8]]), ((0, 1), (3, 0))))
     assert np.array_equal(tm.data[::2, ::2, ::2], lab)      # even voxels sit on the original centres
     assert set(np.unique(tm.data)) <= set(np.unique(lab))   # nearest: no invented labels
@@ -71,15 +71,15 @@ def test_2mm_labels_resampled_to_1mm_nearest(tmp_path):
 
 def test_soft_map_without_background_gets_one_and_resamples_trilinear(tmp_path):
     rng = np.random.default_rng(1)
-    p = rng.dirichlet(np.ones(5), size=(4, 5, 6)).astype(np.float32)[..., 1:]   # drop bg: MultiBrain style
+    p = rng.dirichlet(np.ones(5), size=(6, 7, 8)).astype(np.float32)[..., 1:]   # drop bg: MultiBrain style
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     tm = read_tissue_map(_save(tmp_path / "soft.nii.gz", p, aff))
-    assert tm.kind == "soft" and tm.data.shape == (5, 7, 9, 11)
+    assert tm.kind == "soft" and tm.data.shape == (5, 11, 13, 15)
     assert np.allclose(tm.data.sum(0), 1.0, atol=1e-5)
     assert np.allclose(tm.data[1:, ::2, ::2, ::2], np.moveaxis(p, -1, 0), atol=1e-6)
     assert np.allclose(tm.data[1, 1, 0, 0], 0.5 * (p[0, 0, 0, 0] + p[1, 0, 0, 0]), atol=1e-6)
     t = tm.to_tensor()
-    assert t.shape == (1, 5, 7, 9, 11) and t.dtype == torch.float32
+    assert t.shape == (1, 5, 11, 13, 15) and t.dtype == torch.float32
 
 
 def test_soft_channels_errors():
@@ -165,13 +165,13 @@ def test_label_mapping_json_cli_and_freesurfer(tmp_path):
 
 
 def test_read_tissue_map_with_mapping_and_errors(tmp_path):
-    fs_lab = np.zeros((4, 4, 4), np.int16)
+    fs_lab = np.zeros((6, 6, 6), np.int16)      # the smallest grid a map may have (synthgen.validate)
     fs_lab[1:3, 1:3, 1:3] = 42
     fs_lab[0, 0, 0] = 530
     t, aff = load_tissue_map(_save(tmp_path / "fs.nii.gz", fs_lab, np.eye(4)), label_map="freesurfer",
                              with_affine=True)
     # 530 is the largest of the mapping's 56 source labels besides background: generator label 56
-    assert t.shape == (1, 1, 4, 4, 4) and t.dtype == torch.uint8 and int(t.max()) == 56 and aff.shape == (4, 4)
+    assert t.shape == (1, 1, 6, 6, 6) and t.dtype == torch.uint8 and int(t.max()) == 56 and aff.shape == (4, 4)
     assert int(t[0, 0, 1, 1, 1]) == sorted(freesurfer_mapping().source_labels - {0}).index(42) + 1
     with pytest.raises(ValueError, match="fs.nii.gz: labels up to 530 are not in our convention"):
         read_tissue_map(tmp_path / "fs.nii.gz")

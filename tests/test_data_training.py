@@ -210,9 +210,17 @@ def test_check_and_training_agree_on_every_map(tmp_path):
         "soft_16_channels": (np.concatenate([soft, np.zeros(soft.shape[:3] + (10,), np.float32)], -1), None,
                              False),
         "soft_above_one": (soft * 2, None, False),
+        # degenerate maps (synthgen.validate): refused by both, naming the file
+        "constant_gm": (np.ones_like(good), None, False),
+        "constant_soft": (np.broadcast_to(soft[:1, :1, :1], soft.shape).copy(), None, False),
+        "tiny_5x5x5": (good[:5, :5, :5], None, False),
+        "voxels_50mm": (good, None, False, np.diag([50.0, 50.0, 50.0, 1.0])),
+        "labels_4d_singleton": (good[..., None], None, True),          # some tools save label maps so
+        "freesurfer_no_brain": (np.where(np.isin(fs, freesurfer_mapping().gm + freesurfer_mapping().wm), 24, fs),
+                                "freesurfer", False),
     }
-    for name, (data, mapping, expected) in cases.items():
-        path = _save(tmp_path / name / f"{name}.nii.gz", data)
+    for name, (data, mapping, expected, *affine) in cases.items():
+        path = _save(tmp_path / name / f"{name}.nii.gz", data, *affine)
         report = check.check_tissue_map(path, mapping)
         usable = not any(p.severity == "error" for p in report.problems)
         assert usable == _trains(tmp_path / name, mapping) == expected, (name, report.problems)

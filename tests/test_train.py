@@ -176,7 +176,7 @@ def test_presets():
     ("optim.poly_power", -1.0, "`optim.poly_power` must be >= 0"),
     ("optim.ce_weight", -1.0, "`optim.dice_weight` and `optim.ce_weight`"),
     ("optim.amp", "fp8", "`optim.amp` must be"),
-    ("generator.voxel_size", 0.0, "`voxel_size` must be > 0"),
+    ("generator.voxel_size", 0.0, r"`voxel_size` must be in \[0.1, 16\] mm"),
     ("data.lesion.healthy_probability", 2.0, "`lesion.healthy_probability` must be"),
     ("baseline", True, "`baseline` trains on real scans only"),
     ("generator.crop", (44, 48, 48), "multiples of the network stride 8"),

@@ -46,4 +46,4 @@ def test_ddp_two_cpu_ranks(tmp_path):
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2            # every rank's random state is saved
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert sorted(p for p in os.listdir(out) if not p.startswith(".")) == \
-        ["config.json", "curves.png", "last.pt", "metrics.csv", "val_samples.png"]
+        ["config.json", "curves.png", "last.pt", "metrics.csv", "prev.pt", "val_samples.png"]

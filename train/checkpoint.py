@@ -1,30 +1,42 @@
-"""Training checkpoints: atomic writes and the random state needed to resume bit for bit.
+"""Training checkpoints: atomic writes, a checksum, the previous one kept, and the random state needed to resume bit
+for bit.
 
 A checkpoint is the ``synthgen.segment`` format (``{"model": state_dict, "config": {..., "model": build_unet
 kwargs}}``, readable by ``load_checkpoint_model``) plus ``optimizer``, ``scheduler``, ``step`` and ``rng``
-(the torch CPU / CUDA generator states of every rank). Synthesis needs no saved state: sample ``i`` of a step
-is a pure function of ``(seed + rank, step * batch_size + i)``.
+(the torch CPU / CUDA generator states of every rank) and ``checksum`` (SHA-256 of all of it,
+:func:`synthgen.segment.model.state_digest`). Synthesis needs no saved state: sample ``i`` of a step is a pure function
+of ``(seed + rank, step * batch_size + i)``.
+
+A run folder holds ``last.pt`` and ``prev.pt`` (the checkpoint before it): writing a new one renames ``last.pt`` to
+``prev.pt`` only once the new file is complete. :func:`load_resume_checkpoint` takes ``last.pt`` and falls back to
+``prev.pt``, with a warning, when ``last.pt`` is missing, corrupt (checksum) or holds non-finite weights.
 """
 from __future__ import annotations
 
-import pickle
+import os
 import random
-import zipfile
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from synthgen.io import atomic_path
+from synthgen.segment.model import verify_checkpoint, with_checksum
 
 LAST = "last.pt"
+PREV = "prev.pt"            # the checkpoint before last.pt, the fallback when last.pt is damaged
 
 
-def atomic_torch_save(obj, path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written)."""
+def atomic_torch_save(obj, path, keep_previous: bool = False) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written); with
+    ``keep_previous`` the file already at ``path`` becomes :data:`PREV` beside it once the new one is complete."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-    return Path(path)
+        if keep_previous and path.is_file():
+            os.replace(path, path.with_name(PREV))
+    return path
 
 
 def rng_state(device: torch.device) -> dict:
@@ -58,14 +70,16 @@ def save_checkpoint(path, *, model, optimizer, scheduler, step: int, config: dic
             replaced by ``model_kwargs`` so that ``synthgen.segment.load_checkpoint_model`` can rebuild the net,
             and in full as ``train_config``.
         rng: one :func:`rng_state` per rank, in rank order.
+
+    The checkpoint gets its checksum; the one it replaces is kept as :data:`PREV`.
     """
     net = model.module if hasattr(model, "module") else model
     cfg = dict(config)
     cfg["model"] = dict(model_kwargs)
-    return atomic_torch_save({
+    return atomic_torch_save(with_checksum({
         "model": net.state_dict(), "config": cfg, "train_config": config,
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": int(step), "rng": list(rng), **extra}, path)
+        "step": int(step), "rng": list(rng), **extra}), path, keep_previous=True)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -73,17 +87,50 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: unreadable, or missing the entries needed to resume (the message names the file).
+        ValueError: unreadable, corrupt (checksum), weights not finite, or missing the entries needed to resume
+            (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (nothing to resume)")
     try:
         ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+    except Exception as err:   # noqa: BLE001 -- a damaged file fails in many ways (zip, pickle, storage records)
         raise ValueError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from err
     need = ("model", "optimizer", "scheduler", "step", "rng", "train_config")
     missing = [k for k in need if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a resumable training checkpoint, missing {missing}")
+    verify_checkpoint(ckpt, path)
     return ckpt
+
+
+def load_resume_checkpoint(out, map_location="cpu") -> tuple[dict, Path]:
+    """The checkpoint a run in folder ``out`` resumes from: ``last.pt``, or ``prev.pt`` (with a warning on stderr)
+    when ``last.pt`` is missing or damaged.
+
+    Returns:
+        ``(checkpoint, path)``.
+
+    Raises:
+        FileNotFoundError: neither file exists (nothing to resume).
+        ValueError: both are damaged (each reason listed).
+    """
+    out = Path(out)
+    reasons = []
+    for name in (LAST, PREV):
+        path = out / name
+        if not path.is_file():
+            reasons.append(f"{path}: missing")
+            continue
+        try:
+            ckpt = load_checkpoint(path, map_location)
+        except ValueError as err:
+            reasons.append(str(err))
+            continue
+        if reasons:
+            print(f"warning: {reasons[0]}; resuming from {path} (step {int(ckpt['step'])}) instead", file=sys.stderr)
+        return ckpt, path
+    if all(r.endswith(": missing") for r in reasons):
+        raise FileNotFoundError(f"{out / LAST}: checkpoint not found (nothing to resume)")
+    raise ValueError("no checkpoint to resume from:\n" + "\n".join(reasons))

@@ -127,8 +127,8 @@ class TrainConfig:
         if self.device != "auto" and not str(self.device).startswith(("cpu", "cuda")):
             raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         o = self.optim
-        if not o.lr > 0:
-            raise ValueError(f"`optim.lr` must be > 0, got {o.lr}")
+        if not 0 < o.lr < float("inf"):
+            raise ValueError(f"`optim.lr` must be > 0 and finite, got {o.lr}")
         if not o.grad_clip > 0:
             raise ValueError(f"`optim.grad_clip` must be > 0, got {o.grad_clip}")
         if o.poly_power < 0:

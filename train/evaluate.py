@@ -7,8 +7,9 @@ The command line of :func:`synthgen.metrics.evaluate_dirs` (installed as ``synth
 pairing and outputs are described there). Files are paired by name (``--pred-suffix _lesion`` pairs
 ``sub-01_lesion.nii.gz`` with truth ``sub-01.nii.gz``, as ``train/predict.py`` names its output). By default
 scores are computed on the truth's grid (ISLES'22); ``--paper-protocol`` reslices to 1 mm RAS and pads to 256^3.
-Outputs: the per-case CSV, ``<stem>_summary.csv`` and ``<stem>_boxplots.png``. Exit status 1 when any case
-failed, 2 when nothing could be paired.
+Outputs: the per-case CSV, ``<stem>_summary.csv`` and ``<stem>_boxplots.png`` (checked to be writable before any
+case is scored). Exit status 0 when every case was scored, 1 when any case failed (each named, the others scored),
+2 for bad arguments or when nothing could be paired; ``--debug`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -19,19 +20,21 @@ from pathlib import Path
 if __package__ in (None, ""):                     # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.cli import HelpFormatter  # noqa: E402
+from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main  # noqa: E402
 from synthgen.metrics import evaluate_dirs, format_summary  # noqa: E402
 
 
 def _label_arg(text: str):
     if text == "auto":
         return text
+    what = "the lesion's label in the predictions: 1 for binary masks, 5 for the 6-class model's _labels maps"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive int, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive int ({what}), got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive int, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive int ({what}), got {text!r}"
+                                         + (": label 0 is background" if value == 0 else ""))
     return value
 
 
@@ -50,20 +53,22 @@ def parser() -> argparse.ArgumentParser:
                    help="prediction name = truth name + this suffix (e.g. _lesion for predict.py output)")
     p.add_argument("--hd-reduction", default="pooled", choices=("pooled", "max"),
                    help="HD95 of the pooled symmetric distances, or the max of the two directed ones (MONAI's)")
+    add_debug(p)
     return p
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        rows, summary = evaluate_dirs(args.pred, args.truth, args.out, args.paper_protocol, args.connectivity,
-                                      args.label, args.pred_suffix, args.hd_reduction)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    rows, summary = evaluate_dirs(args.pred, args.truth, args.out, args.paper_protocol, args.connectivity,
+                                  args.label, args.pred_suffix, args.hd_reduction)
     print(format_summary(summary))
     print(f"wrote {args.out}, {args.out.stem}_summary.csv and {args.out.stem}_boxplots.png")
-    return 1 if any(r["error"] for r in rows) else 0
+    failed = [r["case"] for r in rows if r["error"]]
+    if failed:
+        print(f"{len(rows) - len(failed)} of {len(rows)} cases scored; failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

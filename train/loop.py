@@ -7,6 +7,11 @@ grad-norm clip -> AdamW step -> poly lr step. Every ``val_every`` steps rank 0 s
 synthetic set (and real scans when given); every ``ckpt_every`` steps, at the end and on SIGINT/SIGTERM (after
 the current step) a checkpoint is written atomically. Under torchrun every rank trains (DDP), only rank 0
 writes. Paper: Chalcroft et al., arXiv:2404.01946, section 2.
+
+Bad input stops a run before it starts (the data by ``synthgen.data.check``, the run folder writable, a finished run
+not overwritten without ``overwrite``); a run whose loss or weights stop being finite stops with
+:class:`TrainingDiverged` and never saves them (the last good checkpoint is kept); a run stopped by a signal reports
+it (``train/run.py`` exits 128 + N). Temporary files of a killed writer are removed on the next start.
 """
 from __future__ import annotations
 
@@ -29,9 +34,10 @@ import synthgen
 from synthgen.data.prefetch import Prefetcher
 from synthgen.data.sources import real_scans, tissue_maps
 from synthgen.data.training import TrainingBatches, training_lesions, validation_set
-from synthgen.io import atomic_path
+from synthgen import validate
+from synthgen.io import atomic_path, remove_stale_temporaries
 from train import plots
-from train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import LAST, PREV, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.losses import DiceCE
 from train.model import build_unet, n_params
@@ -40,18 +46,17 @@ from train.validate import REAL_CLASSES, evaluate
 # ----------------------------------------------------------------------------------------------- devices
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite: training stopped, nothing non-finite was saved."""
+
+
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; other names as given.
+    """``"auto"`` -> cuda when available, else cpu; other names as given (:func:`synthgen.validate.resolve_device`).
 
     Raises:
-        ValueError: CUDA asked for but not available.
+        ValueError: CUDA asked for but not available, or not a device name.
     """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"`device` must be available, got {name!r} but torch sees no CUDA device")
-    return dev
+    return validate.resolve_device(name)
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device):
@@ -95,13 +100,36 @@ def check_data(cfg: TrainConfig) -> None:
     if not (d.tissue_maps or d.lesions or d.real or d.real_val):
         return
     from synthgen.data import check
-    problems = check.check_folders(tissue_maps=d.tissue_maps, real=d.real, label_map=d.label_map, progress=False)
+    vox = cfg.generator.voxel_size
+    problems = check.check_folders(tissue_maps=d.tissue_maps, real=d.real, label_map=d.label_map, progress=False,
+                                   voxel_size=vox)
     if d.lesions:
         problems += check.check_folders(lesions=d.lesions, pattern=d.lesion.mask_pattern, progress=False)
     if d.real_val:
-        problems += check.check_folders(real=d.real_val, progress=False)
+        problems += check.check_folders(real=d.real_val, progress=False, voxel_size=vox)
     if check.has_errors(problems):
         raise ValueError("training data have problems:\n" + check.format_problems(problems))
+    for p in problems:
+        print(p, file=sys.stderr)
+
+
+def check_grids(cfg: TrainConfig, store) -> None:
+    """The maps not read from folders (a packed store's, or the bundled one) must reslice to the training grid within
+    the memory limit, checked from their index / header before any work (:func:`synthgen.validate.check_reslice`).
+
+    Raises:
+        ValueError: naming the map and the voxel sizes.
+    """
+    vox = cfg.generator.voxel_size
+    if store is not None:
+        for section in ("tissue_maps", "real"):
+            for name, entry in store.index["sections"][section].items():
+                validate.check_reslice(entry["shape"][-3:], entry["affine"], vox, f"{store.root}/{name} (packed)")
+    elif not (cfg.data.tissue_maps or cfg.baseline):
+        import nibabel as nib
+        from synthgen.data.default_map import default_tissue_map_path
+        img = nib.load(str(default_tissue_map_path()))
+        validate.check_reslice(img.shape, img.affine, vox, f"{default_tissue_map_path()} (the bundled tissue map)")
 
 
 def open_data_store(cfg: TrainConfig):
@@ -209,10 +237,11 @@ def _write_json(path: Path, obj) -> None:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and exits. A second Ctrl-C aborts at once."""
+    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and exits. A second Ctrl-C aborts at once.
+    ``signum`` is the first signal received."""
 
     def __init__(self):
-        self.set, self._old = False, {}
+        self.set, self._old, self.signum = False, {}, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -224,6 +253,7 @@ class StopFlag:
         if self.set and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.set = True
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
@@ -233,38 +263,68 @@ class StopFlag:
 # -------------------------------------------------------------------------------------------------- train
 
 
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Before any work: the run folder is (or can be made) a writable folder, its checkpoint paths are not folders,
+    and a run already there is neither overwritten silently nor resumed from nothing.
+
+    Raises:
+        ValueError: naming the folder and what to do (``--resume``, ``--overwrite`` or another ``--out``).
+    """
+    validate.check_output_dir(out, "run folder (--out)")
+    for name in (LAST, PREV, "config.json", "metrics.csv"):
+        if (out / name).is_dir():
+            raise ValueError(f"{out / name}: is a folder where the run writes its {name}: move it away or use "
+                             "another --out")
+    found = [n for n in (LAST, PREV) if (out / n).is_file()]
+    if found and not resume and not overwrite:
+        raise ValueError(f"{out}: already holds a run ({', '.join(found)}): pass --resume to continue it, --overwrite "
+                         "to start it again from scratch, or give another --out")
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lesions=None,
-          progress: bool = True) -> dict:
+          progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or resume) a run; return the last metrics.
 
     Args:
         cfg: the resolved configuration (validated here).
-        resume: continue from ``<out>/last.pt`` exactly (model, optimiser, scheduler, step, random states).
+        resume: continue from ``<out>/last.pt`` exactly (model, optimiser, scheduler, step, random states); from
+            ``<out>/prev.pt``, with a warning, when ``last.pt`` is missing or damaged.
         stop_at: stop after this step (checkpointing it) without changing the schedule; for tests and
             time-sliced jobs.
         lesions: ``(train_source, val_source)`` to use instead of
             :func:`synthgen.data.training.training_lesions`.
         progress: show the tqdm bar (rank 0).
+        overwrite: start again in a folder that holds a run (its checkpoints are removed first); without it that is
+            an error.
 
     Returns:
-        ``{"step", "loss", "val_*"...}`` of the last interval / validation (rank 0; others get ``{"step"}``).
+        ``{"step", "loss", "val_*"...}`` of the last interval / validation (rank 0; others get ``{"step"}``), and
+        ``"signal"`` (the signal number) when a signal stopped the run (after its checkpoint).
 
     Raises:
         ValueError: bad config or data (all file problems listed), CUDA asked for but missing, a baseline run
-            from a store without real scans.
+            from a store without real scans, a run folder that cannot be written or already holds a run.
         FileNotFoundError: ``resume`` without a checkpoint in ``out``, or ``data.store`` not a packed store.
-        NotImplementedError: ``--real``/``--lesions`` before the modules that read them have landed.
+        TrainingDiverged: the loss or the weights stopped being finite (step, loss and the last good checkpoint in
+            the message); nothing non-finite is saved.
     """
     cfg.resolve_labels().validate()
     rank, world, device = init_distributed(cfg.device)
     is_main = rank == 0
     out = Path(cfg.out)
     ckpt_path = out / LAST
+    check_run_folder(out, resume, overwrite)
     check_data(cfg)
-    if resume and not ckpt_path.is_file():
+    store = open_data_store(cfg)
+    check_grids(cfg, store)
+    if resume and not (ckpt_path.is_file() or (out / PREV).is_file()):
         raise FileNotFoundError(f"{ckpt_path}: checkpoint not found (nothing to resume)")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)              # what a killed writer left
+        if overwrite and not resume:
+            for name in (LAST, PREV):
+                (out / name).unlink(missing_ok=True)
         _write_json(out / "config.json", cfg.to_dict())
 
     seed = cfg.seed + rank
@@ -273,7 +333,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
 
     # data: read by index from the store or the folders (a bounded read-ahead), synthesised on the training device
     d = cfg.data
-    store = open_data_store(cfg)
     if cfg.baseline and d.store and not len(store.real):
         raise ValueError(f"`baseline` trains on real scans only: the store {d.store} must hold real scans "
                          "(pack --real DIR), got none")
@@ -296,8 +355,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     loss_fn = DiceCE(cfg.optim.dice_weight, cfg.optim.ce_weight)
 
     step = 0
+    resumed_from = ckpt_path
     if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")   # RNG states must stay CPU tensors
+        ckpt, resumed_from = load_resume_checkpoint(out, map_location="cpu")   # RNG states must stay CPU tensors
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -327,7 +387,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
         print(f"preset {cfg.preset}: {world} x {device} ({'bf16 autocast' if dtype else 'fp32'}), "
               f"{n_params(net) / 1e6:.2f} M parameters, crop {tuple(gen_cfg.crop)} at {cfg.generator.voxel_size:g} mm, "
               f"batch {cfg.batch_size}/rank, {cfg.num_classes} classes, steps {step} -> {cfg.steps}"
-              + (f" (resumed from {ckpt_path})" if resume else ""), flush=True)
+              + (f" (resumed from {resumed_from})" if resume else ""), flush=True)
 
     last: dict = {"step": step}
 
@@ -354,7 +414,26 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
         if kept:
             plots.plot_samples(kept, out / "val_samples.png", cfg.num_classes, f"step {at}")
 
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)   # first step whose loss was not finite
+
+    def diverged(at: int, loss_value=None) -> None:
+        """Stop without saving: the loss (or the weights) of step ``at`` are not finite."""
+        first = int(bad_step)
+        what = (f"the loss is {loss_value if loss_value is not None else 'not finite'} from step {first} on"
+                if first >= 0 else "the weights are not finite")
+        kept = (f"{ckpt_path} (step {saved_at}) is the last good checkpoint, kept" if saved_at >= 0 and
+                ckpt_path.is_file() else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"training diverged: {what} (stopped after step {at}, nothing non-finite saved); {kept}. Train again "
+            f"with a lower --lr (now {cfg.optim.lr:g}; with another --out or --overwrite) or check the data")
+
+    def weights_finite() -> bool:
+        params = [p.detach() for p in net.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
     def checkpoint(at: int) -> None:
+        if _agree(int(bad_step) >= 0 or not weights_finite(), world, device):
+            diverged(at)
         states = [rng_state(device)]
         if world > 1:
             import torch.distributed as dist
@@ -398,6 +477,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
             if cfg.num_classes > 2 and data.is_real(step):
                 logits = lesion_vs_rest(logits)
             loss = loss_fn(logits, target)
+            bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(loss.detach()), step + 1)   # no host sync
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -433,6 +513,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
                         for k in ("loss", "lr", "grad_norm", "ms_step", "synth_ms", "samples_s"):
                             tb.add_scalar(k, row[k], step)
                 window = {"loss": [], "gn": [], "synth": [], "t0": time.perf_counter(), "n": 0}
+                if _agree(int(bad_step) >= 0, world, device):
+                    diverged(step, f"{row['loss']:.4g}")
 
             if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
                 validate(step)
@@ -442,6 +524,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
                 saved_at = step
             if stopping:
                 _write(f"stopped by signal after step {step}; checkpoint {ckpt_path} (resume with --resume)")
+                last["signal"] = int(stop.signum or signal.SIGTERM)    # on another rank: a scheduler's SIGTERM
                 break
         if saved_at != step:
             checkpoint(step)

@@ -11,8 +11,11 @@ softmax -> argmax. Outputs in ``--out`` (input's shape and affine): ``<name>_les
 class), ``<name>_labels.nii.gz`` (uint8 argmax), and with ``--probabilities`` ``<name>_probs.nii.gz`` (4D, one
 volume per class; uint16 scaled by scl_slope 1/65535). ``--ensemble`` treats all scans as one subject: their logits
 are averaged on the first scan's grid (outputs named after it unless ``--name``). Scans whose outputs exist are
-skipped unless ``--overwrite``, so an interrupted run resumes. Exit status 1 when any scan failed (the others are
-still written), 2 for bad arguments.
+skipped unless ``--overwrite``, so an interrupted run resumes. Bad input is answered before any work, one line per
+problem naming the file (:mod:`synthgen.validate`: unreadable, constant or all-zero scans, grids too small or too
+coarse, a checkpoint that is corrupt or holds non-finite weights, an output folder that cannot be written, a device
+that does not exist). Exit status 0 when every case is done, 1 when some failed (each named, the others written, a
+summary at the end), 2 for bad arguments or when no case can be done; ``--debug`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):                     # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.cli import HelpFormatter  # noqa: E402
+from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main  # noqa: E402
 from synthgen.segment import predict_files  # noqa: E402
 
 
@@ -54,22 +57,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-histnorm", dest="histnorm", action="store_false",
                    help="skip histogram normalisation (z-score only)")
     p.add_argument("--overwrite", action="store_true", help="recompute cases whose outputs exist")
+    add_debug(p)
     return p
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        results = predict_files(args.checkpoint, args.scans, args.out, ensemble=args.ensemble, name=args.name,
-                                window=args.window, tta=args.tta, overlap=args.overlap,
-                                sw_batch_size=args.sw_batch_size, probabilities=args.probabilities,
-                                device=args.device, histnorm=args.histnorm, overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results = predict_files(args.checkpoint, args.scans, args.out, ensemble=args.ensemble, name=args.name,
+                            window=args.window, tta=args.tta, overlap=args.overlap,
+                            sw_batch_size=args.sw_batch_size, probabilities=args.probabilities,
+                            device=args.device, histnorm=args.histnorm, overwrite=args.overwrite)
     for r in results:
         print(f"{r['name']}: {r['status']}" + (f" ({r['error']})" if r["error"] else ""))
-    return 1 if any(r["status"] == "error" for r in results) else 0
+    failed = [r for r in results if r["status"] == "error"]
+    if failed:
+        print(f"{len(results) - len(failed)} of {len(results)} cases done; failed: "
+              + ", ".join(str(r["scans"][0]) for r in failed), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

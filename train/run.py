@@ -7,8 +7,13 @@
     torchrun --nproc_per_node 4 train/run.py --preset paper --out runs/paper   # DDP, one stream per rank
 
 Options given on the command line override the preset. With ``--resume`` the run's saved config is used and
-only run-control options (device, intervals, steps-to-go) may change; changing the recipe is an error.
-Ctrl-C / SIGTERM finishes the current step, writes a checkpoint and exits.
+only run-control options (device, intervals, steps-to-go) may change; changing the recipe is an error; a folder
+that already holds a run is not started again without ``--resume`` or ``--overwrite``. Ctrl-C / SIGTERM finishes
+the current step, writes a checkpoint and exits with status 128 + the signal (130, 143). Checkpoints: ``last.pt``
+and the one before it, ``prev.pt`` (each with a checksum; ``--resume`` falls back to ``prev.pt`` with a warning
+when ``last.pt`` is damaged). Exit status: 0 done, 1 training diverged (loss or weights not finite: the last good
+checkpoint is kept) or an internal error, 2 bad arguments or data (one line per problem, naming the file),
+128 + N stopped by signal N; ``--debug`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):   # `python train/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.cli import HelpFormatter  # noqa: E402
+from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main  # noqa: E402
 from train.config import PRESETS, TrainConfig, preset  # noqa: E402
 
 # options that may differ from the saved config on --resume (they do not change the recipe)
@@ -54,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, help="recipe (default: paper on CUDA, quick on CPU)")
     p.add_argument("--steps", type=int, help="total iterations N of the poly schedule")
     p.add_argument("--out", help="output folder (config.json, last.pt, metrics.csv, PNGs)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt (or prev.pt if it is damaged)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an --out that already holds a run "
+                                                               "(its checkpoints are removed)")
     p.add_argument("--tissue-maps", help="folder of tissue maps (default: bundled MNI152 map)")
     p.add_argument("--label-map", help="label mapping of the tissue maps ('freesurfer', JSON file, 'gm=3,42;...'; "
                                         "default: synthgen's own labels, 0 bg 1 GM 2 WM 3 PV 4 CSF 5+ other)")
@@ -92,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON config to start from (e.g. a run's config.json) instead of a preset "
                                     "(default: --preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_debug(p)
     _show_preset_defaults(p)
     return p
 
@@ -151,14 +159,14 @@ def resolve_config(args) -> TrainConfig:
     opts = overrides(args)
     out = Path(opts.get("out", "runs/train"))
     if args.resume and (out / "config.json").is_file():
-        cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        cfg = _read_config(out / "config.json")
         changed = sorted(k for k, v in opts.items()
                          if k not in RESUMABLE | {"out"} and _normal(_get(cfg, k)) != _normal(v))
         if changed:
             raise ValueError(f"`--resume` must keep the saved recipe of {out / 'config.json'}, got changes to "
                              f"{changed}; start a new --out instead")
     elif args.config:
-        cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        cfg = _read_config(Path(args.config))
     else:
         name = args.preset
         if name is None:
@@ -173,22 +181,37 @@ def resolve_config(args) -> TrainConfig:
     return cfg.resolve_labels().validate()
 
 
+def _read_config(path: Path) -> TrainConfig:
+    """A saved ``config.json`` (or a ``--config`` file); a missing or unreadable one is an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a training config ({type(err).__name__}: {err})") from err
+
+
 def _normal(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+@cli_main
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    cfg = resolve_config(args)
+    from train.loop import TrainingDiverged, train
     try:
-        cfg = resolve_config(args)
-        from train.loop import train
-        metrics = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, NotImplementedError) as err:
+        metrics = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
+    if metrics.get("signal"):
+        print(f"stopped by signal {metrics['signal']} after step {metrics['step']}; checkpoint in {cfg.out} "
+              "(continue with --resume)", file=sys.stderr)
+        return 128 + int(metrics["signal"])
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and "dice" in k}
     print(f"done: step {metrics['step']} -> {cfg.out}  {shown}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

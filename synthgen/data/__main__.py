@@ -1,17 +1,19 @@
 """``python -m synthgen.data check|pack``: validate the user's NIfTI folders, pack them into a store.
 
     python -m synthgen.data check --tissue-maps DIR --lesions DIR [--real DIR] [--label-map freesurfer]
+    python -m synthgen.data check --store STORE
     python -m synthgen.data pack  --tissue-maps DIR --lesions DIR --out STORE
 
-``check`` lists every problem of every file and exits 0 only when the data are usable (warnings allowed);
-it writes nothing. ``pack`` checks first, then writes the store (incremental: run it again after adding
-files, only new or changed files are decoded).
+``check`` lists every problem of every file (or of a packed store) and exits 0 only when the data are usable
+(warnings allowed), 2 when they are not; it writes nothing. ``pack`` checks its output folder and the data first,
+then writes the store (incremental: run it again after adding files, only new or changed files are decoded).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from synthgen.cli import EXIT_INPUT, add_debug, cli_main
 from synthgen.data import check as check_mod
 from synthgen.data import store as store_mod
 
@@ -30,13 +32,18 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--glob", default="*", metavar="PATTERN", help="file-name pattern inside the folders "
                                                                   "(e.g. '*_lesion.nii.gz')")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_debug(p)
 
 
+@cli_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synthgen.data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate folders; exit 0 only when all is usable; writes nothing")
     _add_inputs(p_check)
+    p_check.add_argument("--store", metavar="STORE", help="check a packed store instead of (or as well as) folders")
+    p_check.add_argument("--voxel-size", type=float, default=1.0, metavar="MM",
+                         help="the training grid: tissue maps and scans must reslice to it within the memory limit")
     p_pack = sub.add_parser("pack", help="check, then write a memory-mappable store (incremental)")
     _add_inputs(p_pack)
     p_pack.add_argument("--out", required=True, metavar="STORE", help="store folder (created if needed)")
@@ -48,15 +55,21 @@ def main(argv=None) -> int:
                         help="grid of the packed tissue maps and real scans (pack at the training voxel size: "
                              "training then reads them without resampling)")
     args = parser.parse_args(argv)
-    if not (args.tissue_maps or args.lesions or args.real):
-        parser.error("give at least one of --tissue-maps, --lesions, --real")
+    store = getattr(args, "store", None)
+    if not (args.tissue_maps or args.lesions or args.real or store):
+        parser.error("give at least one of --tissue-maps, --lesions, --real" + (", --store" if args.command == "check"
+                                                                                 else ""))
+    if args.command == "pack":
+        store_mod.check_output_store(args.out)          # before the check reads every file
     background = {"auto": None, "yes": True, "no": False}[args.background_channel]
-    problems = check_mod.check_folders(args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
-                                       mask_threshold=args.mask_threshold, background_channel=background,
-                                       pattern=args.glob, progress=not args.quiet)
+    problems = store_mod.check_store(store) if store else []
+    if args.tissue_maps or args.lesions or args.real:
+        problems += check_mod.check_folders(args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
+                                            mask_threshold=args.mask_threshold, background_channel=background,
+                                            pattern=args.glob, progress=not args.quiet, voxel_size=args.voxel_size)
     print(check_mod.format_problems(problems))
     if check_mod.has_errors(problems):
-        return 1
+        return EXIT_INPUT
     if args.command == "pack":
         counts = store_mod.pack(args.out, args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
                                 mask_threshold=args.mask_threshold, background_channel=background,

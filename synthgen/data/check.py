@@ -4,20 +4,25 @@
 :class:`Problem` (errors and warnings, each naming its file); nothing is written. The data are usable when
 no problem has severity ``"error"``. ``python -m synthgen.data check`` prints the same list.
 
-What is checked:
-- every file: opens as NIfTI (corrupt gzip, truncated data, wrong extension), finite non-singular affine;
-  image-like files with another extension (``.img``, ``.mgz``, ``.nii.bz2``, ...) are reported;
-- tissue maps: 3D integer labels covered by the label mapping (0-255 in our convention without one,
-  and GM present), or 4D probabilities in [0, 1] summing to at most 1 (+tolerance), with enough channels;
-- lesion masks: 3D, binary {0, 1} (or ``mask_threshold``), not empty (warning);
-- real scans: 3D, no NaN/Inf, not constant; each scan paired with one mask on the same grid
-  (:func:`pair_real_files` documents the rule);
+What is checked (each kind by the function training reads it with, so check == train: ``tissue_array``,
+``mask_array``, ``scan_array`` of :mod:`synthgen.data.tissue`, thresholds in :mod:`synthgen.validate`):
+- every file: opens as NIfTI (corrupt gzip, truncated data, wrong extension; names match case-insensitively),
+  finite non-singular affine; image-like files with another extension (``.img``, ``.mgz``, ``.nii.bz2``, ...) are
+  reported;
+- tissue maps: 3D integer labels (or 4D with one volume) covered by the label mapping (0-14 in our convention
+  without one, and GM present; a brain label with one), or 4D probabilities in [0, 1] summing to at most 1
+  (+tolerance), with enough channels; not constant; a grid of at least 6 voxels per axis and voxels no coarser
+  than 10 mm, that reslices to ``voxel_size`` within the memory limit;
+- lesion masks: 3D, binary {0, 1} (or ``mask_threshold``), voxels no coarser than 10 mm, not empty (warning);
+- real scans: 3D, no NaN/Inf, not constant, a grid that holds a head (little foreground: warning); each scan
+  paired with one mask on the same grid (:func:`pair_real_files` documents the rule);
 - space: pasting assumes tissue maps and lesion masks share one world space (MNI). Lesion voxels outside
   every tissue map's field of view are errors; files whose brain or lesions sit far from where MNI puts
   them are warnings (resampling goes through the affines, so grids may differ).
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,94 +103,73 @@ def _open(path) -> tuple[FileReport, np.ndarray | None]:
     return report, data
 
 
-def _squeeze_3d(report, data, what):
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        report.error(f"{what} must be 3D, got shape {tuple(data.shape)}")
-        return None
-    return data
-
-
 def check_tissue_map(path, label_map=None, background_channel=None,
-                     tolerance: float = tissue_mod.PROBABILITY_TOLERANCE) -> FileReport:
-    """Check one tissue map (3D labels or 4D probabilities); see the module docstring for the rules."""
+                     tolerance: float = tissue_mod.PROBABILITY_TOLERANCE, voxel_size: float = 1.0) -> FileReport:
+    """Check one tissue map (3D labels or 4D probabilities) by the rule training reads maps with
+    (:func:`synthgen.data.tissue.tissue_array`, resliced to ``voxel_size`` mm); see the module docstring."""
     mapping = tissue_mod.resolve_mapping(label_map)
     report, data = _open(path)
     if data is None:
         return report
-    if data.ndim == 3:
-        try:       # the rule training reads maps by (synthgen.data.tissue.tissue_labels)
-            tissue_mod.tissue_labels(data, path, mapping)
-        except ValueError as err:
-            report.error(_strip_path(str(err), path))
-            return report
+    try:
+        kind, array = tissue_mod.tissue_array(data, report.affine, path, mapping, background_channel, tolerance,
+                                              voxel_size)
+    except ValueError as err:
+        report.error(_strip_path(str(err), path))
+        return report
+    if kind == "labels":
         if mapping is not None:
-            brain = np.isin(data, list(mapping.gm + mapping.wm))
+            brain = np.isin(array, [g for g, v in enumerate(mapping.labels(), start=1) if v in mapping.gm + mapping.wm])
         else:
-            brain = (data == 1) | (data == 2)
+            brain = (array == 1) | (array == 2)
         _foreground(report, brain)
-        return report
-    if data.ndim == 4:
-        if mapping is not None:
-            report.error("a label mapping describes 3D label maps, got a 4D probability map: keep label maps and "
-                         "probability maps in separate runs (or drop --label-map)")
-            return report
-        try:
-            soft = tissue_mod.soft_channels(data, path, background_channel, tolerance)
-        except ValueError as err:
-            report.error(_strip_path(str(err), path))
-            return report
-        _foreground(report, (soft[1] + soft[2]) > 0.5)
-        return report
-    report.error(f"a tissue map must be 3D (labels) or 4D (probabilities), got shape {tuple(data.shape)}")
+    else:
+        _foreground(report, (array[1] + array[2]) > 0.5)
     return report
 
 
-def check_mask(path, threshold: float | None = None) -> FileReport:
-    """Check one binary mask: 3D, finite, values {0, 1} (or any values with ``threshold``), not empty."""
+def check_mask(path, threshold: float | None = None, voxel_size: float = 1.0) -> FileReport:
+    """Check one binary mask by the rule masks are read with (:func:`synthgen.data.tissue.mask_array`): 3D,
+    finite, values {0, 1} (or any values with ``threshold``), not absurdly coarse, not empty (warning)."""
     report, data = _open(path)
     if data is None:
         return report
-    data = _squeeze_3d(report, data, "a mask")
-    if data is None:
+    try:
+        fg = tissue_mod.mask_array(data, report.affine, path, threshold, voxel_size) > 0
+    except ValueError as err:
+        report.error(_strip_path(str(err), path))
         return report
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        report.error("mask has NaN or Inf values")
-        return report
-    if threshold is None:
-        values = np.unique(data)
-        if not np.all(np.isin(values, (0, 1))):
-            report.error(f"mask must be binary {{0, 1}}, got values {tissue_mod._short_list(values.tolist())}"
-                         " (--mask-threshold T binarises value > T)")
-            return report
-        fg = data == 1
-    else:
-        fg = data > threshold
     if not fg.any():
         report.error("mask is empty (no voxel set)", "warning")
     _foreground(report, fg)
     return report
 
 
-def check_scan(path) -> FileReport:
-    """Check one scan: 3D, finite intensities, not constant."""
+def check_scan(path, voxel_size: float = 1.0) -> FileReport:
+    """Check one scan by the rule scans are read with (:func:`synthgen.data.tissue.scan_array`): 3D, a grid that
+    holds a head, finite intensities, not constant; little foreground is a warning."""
     report, data = _open(path)
     if data is None:
         return report
-    data = _squeeze_3d(report, data, "a scan")
-    if data is None:
+    try:
+        _, warnings = tissue_mod.scan_array(data, report.affine, path, voxel_size)
+    except ValueError as err:
+        report.error(_strip_path(str(err), path))
         return report
-    bad = ~np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
-    if bad is not None and bad.any():
-        report.error(f"scan has {int(bad.sum())} NaN or Inf voxels")
-    elif float(data.min()) == float(data.max()):
-        report.error(f"scan is constant (every voxel {float(data.min()):g})")
+    for w in warnings:
+        report.error(w, "warning")
     return report
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether a file name matches a glob ``pattern``, ignoring case (``.NII.GZ`` is NIfTI too): the rule of
+    ``check``, the training loader and a store's lesion pattern."""
+    return fnmatch.fnmatch(name.lower(), pattern.lower())
+
+
 def list_nifti(folder, pattern: str = "*") -> tuple[list[Path], list[Problem]]:
-    """NIfTI files under ``folder`` (recursive, sorted; hidden files skipped), or ``folder`` itself if a file.
+    """NIfTI files under ``folder`` (recursive, sorted; hidden files skipped) whose name matches ``pattern``
+    (:func:`name_matches`: case does not matter), or ``folder`` itself if a file.
 
     Returns:
         ``(files, problems)``: problems for a missing folder, an empty one, and image-like files that are
@@ -199,8 +183,11 @@ def list_nifti(folder, pattern: str = "*") -> tuple[list[Path], list[Problem]]:
     if not folder.is_dir():
         return [], [Problem(str(folder), "no such file or folder")]
     files, problems = [], []
-    for p in sorted(folder.rglob(pattern)):
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        if not name_matches(p.name if "/" not in pattern else rel.as_posix(), pattern):
             continue
         name = p.name.lower()
         if io.is_nifti(p):
@@ -355,7 +342,7 @@ def _run(fn, items, progress: bool, desc: str, workers: int | None):
 
 def check_folders(tissue_maps=None, lesions=None, real=None, label_map=None, mask_threshold: float | None = None,
                   background_channel=None, pattern: str = "*", progress: bool = True,
-                  workers: int | None = None) -> list[Problem]:
+                  workers: int | None = None, voxel_size: float = 1.0) -> list[Problem]:
     """Check every file of the given folders; return all problems (errors and warnings), sorted by file.
 
     Args:
@@ -363,7 +350,8 @@ def check_folders(tissue_maps=None, lesions=None, real=None, label_map=None, mas
         label_map: mapping for 3D tissue maps with another label set (see ``tissue.resolve_mapping``).
         mask_threshold: binarise masks with ``value > threshold`` instead of requiring {0, 1}.
         background_channel: 4D tissue maps: True/False/None (detect), see ``tissue.soft_channels``.
-        pattern: glob for file names inside the folders.
+        pattern: glob for file names inside the folders (case does not matter).
+        voxel_size: the training grid (mm): tissue maps and scans must reslice to it within the memory limit.
 
     Returns:
         List of :class:`Problem`; the data are usable when none has severity "error".
@@ -377,8 +365,8 @@ def check_folders(tissue_maps=None, lesions=None, real=None, label_map=None, mas
     if tissue_maps is not None:
         files, found = list_nifti(tissue_maps, pattern)
         problems += found
-        tissue_reports = _run(lambda p: check_tissue_map(p, mapping, background_channel), files, progress,
-                              "tissue maps", workers)
+        tissue_reports = _run(lambda p: check_tissue_map(p, mapping, background_channel, voxel_size=voxel_size),
+                              files, progress, "tissue maps", workers)
     if lesions is not None:
         files, found = list_nifti(lesions, pattern)
         problems += found
@@ -389,7 +377,8 @@ def check_folders(tissue_maps=None, lesions=None, real=None, label_map=None, mas
         pairs, found = pair_real_files(files)
         problems += found
         kinds = {p.scan: "scan" for p in pairs} | {p.mask: "mask" for p in pairs}
-        reports = _run(lambda p: check_scan(p) if kinds[p] == "scan" else check_mask(p, mask_threshold),
+        reports = _run(lambda p: check_scan(p, voxel_size) if kinds[p] == "scan" else check_mask(p, mask_threshold,
+                                                                                              voxel_size),
                        sorted(kinds), progress, "real scans", workers)
         by_path = {r.path: r for r in reports}
         for r in reports:

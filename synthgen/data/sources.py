@@ -39,14 +39,20 @@ class MapItem:
         return t[None, None] if self.kind == "labels" else t[None]
 
 
-def on_grid(data: np.ndarray, affine: np.ndarray, kind: str, voxel_size: float) -> MapItem:
+def on_grid(data: np.ndarray, affine: np.ndarray, kind: str, voxel_size: float, name="tissue map") -> MapItem:
     """A tissue map resampled to the training grid (RAS, ``voxel_size`` mm; nearest for labels, trilinear for
-    probabilities); a map already on such a grid is only reoriented (no copy when already RAS)."""
+    probabilities); a map already on such a grid is only reoriented (no copy when already RAS).
+
+    Raises:
+        ValueError: (naming ``name``) the grid at ``voxel_size`` would exceed the memory limit
+            (:func:`synthgen.validate.check_reslice`).
+    """
     if kind == "labels":
-        labels, affine = io.to_ras_1mm(np.asarray(data, dtype=np.uint8), affine, order=0, voxel_size=voxel_size)
+        labels, affine = io.to_ras_1mm(np.asarray(data, dtype=np.uint8), affine, order=0, voxel_size=voxel_size,
+                                       name=name)
         return MapItem(labels, affine, kind)
     soft = np.moveaxis(np.asarray(data, dtype=np.float32), 0, -1)
-    soft, affine = io.to_ras_1mm(soft, affine, order=1, voxel_size=voxel_size)
+    soft, affine = io.to_ras_1mm(soft, affine, order=1, voxel_size=voxel_size, name=name)
     return MapItem(np.moveaxis(soft, -1, 0), affine, kind)
 
 
@@ -127,7 +133,8 @@ class StoreTissueMaps(TissueMaps):
         if np.allclose(sizes, self.voxel_size, atol=1e-3) and np.allclose(item.affine[:3, :3],
                                                                           np.diag(sizes), atol=1e-4):
             return MapItem(data, item.affine, item.kind)       # on the grid: a memory map, read when copied
-        return on_grid(np.array(data), item.affine, item.kind, self.voxel_size)
+        return on_grid(np.array(data), item.affine, item.kind, self.voxel_size,
+                       name=f"{self.store.root}/{item.name} (packed)")
 
     def load(self, i: int) -> MapItem:
         i = self._index(i)
@@ -216,7 +223,8 @@ class DefaultTissueMap(TissueMaps):
             from synthgen.data import default_tissue_map
             labels, affine = default_tissue_map(with_affine=True)
             self.reads += 1
-            self._item = on_grid(labels[0, 0].numpy(), affine, "labels", self.voxel_size)
+            self._item = on_grid(labels[0, 0].numpy(), affine, "labels", self.voxel_size,
+                                 name=f"{self.names[0]} (the bundled tissue map)")
         return self._item
 
 
@@ -303,8 +311,9 @@ class RealScans:
             if np.allclose(sizes, self.voxel_size, atol=1e-3) and item.scale == 1.0:
                 return torch.from_numpy(np.array(item.scan)), torch.from_numpy(np.array(item.mask))
             scan = item.scan.astype(np.float32) * np.float32(item.scale)   # packed as fp16 / scale
-            scan, _ = io.to_ras_1mm(scan, item.affine, order=1, voxel_size=self.voxel_size)
-            mask, _ = io.to_ras_1mm(np.array(item.mask), item.affine, order=0, voxel_size=self.voxel_size)
+            where = f"{self.store.root}/{item.name} (packed)"
+            scan, _ = io.to_ras_1mm(scan, item.affine, order=1, voxel_size=self.voxel_size, name=where)
+            mask, _ = io.to_ras_1mm(np.array(item.mask), item.affine, order=0, voxel_size=self.voxel_size, name=where)
         else:
             from synthgen.data.tissue import read_mask, read_scan
             scan, _ = read_scan(self.pairs[i].scan, voxel_size=self.voxel_size)

@@ -13,7 +13,10 @@ at (1 mm by default), lesion masks at their own voxel size; labels are already m
 ``.npy`` files open with ``np.load(mmap_mode="r")``: no decoding, the OS pages in what is read.
 Packing is incremental: an item whose source file has the same size and mtime (or, when those changed, the
 same SHA-256) and the same packing options is skipped. Every file is written to a temporary name and
-renamed, and the index is rewritten after each item, so an interrupted pack loses at most one item.
+renamed, and the index is rewritten after each item, so an interrupted pack loses at most one item (the temporary
+files of a killed pack are removed when it starts again). An index that is not what ``pack`` writes (a section or an
+entry's affine missing, not a JSON object) is refused naming the entry (:func:`check_index`); ``check --store``
+lists every problem of a store (:func:`check_store`).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ import numpy as np
 
 from synthgen.data import check as check_mod
 from synthgen.data import tissue as tissue_mod
-from synthgen.io import atomic_path, nifti_stem
+from synthgen.io import atomic_path, nifti_stem, remove_stale_temporaries
+from synthgen.validate import check_output_dir
 
 INDEX_NAME = "index.json"
 STORE_VERSION = 1
@@ -95,15 +99,76 @@ def _read_index(store: Path) -> dict:
     path = store / INDEX_NAME
     if not path.exists():
         return {"version": STORE_VERSION, "sections": {s: {} for s in SECTIONS}}
+    if path.is_dir():
+        raise ValueError(f"{path}: the store index is a folder, not a file: remove it and pack again")
     try:
         index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: corrupt store index ({err})") from err
-    if index.get("version") != STORE_VERSION:
-        raise ValueError(f"{path}: store version must be {STORE_VERSION}, got {index.get('version')!r}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: corrupt store index ({err}); pack again") from err
+    check_index(index, path)
     for s in SECTIONS:
         index["sections"].setdefault(s, {})
     return index
+
+
+ENTRY_KEYS = {"kind": str, "shape": list, "affine": list, "files": dict, "scale": (int, float), "sources": list}
+
+
+def check_index(index, path) -> None:
+    """The structure of a store index (``index.json``): every section and entry as :func:`pack` writes them.
+
+    Raises:
+        ValueError: naming ``path``, the entry and what is missing or wrong (then pack again).
+    """
+    if not isinstance(index, dict):
+        raise ValueError(f"{path}: corrupt store index: must be a JSON object, got {type(index).__name__}; pack again")
+    if index.get("version") != STORE_VERSION:
+        raise ValueError(f"{path}: store version must be {STORE_VERSION}, got {index.get('version')!r}")
+    sections = index.get("sections")
+    if not isinstance(sections, dict):
+        raise ValueError(f"{path}: corrupt store index: 'sections' must be an object, got "
+                         f"{type(sections).__name__}; pack again")
+    for section, entries in sections.items():
+        if section not in SECTIONS:
+            raise ValueError(f"{path}: corrupt store index: unknown section {section!r} (expected {list(SECTIONS)})")
+        if not isinstance(entries, dict):
+            raise ValueError(f"{path}: corrupt store index: section {section!r} must be an object; pack again")
+        for name, entry in entries.items():
+            where = f"{path}: corrupt store index: {section}/{name}"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where} must be an object, got {type(entry).__name__}; pack again")
+            for key, kind in ENTRY_KEYS.items():
+                if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+                    raise ValueError(f"{where} has no valid {key!r} ({entry.get(key)!r}); pack again")
+            affine = np.asarray(entry["affine"], dtype=object)
+            if affine.shape != (4, 4) or not all(isinstance(v, (int, float)) for v in affine.ravel()):
+                raise ValueError(f"{where}: 'affine' must be 4x4 numbers, got {entry['affine']!r}; pack again")
+            if len(entry["shape"]) not in (3, 4) or not all(isinstance(v, int) and v > 0 for v in entry["shape"]):
+                raise ValueError(f"{where}: 'shape' must be 3 or 4 positive ints, got {entry['shape']!r}; pack again")
+            if not entry["files"] or not all(isinstance(v, str) for v in entry["files"].values()):
+                raise ValueError(f"{where}: 'files' must name its arrays, got {entry['files']!r}; pack again")
+            if not all(isinstance(src, dict) and {"path", "size", "mtime", "sha256"} <= set(src)
+                       for src in entry["sources"]):
+                raise ValueError(f"{where}: 'sources' must record path, size, mtime and sha256; pack again")
+
+
+def check_store(path) -> list:
+    """Every problem of a packed store, as :class:`synthgen.data.check.Problem` (``check --store``): its index, then
+    each item's arrays (present, readable, the shape the index says) and affine."""
+    from synthgen.io import check_affine
+    problems = []
+    try:
+        store = open_store(path)
+    except (FileNotFoundError, ValueError) as err:
+        return [check_mod.Problem(str(path), str(err))]
+    for section in SECTIONS:
+        for i, name in enumerate(store[section].names):
+            try:
+                item = store[section][i]
+                check_affine(item.affine, f"{section}/{name}")
+            except ValueError as err:
+                problems.append(check_mod.Problem(str(Path(path) / section / name), str(err)))
+    return problems
 
 
 def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_threshold: float | None = None,
@@ -127,21 +192,25 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
         Counts ``{"packed": n, "skipped": n, "removed": n}``.
 
     Raises:
-        ValueError: bad ``prob_dtype``, a corrupt index, or (with ``check``) the check's errors, all listed.
+        ValueError: bad ``prob_dtype``, an ``out`` that cannot hold a store (a file, not writable, a corrupt index),
+            or (with ``check``) the check's errors, all listed; all before anything is written.
     """
     if prob_dtype not in ("uint8", "float16"):
         raise ValueError(f"`prob_dtype` must be 'uint8' or 'float16', got {prob_dtype!r}")
-    if not voxel_size > 0:
+    if not (np.isfinite(voxel_size) and voxel_size > 0):
         raise ValueError(f"`voxel_size` must be > 0 mm, got {voxel_size}")
+    out = Path(out)
+    check_output_store(out, [s for s, given in zip(SECTIONS, (tissue_maps, lesions, real)) if given is not None])
     if check:
         problems = check_mod.check_folders(tissue_maps, lesions, real, label_map=label_map,
                                            mask_threshold=mask_threshold, background_channel=background_channel,
-                                           pattern=pattern, progress=progress)
+                                           pattern=pattern, progress=progress, voxel_size=voxel_size)
         if check_mod.has_errors(problems):
             raise ValueError("cannot pack, the data have problems:\n" + check_mod.format_problems(problems))
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index = _read_index(out)
+    for folder in [out] + [out / s for s in SECTIONS]:
+        remove_stale_temporaries(folder)          # what a killed pack left
     mapping = tissue_mod.resolve_mapping(label_map)
     jobs = []   # (section, name, sources, options, writer)
     if tissue_maps is not None:
@@ -203,6 +272,24 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
             counts["removed"] += 1
     _atomic_write_json(out / INDEX_NAME, index)
     return counts
+
+
+def check_output_store(out, sections=SECTIONS) -> Path:
+    """Check, before packing, that ``out`` can hold a store: a writable folder (or creatable), whose index and the
+    folders of ``sections`` are not something else, and whose index (if any) is readable.
+
+    Raises:
+        ValueError: naming the path and the problem.
+    """
+    out = check_output_dir(out, "store folder")
+    if out.exists():
+        for section in sections:
+            if (out / section).exists() and not (out / section).is_dir():
+                raise ValueError(f"{out / section}: is a file where the store keeps its {section} folder: move it "
+                                 "away or pack into another --out")
+        if (out / INDEX_NAME).exists():
+            _read_index(out)
+    return out
 
 
 def _tissue_writer(path, mapping, background_channel, prob_dtype, voxel_size):

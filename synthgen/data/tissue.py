@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthgen import io
+from synthgen import io, validate
 from synthgen.config import NON_BRAIN
 
 TISSUE_LABELS = {"background": 0, "gm": 1, "wm": 2, "pv": 3, "csf": 4}
@@ -343,7 +343,11 @@ def tissue_labels(data: np.ndarray, path, mapping=None) -> np.ndarray:
     if values.min() < 0:
         raise ValueError(f"{path}: label map has negative labels {values[values < 0].tolist()}")
     if mapping is not None:
-        return mapping.apply(data, name=str(path))
+        out = mapping.apply(data, name=str(path))
+        if not np.isin(values, list(mapping.gm + mapping.wm)).any():
+            raise ValueError(f"{path}: no brain label (GM or WM of the label mapping {mapping.name!r}) among labels "
+                             f"{_short_list(values.tolist())}: another label set?")
+        return out
     if values.max() >= DEFAULT_NUM_LABELS:
         raise ValueError(f"{path}: labels up to {int(values.max())} are not in our convention (0 bg, 1 GM, 2 WM, "
                          f"3 PV, 4 CSF, 5-{DEFAULT_NUM_LABELS - 1} non-brain): pass a label mapping (--label-map "
@@ -391,6 +395,42 @@ def soft_channels(data: np.ndarray, path, background_channel=None,
     return np.ascontiguousarray(np.moveaxis(data, -1, 0))
 
 
+def tissue_array(data: np.ndarray, affine: np.ndarray, path, mapping=None, background_channel=None,
+                 tolerance: float = PROBABILITY_TOLERANCE, voxel_size: float = 1.0) -> tuple[str, np.ndarray]:
+    """Validate a tissue map as its file holds it: the one rule of ``check`` and training.
+
+    A 3D map (or a 4D one with a single volume, as some tools save label maps) holds labels
+    (:func:`tissue_labels`), a 4D one probabilities (:func:`soft_channels`); the grid must hold a head
+    (:func:`synthgen.validate.grid_problems`) and stay within the memory limit once resliced to ``voxel_size`` mm
+    (:func:`synthgen.validate.check_reslice`).
+
+    Returns:
+        ``("labels", uint8 (X, Y, Z))`` or ``("soft", float32 (C, X, Y, Z))`` on the file's own grid.
+
+    Raises:
+        ValueError: naming ``path`` and the problem.
+    """
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in (3, 4):
+        raise ValueError(f"{path}: a tissue map must be 3D (labels) or 4D (probabilities), got shape {data.shape}")
+    if data.ndim == 3:
+        out = ("labels", tissue_labels(data, path, mapping))
+    else:
+        if mapping is not None:
+            raise ValueError(f"{path}: a label mapping describes 3D label maps, got a 4D probability map: keep "
+                             "label maps and probability maps in separate runs (or drop --label-map)")
+        out = ("soft", soft_channels(data, path, background_channel, tolerance))
+    flat = out[1].reshape(1 if out[0] == "labels" else len(out[1]), -1)
+    if np.array_equal(flat.min(1), flat.max(1)):
+        what = f"label {int(flat[0, 0])}" if out[0] == "labels" else "the same probabilities"
+        raise ValueError(f"{path}: tissue map is constant (every voxel {what}): nothing to synthesise from; a map "
+                         "needs background and tissue")
+    validate.check_grid(data.shape, affine, path)
+    validate.check_reslice(data.shape, affine, voxel_size, path, channels=1 if out[0] == "labels" else len(out[1]))
+    return out
+
+
 def read_tissue_map(path, label_map=None, background_channel=None, voxel_size: float = 1.0) -> TissueMap:
     """Read a tissue map (3D labels or 4D probabilities) in RAS at ``voxel_size`` mm.
 
@@ -403,23 +443,17 @@ def read_tissue_map(path, label_map=None, background_channel=None, voxel_size: f
         :class:`TissueMap` (uint8 labels, nearest-neighbour reslicing; or float32 probabilities, trilinear).
 
     Raises:
-        ValueError: unreadable file, bad affine, labels outside the mapping (or > 255 without one),
-            non-integer 3D data, invalid probabilities.
+        ValueError: unreadable file, bad affine, any rule of :func:`tissue_array` (labels outside the mapping,
+            non-integer 3D data, invalid probabilities, a constant map, a grid too small or too coarse, ...).
     """
     mapping = resolve_mapping(label_map)
     data, affine = io.load_nifti(path)
-    if data.ndim == 3:
-        labels = tissue_labels(data, path, mapping)
-        labels, affine = io.to_ras_1mm(labels, affine, order=0, voxel_size=voxel_size)
+    kind, data = tissue_array(data, affine, path, mapping, background_channel, voxel_size=voxel_size)
+    if kind == "labels":
+        labels, affine = io.to_ras_1mm(data, affine, order=0, voxel_size=voxel_size, name=path)
         return TissueMap(labels, affine, "labels", str(path))
-    if data.ndim == 4:
-        if mapping is not None:
-            raise ValueError(f"{path}: a label mapping describes 3D label maps, got a 4D probability map: keep "
-                             "label maps and probability maps in separate runs (or drop --label-map)")
-        soft = soft_channels(data, path, background_channel)            # (C, X, Y, Z)
-        soft, affine = io.to_ras_1mm(np.moveaxis(soft, 0, -1), affine, order=1, voxel_size=voxel_size)
-        return TissueMap(np.ascontiguousarray(np.moveaxis(soft, -1, 0)), affine, "soft", str(path))
-    raise ValueError(f"{path}: a tissue map must be 3D (labels) or 4D (probabilities), got shape {data.shape}")
+    soft, affine = io.to_ras_1mm(np.moveaxis(data, 0, -1), affine, order=1, voxel_size=voxel_size, name=path)
+    return TissueMap(np.ascontiguousarray(np.moveaxis(soft, -1, 0)), affine, "soft", str(path))
 
 
 def load_tissue_map(path, label_map=None, device=None, with_affine: bool = False, background_channel=None):
@@ -434,6 +468,32 @@ def load_tissue_map(path, label_map=None, device=None, with_affine: bool = False
     return (t, tmap.affine) if with_affine else t
 
 
+def mask_array(data: np.ndarray, affine: np.ndarray, path, threshold: float | None = None,
+               voxel_size: float = 1.0) -> np.ndarray:
+    """Validate a binary mask as its file holds it (the rule of ``check`` and reading) and return it as uint8
+    {0, 1}: 3D (or 4D with one volume), voxels no coarser than :data:`synthgen.validate.MAX_VOXEL_MM`, finite,
+    values {0, 1} (or any, binarised as ``value > threshold``), within the memory limit at ``voxel_size`` mm.
+
+    Raises:
+        ValueError: naming ``path`` and the problem.
+    """
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: a mask must be 3D, got shape {data.shape}")
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: mask has NaN or Inf values")
+    validate.check_grid(data.shape, affine, path, min_voxels=False)      # masks may be small crops
+    validate.check_reslice(data.shape, affine, voxel_size, path)
+    if threshold is None:
+        values = np.unique(data)
+        if not np.all(np.isin(values, (0, 1))):
+            raise ValueError(f"{path}: mask must be binary {{0, 1}}, got values {_short_list(values.tolist())} "
+                             "(--mask-threshold T binarises value > T)")
+        return data.astype(np.uint8)
+    return (data > threshold).astype(np.uint8)
+
+
 def read_mask(path, threshold: float | None = None, voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Read a binary mask (lesion, brain) as uint8 {0, 1} in RAS at ``voxel_size`` mm (nearest neighbour).
 
@@ -441,37 +501,49 @@ def read_mask(path, threshold: float | None = None, voxel_size: float = 1.0) -> 
         threshold: None requires values in {0, 1}; a number binarises ``value > threshold``.
 
     Raises:
-        ValueError: unreadable, not 3D, NaN, or non-binary values without ``threshold``.
+        ValueError: unreadable, or any rule of :func:`mask_array` (not 3D, NaN, non-binary values without
+            ``threshold``, absurd voxels).
     """
     data, affine = io.load_nifti(path)
+    mask = mask_array(data, affine, path, threshold, voxel_size)
+    return io.to_ras_1mm(mask, affine, order=0, voxel_size=voxel_size, name=path)
+
+
+def scan_array(data: np.ndarray, affine: np.ndarray, path, voxel_size: float = 1.0,
+               nonfinite: str = "error") -> tuple[np.ndarray, list[str]]:
+    """Validate a scan as its file holds it (the rule of ``check``, training and prediction): 3D (or 4D with one
+    volume), a grid that holds a head, intensities by :func:`synthgen.validate.scan_problems`, within the memory
+    limit at ``voxel_size`` mm.
+
+    Args:
+        nonfinite: severity of NaN / Inf voxels, "error" (training) or "warning" (prediction sets them to 0).
+
+    Returns:
+        ``(data 3D, warnings)``.
+
+    Raises:
+        ValueError: naming ``path`` and the first error.
+    """
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ValueError(f"{path}: a mask must be 3D, got shape {data.shape}")
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise ValueError(f"{path}: mask has NaN or Inf values")
-    if threshold is None:
-        values = np.unique(data)
-        if not np.all(np.isin(values, (0, 1))):
-            raise ValueError(f"{path}: mask must be binary {{0, 1}}, got values {_short_list(values.tolist())} "
-                             "(pass a threshold to binarise)")
-        mask = data.astype(np.uint8)
-    else:
-        mask = (data > threshold).astype(np.uint8)
-    return io.to_ras_1mm(mask, affine, order=0, voxel_size=voxel_size)
+        raise ValueError(f"{path}: a scan must be 3D, got shape {data.shape}")
+    problems = validate.scan_problems(data, nonfinite)
+    errors = [m for sev, m in problems if sev == "error"]
+    if errors:
+        raise ValueError(f"{path}: {errors[0]}")
+    validate.check_grid(data.shape, affine, path)
+    validate.check_reslice(data.shape, affine, voxel_size, path)
+    return data, [m for sev, m in problems if sev != "error"]
 
 
 def read_scan(path, voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3D scan as float32 in RAS at ``voxel_size`` mm (trilinear).
 
     Raises:
-        ValueError: unreadable, not 3D, or NaN/Inf intensities.
+        ValueError: unreadable, or any rule of :func:`scan_array` (not 3D, NaN/Inf intensities, constant, a grid
+            too small or too coarse).
     """
     data, affine = io.load_nifti(path, dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: a scan must be 3D, got shape {data.shape}")
-    if not np.all(np.isfinite(data)):
-        raise ValueError(f"{path}: scan has {int((~np.isfinite(data)).sum())} NaN or Inf voxels")
-    return io.to_ras_1mm(data, affine, order=1, voxel_size=voxel_size)
+    data, _ = scan_array(data, affine, path, voxel_size)
+    return io.to_ras_1mm(data, affine, order=1, voxel_size=voxel_size, name=path)

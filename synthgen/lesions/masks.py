@@ -9,7 +9,6 @@ lesion, not on the map.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import warnings
@@ -22,6 +21,7 @@ import torch
 
 from ..fast import to_device
 from ..io import load_nifti
+from ..validate import check_grid
 
 SPLITS = (None, "train", "holdout")
 
@@ -219,6 +219,7 @@ def _binary_crop(name, where, load, threshold):
         raise ValueError(f"{where}: lesion mask must be 3D, got shape {data.shape}")
     if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
         raise ValueError(f"{where}: lesion mask has NaN values")
+    check_grid(data.shape, affine, where, min_voxels=False)      # the voxel-size rule check applies to masks
     lo, hi = float(data.min()), float(data.max())
     if lo < 0 or hi > 1:
         raise ValueError(f"{where}: lesion mask values must lie in [0, 1] (binary), got range [{lo}, {hi}]")
@@ -300,9 +301,10 @@ def store_mask_items(store, pattern: str | None = None) -> list:
     """The lesion masks of a packed store as ``(name, where, load)`` items of :func:`mask_bank_from_items`.
 
     ``name`` is the source file's name (as recorded when packing), so a mask falls in the same split, and
-    the bank in the same order, as when read from its folder; ``pattern`` (fnmatch, case-sensitive like a folder
-    glob) keeps only the masks whose source file name matches. Masks packed with their foreground box (every
-    store written since the box was recorded) load as views of the memory-mapped file, without a copy.
+    the bank in the same order, as when read from its folder; ``pattern`` (a glob that ignores case, as a folder's
+    listing does: :func:`synthgen.data.check.name_matches`) keeps only the masks whose source file name matches.
+    Masks packed with their foreground box (every store written since the box was recorded) load as views of the
+    memory-mapped file, without a copy.
 
     Args:
         store: a :class:`synthgen.data.store.PackedStore` or the path of one.
@@ -310,6 +312,7 @@ def store_mask_items(store, pattern: str | None = None) -> list:
     Raises:
         FileNotFoundError: ``store`` is not a packed store.
     """
+    from ..data.check import name_matches
     if not hasattr(store, "lesions"):
         from ..data.store import open_store
         store = open_store(store)
@@ -319,7 +322,7 @@ def store_mask_items(store, pattern: str | None = None) -> list:
         entry = entries[key]
         source = entry["sources"][0]["path"]
         name = Path(source).name
-        if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
+        if pattern is not None and not name_matches(name, pattern):
             continue
         where = f"{store.root / entry['files']['data']} (packed from {source})"
 

@@ -13,7 +13,8 @@ Prediction labels: ``label=N`` takes voxels equal to N as lesion; ``auto`` (defa
 label present when it is > 1 (the lesion is the last class of a tissue + lesion label map), else 1. With
 multi-class maps prefer an explicit ``label`` (5 for the 6-class model): under ``auto`` a map without any
 lesion voxel would score its largest tissue label; a warning lists cases whose auto label differs.
-Truth masks must be binary (0/1). One failing case is recorded with an ``error`` and never stops the rest.
+Truth masks must be binary (0/1). One failing case is recorded with an ``error`` and never stops the rest; an explicit
+label that no prediction holds is warned about.
 Outputs: the per-case CSV, ``<stem>_summary.csv`` (mean, median, std over finite values; HD95 ``inf``
 cases, i.e. exactly one empty mask, are excluded from mean/median and counted as failures) and
 ``<stem>_boxplots.png``.
@@ -28,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import (atomic_path, fov_overlap, load_nifti, nifti_stem, resample_to_grid, save_png, to_ras_1mm,
-                  voxel_sizes)
+from ..io import (atomic_path, fov_overlap, load_nifti, nifti_stem, remove_stale_temporaries, resample_to_grid,
+                  save_png, to_ras_1mm, voxel_sizes)
+from ..validate import check_output_file
 from .scores import METRICS, all_metrics
 
 COLUMNS = ("case",) + METRICS + ("n_truth_lesions", "n_pred_lesions", "truth_ml", "pred_ml", "error")
@@ -77,20 +79,24 @@ def binarise_prediction(pred: np.ndarray, label="auto", name="prediction") -> tu
     """Lesion mask from a predicted label map: voxels equal to ``label`` (``"auto"``: max label if > 1, else 1).
 
     Raises:
-        ValueError: the prediction holds non-integer or negative values (e.g. probabilities).
+        ValueError: the prediction holds non-integer or negative values (e.g. probabilities), or is binary (0/1)
+            while ``label`` asks for a label above 1.
     """
     values = np.unique(pred)
     if np.any(values < 0) or not np.all(np.equal(np.mod(values, 1), 0)):
         raise ValueError(f"{name}: prediction must be a label map of non-negative integers, got values "
                          f"{values[:6].tolist()}{'...' if values.size > 6 else ''}")
+    if label != "auto" and int(label) > 1 and np.isin(values, (0, 1)).all():
+        raise ValueError(f"{name}: prediction is a binary mask (0/1) but --label {int(label)} asks for label "
+                         f"{int(label)}, which it cannot hold: pass --label 1 (or auto)")
     if label == "auto":
         label = int(values.max()) if values.size and values.max() > 1 else 1
     return pred == int(label), int(label)
 
 
-def load_case(pred_path, truth_path, paper_protocol: bool = False, label="auto"
+def load_case(pred_path, truth_path, paper_protocol: bool = False, label="auto", values_out: set | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Load one prediction/truth pair onto a common grid.
+    """Load one prediction/truth pair onto a common grid (``values_out``, a set, collects the prediction's labels).
 
     Returns:
         ``(pred_mask, truth_mask, spacing_mm, label_used)``.
@@ -114,13 +120,15 @@ def load_case(pred_path, truth_path, paper_protocol: bool = False, label="auto"
         raise ValueError(f"{truth_path}: truth mask must be binary (0/1), got values "
                          f"{t_values[:6].tolist()}{'...' if t_values.size > 6 else ''}")
     pred_mask, used = binarise_prediction(pred, label, name=str(pred_path))
+    if values_out is not None:
+        values_out.update(int(v) for v in np.unique(pred))
     overlap = fov_overlap(pred.shape, p_aff, truth.shape, t_aff)
     if overlap < 0.5:
         raise ValueError(f"{pred_path} and {truth_path} are not in the same space: their fields of view "
                          f"overlap by {100 * overlap:.0f}% of the smaller one")
     truth_mask = truth.astype(bool)
     if paper_protocol:
-        truth_u8, grid = to_ras_1mm(truth_mask.astype(np.uint8), t_aff, order=0)
+        truth_u8, grid = to_ras_1mm(truth_mask.astype(np.uint8), t_aff, order=0, name=truth_path)
         pred_u8 = resample_to_grid(pred_mask.astype(np.uint8), p_aff, truth_u8.shape, grid, order=0)
         pad = [((max(PAPER_PAD - n, 0)) // 2, (max(PAPER_PAD - n, 0) + 1) // 2) for n in truth_u8.shape]
         return np.pad(pred_u8, pad).astype(bool), np.pad(truth_u8, pad).astype(bool), np.ones(3), used
@@ -135,10 +143,12 @@ def score_case(case, pred_path, truth_path, paper_protocol=False, connectivity=2
     """All metrics for one pair as a CSV row; a failure gives a row with ``error`` set and empty metrics."""
     row = {c: "" for c in COLUMNS}
     row["case"] = case
+    values: set = set()
     try:
-        pred, truth, spacing, used = load_case(pred_path, truth_path, paper_protocol, label)
+        pred, truth, spacing, used = load_case(pred_path, truth_path, paper_protocol, label, values)
         row.update(all_metrics(pred, truth, spacing, connectivity, hd_reduction=hd_reduction))
         row["label"] = used
+        row["pred_values"] = values        # not a CSV column: which labels the prediction holds
     except Exception as err:   # noqa: BLE001 -- one bad case must never lose the others
         row["error"] = f"{type(err).__name__}: {err}"
     return row
@@ -208,16 +218,25 @@ def evaluate_dirs(pred_dir, truth_dir, out, paper_protocol=False, connectivity=2
     Returns:
         ``(rows, summary)``.
 
+    The three outputs are checked first (writable files, not folders), so a bad ``out`` fails before any case is
+    scored. An explicit ``label`` found in no prediction is warned about (every case then scores as empty), a label
+    above 1 asked of a binary prediction is that case's error.
+
     Raises:
         FileNotFoundError: a folder is missing.
-        ValueError: no pairs, a duplicated case name, or a bad option value.
+        ValueError: an output that cannot be written, no pairs, a duplicated case name, or a bad option value.
     """
     from tqdm import tqdm
 
     if connectivity not in (6, 18, 26):
         raise ValueError(f"`connectivity` must be 6, 18 or 26, got {connectivity}")
-    if label != "auto" and (int(label) != label or label < 1):
-        raise ValueError(f"`label` must be 'auto' or a positive int, got {label}")
+    if label != "auto" and (isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label < 1):
+        raise ValueError(f"`label` must be 'auto' or a positive int (the lesion's label in the predictions), got "
+                         f"{label!r}")
+    out = Path(out)
+    outputs = (out, out.with_name(out.stem + "_summary.csv"), out.with_name(out.stem + "_boxplots.png"))
+    for path in outputs:                           # before scoring: a bad --out must not lose the work
+        check_output_file(path)
     pairs, lone_pred, lone_truth = find_pairs(pred_dir, truth_dir, pred_suffix)
     for path in lone_pred:
         print(f"warning: prediction {path} has no truth file of the same name in {truth_dir}", file=sys.stderr)
@@ -235,9 +254,15 @@ def evaluate_dirs(pred_dir, truth_dir, out, paper_protocol=False, connectivity=2
     for r in rows:
         if r["error"]:
             print(f"error: case {r['case']}: {r['error']}", file=sys.stderr)
-    out = Path(out)
+    scored = [r for r in rows if not r["error"]]
+    found = set().union(*(r["pred_values"] for r in scored)) if scored else set()
+    if label != "auto" and scored and int(label) not in found:
+        print(f"warning: --label {label} occurs in no prediction (labels found: {sorted(found)}): every case was "
+              "scored as an empty prediction; wrong --label? (5 for the 6-class model, 1 for binary masks)",
+              file=sys.stderr)
     summary = summarise(rows)
-    write_csv(out, rows, COLUMNS)
-    write_csv(out.with_name(out.stem + "_summary.csv"), summary, SUMMARY_COLUMNS)
-    plot_boxplots(rows, out.with_name(out.stem + "_boxplots.png"))
+    remove_stale_temporaries(out.parent)
+    write_csv(outputs[0], rows, COLUMNS)
+    write_csv(outputs[1], summary, SUMMARY_COLUMNS)
+    plot_boxplots(rows, outputs[2])
     return rows, summary

@@ -12,8 +12,7 @@ six channel entries there are five stride-2 steps, so input sizes must be multip
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
+import hashlib
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ import torch
 from ..io import atomic_path
 
 PAPER_CHANNELS = (32, 64, 128, 256, 320, 320)
+CHECKSUM = "checksum"
 _BUILD_KEYS = ("out_channels", "in_channels", "channels", "strides", "dropout", "num_res_units")
 
 
@@ -77,9 +77,63 @@ def total_stride(model_cfg: dict) -> int:
     return out
 
 
+def state_digest(obj) -> str:
+    """SHA-256 of everything a checkpoint holds (tensors' dtype, shape and bytes; other values by ``repr``), walked in
+    a fixed order: a flipped byte anywhere in the data gives another digest."""
+    h = hashlib.sha256()
+
+    def feed(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(o, dict):
+            h.update(b"D%d" % len(o))
+            for k in sorted(o, key=repr):
+                feed(k)
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(b"L%d" % len(o))
+            for x in o:
+                feed(x)
+        else:
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+    feed(obj)
+    return h.hexdigest()
+
+
+def with_checksum(payload: dict) -> dict:
+    """``payload`` plus ``"checksum"``: its :func:`state_digest`, verified by :func:`verify_checkpoint`."""
+    payload = {k: v for k, v in payload.items() if k != CHECKSUM}
+    payload[CHECKSUM] = state_digest(payload)
+    return payload
+
+
+def verify_checkpoint(ckpt: dict, path) -> None:
+    """Refuse a checkpoint whose checksum does not match its content (corrupt) or whose weights are not finite (the
+    run that wrote it diverged). Checkpoints written before checksums existed are only checked for finiteness.
+
+    Raises:
+        ValueError: naming ``path``, and the previous checkpoint to use when one lies beside it.
+    """
+    from ..validate import nonfinite_tensors
+    hint = ""
+    prev = Path(path).with_name("prev.pt")
+    if Path(path).name != "prev.pt" and prev.is_file():
+        hint = f"; the previous checkpoint {prev} may be intact"
+    if CHECKSUM in ckpt and state_digest({k: v for k, v in ckpt.items() if k != CHECKSUM}) != ckpt[CHECKSUM]:
+        raise ValueError(f"{path}: checkpoint is corrupt: its checksum does not match its content (a damaged copy "
+                         f"or disk?){hint}")
+    bad = nonfinite_tensors(ckpt.get("model", {}))
+    if bad:
+        raise ValueError(f"{path}: checkpoint weights are not finite (NaN/Inf in {len(bad)} tensors, e.g. {bad[0]}): "
+                         f"the run that wrote it diverged; retrain with a lower learning rate{hint}")
+
+
 def save_model_checkpoint(path, model: torch.nn.Module, model_cfg: dict, config: dict | None = None,
                           **extra) -> Path:
-    """Write ``{"model": state_dict, "config": {..., "model": model_cfg}, **extra}`` atomically.
+    """Write ``{"model": state_dict, "config": {..., "model": model_cfg}, **extra, "checksum": ...}`` atomically.
 
     The format ``load_checkpoint_model`` reads; training may add optimiser state etc. through ``extra``.
     """
@@ -88,7 +142,7 @@ def save_model_checkpoint(path, model: torch.nn.Module, model_cfg: dict, config:
     cfg = dict(config or {})
     cfg["model"] = dict(model_cfg)
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "config": cfg, **extra}, tmp)
+        torch.save(with_checksum({"model": model.state_dict(), "config": cfg, **extra}), tmp)
     return path
 
 
@@ -116,19 +170,21 @@ def load_checkpoint_model(path, map_location="cpu") -> tuple[torch.nn.Module, di
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a readable checkpoint, lacks ``"model"``/``"config"``, has unknown
-            model arguments, or its weights do not fit the configured network. Every message names the file.
+        ValueError: the file is not a readable checkpoint, lacks ``"model"``/``"config"``, is corrupt (checksum),
+            holds weights that are not finite, has unknown model arguments, or its weights do not fit the configured
+            network. Every message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:   # noqa: BLE001 -- a damaged file fails in many ways (zip, pickle, storage records)
         raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: checkpoint must be a dict with 'model' and 'config' entries, got {keys}")
+    verify_checkpoint(ckpt, path)
     cfg = ckpt["config"]
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: checkpoint 'config' must be a dict, got {type(cfg).__name__}")

@@ -12,13 +12,17 @@ grid and their logits are averaged before the softmax; the outputs then lie on t
 from __future__ import annotations
 
 import itertools
+import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import check_affine, fov_overlap, load_nifti, nifti_stem, resample_to_grid, save_nifti, to_ras_1mm
+from .. import validate
+from ..io import (check_affine, fov_overlap, load_nifti, nifti_stem, remove_stale_temporaries, resample_to_grid,
+                  save_nifti, to_ras_1mm)
 from .model import load_checkpoint_model, total_stride
 
 from synthgen.ops import LANDMARK_PERCENTILES  # noqa: E402  (re-exported: the landmarks' home is the op)
@@ -145,24 +149,44 @@ def save_probabilities(path, probs: np.ndarray, affine: np.ndarray) -> Path:
     return save_nifti(path, q, affine, header_scale=(1.0 / 65535.0, 0.0))
 
 
-def _check_scan(path: Path) -> None:
+def _scan_problem(path: Path, voxel_size: float):
+    """The first problem of a scan file found from its header alone (before any work), or None: missing, not NIfTI,
+    unreadable header, not 3D, bad affine, a grid too small or too coarse, or too large to reslice
+    (:mod:`synthgen.validate`)."""
     import nibabel as nib
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such scan")
+        return FileNotFoundError(f"{path}: no such scan")
     if not path.name.lower().endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+        return ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
     try:
-        shape = nib.load(str(path)).shape
+        img = nib.load(str(path))
+        shape, affine = img.shape, np.asarray(img.affine, dtype=np.float64)
     except Exception as err:   # noqa: BLE001 -- nibabel raises many types for broken headers
-        raise ValueError(f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err})") from err
+        return ValueError(f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err})")
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
-        raise ValueError(f"{path}: expected a 3D scan, got shape {shape}")
+        return ValueError(f"{path}: expected a 3D scan, got shape {shape}")
+    try:
+        check_affine(affine, path)
+        validate.check_grid(shape, affine, path)
+        validate.check_reslice(shape, affine, voxel_size, path)
+        if math.prod(shape[:3]) > validate.MAX_GRID_VOXELS:
+            raise ValueError(f"{path}: its {'x'.join(map(str, shape[:3]))} grid holds more than "
+                             f"{validate.MAX_GRID_VOXELS:.3g} voxels (512^3): the outputs on it would not fit")
+    except ValueError as err:
+        return err
+    return None
 
 
-def _load_scan(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_scan(path: Path, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """A scan's data and affine, refused when degenerate (:func:`synthgen.data.tissue.scan_array`: constant, all
+    zero); NaN / Inf voxels and little foreground are warned about."""
+    from ..data.tissue import scan_array
     data, affine = load_nifti(path)
-    return data.reshape(data.shape[:3]), affine
+    data, warned = scan_array(data, affine, path, voxel_size, nonfinite="warning")
+    for message in warned:
+        print(f"warning: {path}: {message}", file=sys.stderr)
+    return data, affine
 
 
 def _output_paths(out_dir: Path, name: str, probabilities: bool) -> dict[str, Path]:
@@ -184,10 +208,7 @@ def _resolve(checkpoint, window, device) -> tuple[torch.nn.Module, tuple, float,
     stride = total_stride(cfg.get("model") or {})
     if any(w % stride for w in win):
         raise ValueError(f"`window` must be a multiple of the network's total stride {stride}, got {win}")
-    try:
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"`device` must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    device = validate.resolve_device(device)
     return model.to(device).eval(), win, voxel_size, device
 
 
@@ -237,7 +258,9 @@ def predict_volume(checkpoint, volumes, affines, window=None, tta: bool = True, 
 
     Raises:
         ValueError: a volume that is not 3D, a bad affine, as many affines as volumes missing, volumes that do not
-            overlap, a checkpoint problem, or a window that is not a multiple of the network's total stride.
+            overlap, a checkpoint problem (corrupt, weights not finite), a window that is not a multiple of the
+            network's total stride, or a degenerate volume (:mod:`synthgen.validate`: constant, a grid too small or
+            too coarse, too large to reslice); NaN voxels and little foreground are warnings.
     """
     single = not isinstance(volumes, (list, tuple))
     volumes = [volumes] if single else list(volumes)
@@ -259,6 +282,11 @@ def predict_volume(checkpoint, volumes, affines, window=None, tta: bool = True, 
         pairs.append((vol, aff))
         names.append(name)
     model, win, voxel_size, device = _resolve(checkpoint, window, device)
+    from ..data.tissue import scan_array
+    for (vol, aff), name in zip(pairs, names):
+        _, warned = scan_array(vol, aff, f"`{name}`", voxel_size, nonfinite="warning")
+        for message in warned:
+            warnings.warn(f"`{name}`: {message}", stacklevel=2)
     return _segment_subject(model, pairs, names, win, voxel_size, device, tta, overlap, sw_batch_size, histnorm)
 
 
@@ -287,14 +315,21 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
         overwrite: recompute cases whose outputs all exist (otherwise skipped).
         progress: show a progress bar.
 
+    Before any work the output folder (writable, a folder), the checkpoint (readable, checksum, finite weights),
+    the device and every scan's header (readable, 3D, a grid that holds a head, not too large to reslice:
+    :mod:`synthgen.validate`) are checked. A case whose scans fail (or whose data turn out degenerate when read:
+    constant, all zero) is reported with ``status`` "error" and the others are segmented; only when every case
+    fails is that an exception.
+
     Returns:
         One dict per case: ``name``, ``scans``, ``outputs`` (kind -> path), ``status`` ("done", "skipped"
         or "error") and ``error``.
 
     Raises:
-        FileNotFoundError, ValueError: before any work, for a missing/unreadable/non-3D scan, a checkpoint
-            problem, two cases with the same output name, a window that is not a multiple of the network's
-            total stride, or ``name`` without ``ensemble``.
+        FileNotFoundError, ValueError: before any work: an output folder that cannot be written, a checkpoint
+            problem, two cases with the same output name, a window that is not a multiple of the network's total
+            stride, ``name`` without ``ensemble``, a device that does not exist, or every case's scans bad (a single
+            case: its own error, e.g. FileNotFoundError for a missing scan).
     """
     from tqdm import tqdm
 
@@ -303,8 +338,7 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
         raise ValueError("`scans` must name at least one NIfTI file, got none")
     if name is not None and not ensemble:
         raise ValueError(f"`name` is only used with `ensemble`, got name={name!r}")
-    for path in scans:
-        _check_scan(path)
+    out_dir = validate.check_output_dir(out_dir, "output folder")
     cases = [(name or nifti_stem(scans[0]), scans)] if ensemble else [(nifti_stem(p), [p]) for p in scans]
     seen: dict[str, Path] = {}
     for case, paths in cases:
@@ -313,25 +347,51 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
                              f"rename one or run them separately")
         seen[case] = paths[0]
     model, win, voxel_size, device = _resolve(checkpoint, window, device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    results = []
-    for case, paths in tqdm(cases, desc="segmenting", unit="case", disable=not progress):
+    # before any work: every scan's header, every output's place; a bad case is reported and the others run
+    problems = {p: err for p in dict.fromkeys(scans) if (err := _scan_problem(p, voxel_size)) is not None}
+    results, failed = [], []
+    for case, paths in cases:
         outputs = _output_paths(out_dir, case, probabilities)
-        result = {"name": case, "scans": paths, "outputs": outputs, "status": "done", "error": ""}
+        result = {"name": case, "scans": paths, "outputs": outputs, "status": "todo", "error": ""}
+        errors = [problems[p] for p in paths if p in problems]
+        errors += [IsADirectoryError(f"{p}: is a folder where an output file goes") for p in outputs.values()
+                   if p.is_dir()]
+        if errors:
+            result["status"], result["error"] = "error", "; ".join(str(e) for e in errors)
+            failed.append(errors[0])
         results.append(result)
+    if len(failed) == len(cases):                  # nothing to do: an input error
+        if len(failed) == 1:
+            raise failed[0]
+        raise ValueError("no scan can be segmented:\n" + "\n".join(r["error"] for r in results))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)              # what a killed run left
+    for r in results:
+        if r["status"] == "error":
+            print(f"error: {r['name']}: {r['error']}", file=sys.stderr)
+
+    for result in tqdm(results, desc="segmenting", unit="case", disable=not progress):
+        if result["status"] == "error":
+            continue
+        outputs, paths = result["outputs"], result["scans"]
+        result["status"] = "done"
         if not overwrite and all(p.exists() for p in outputs.values()):
             result["status"] = "skipped"
             continue
         try:
-            out = _segment_subject(model, [_load_scan(p) for p in paths], [str(p) for p in paths], win,
+            out = _segment_subject(model, [_load_scan(p, voxel_size) for p in paths], [str(p) for p in paths], win,
                                    voxel_size, device, tta, overlap, sw_batch_size, histnorm)
             save_nifti(outputs["lesion"], out["lesion"], out["affine"], dtype=np.uint8)
             save_nifti(outputs["labels"], out["labels"], out["affine"], dtype=np.uint8)
             if probabilities:
                 save_probabilities(outputs["probs"], out["probabilities"], out["affine"])
-        except (OSError, ValueError, RuntimeError) as err:   # one bad scan must not stop the others
+        except (OSError, ValueError, RuntimeError, MemoryError) as err:   # one bad scan must not stop the others
             result["status"], result["error"] = "error", f"{type(err).__name__}: {err}"
-            print(f"error: {case}: {result['error']}", file=sys.stderr)
+            print(f"error: {result['name']}: {result['error']}", file=sys.stderr)
+            if isinstance(err, (ValueError, FileNotFoundError)):
+                failed.append(err)
+    if len(failed) == len(cases):                  # every case was bad input: nothing was done
+        raise failed[0] if len(failed) == 1 else ValueError(
+            "no scan can be segmented:\n" + "\n".join(r["error"] for r in results))
     return results
