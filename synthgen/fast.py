@@ -211,11 +211,12 @@ def warp_args(tissue, lesion, params: SampleParams, texture, tex_scale, image, t
     def up(t, dtype=torch.float32):
         return to_device(t.to(dtype).contiguous(), dev)
 
+    tissue = tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue   # one map: one copy
     if not tissue.is_floating_point():
         tissue = tissue.to(torch.uint8)
     elif tissue.dtype not in (torch.float32, torch.float16):
         tissue = tissue.to(torch.float32)
-    tis = (tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue).contiguous()
+    tis = tissue.contiguous()
     les, offset = None, (0, 0, 0)
     if lesion is not None:
         les = torch.cat([lesion[0], lesion[1]], 1).to(device=dev, dtype=torch.float32).contiguous()
@@ -306,8 +307,8 @@ def generate_fast(config: GeneratorConfig, tissue: torch.Tensor, params: SampleP
 
     f32 = dict(device=dev, dtype=torch.float32)
     seeds, flip, strip = up(pc.noise_key, torch.int64), up(pc.flip, torch.uint8), up(pc.skull_strip, torch.uint8)
-    if tissue.is_floating_point():
-        tissue = tissue.to(torch.float32)
+    if tissue.is_floating_point():      # one map for the batch: converted once, not once per sample
+        tissue = (tissue[:1] if tissue.stride(0) == 0 else tissue).to(torch.float32)
 
     plan = pass_plan(config, pc, texture is not None, clip_levels)
     fwhms = _stage_fwhms(pc)
@@ -404,7 +405,7 @@ def self_check(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: s
         size = [min(n, 26) for n in tissue.shape[2:]]
         lo = [(n - s) // 2 for n, s in zip(tissue.shape[2:], size)]
         piece = tissue[:1, :, lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]].contiguous()
-        piece = piece.expand(2, *piece.shape[1:])
+        piece = torch.cat([piece, piece.flip(2)])       # two maps: the per-sample map stride runs too
         params = sample_params(cfg, size, 0, 0, 2)
         # every switch on in one sample and off in the other: each axis pass and epilogue variant runs
         params.skull_strip = torch.tensor([True, False])
@@ -414,10 +415,11 @@ def self_check(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: s
         params.smooth_fwhm = torch.tensor([0.8, 0.0])
         params.gmm_fwhm = torch.tensor([1.3, 0.0])
         weights = None
-        if lesion is not None:
-            box = torch.zeros(2, 1, *size, device=dev)
-            box[:, :, size[0] // 4:size[0] // 2, size[1] // 4:size[1] // 2, size[2] // 3:2 * size[2] // 3] = 1
-            weights = (box * 0.7, box, (0, 0, 0))
+        if lesion is not None:      # boxed weights at an offset inside the map, as LesionSource gives them
+            inner = [max(n - 2, 1) for n in size]
+            box = torch.zeros(2, 1, *inner, device=dev)
+            box[:, :, inner[0] // 4:inner[0] // 2, inner[1] // 4:inner[1] // 2, inner[2] // 3:2 * inner[2] // 3] = 1
+            weights = (box * 0.7, box, tuple(1 if n > 2 else 0 for n in size))
         g = torch.Generator().manual_seed(0)
         texture = torch.randn(2, 1, *cfg.crop, generator=g).to(dev)
         noise = tuple(torch.randn(2, 1, *cfg.crop, generator=g).to(dev) for _ in range(2))

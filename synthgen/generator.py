@@ -255,7 +255,8 @@ class SynthGenerator:
         n = len(params) // C if params is not None else (batch_size or tissue.shape[0])
         if tissue.shape[0] not in (1, n):
             raise ValueError(f"`tissue` batch must be 1 or {n}, got {tissue.shape[0]}")
-        if tissue.shape[0] == 1 and n > 1:
+        one_map = tissue.shape[0] == 1
+        if one_map and n > 1:
             tissue = tissue.expand(n, *tissue.shape[1:])
         if params is None:
             params = self.sample_params(tissue.shape, seed, index, n)
@@ -272,8 +273,8 @@ class SynthGenerator:
                 lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key[::C]], affine=affine,
                                              classes=cfg.labels.class_table(), region=reach) if reach else None
         if C > 1:       # each contrast a row of its own through the same pipeline (one launch per pass)
-            tissue = tissue.repeat_interleave(C, 0) if tissue.stride(0) else tissue[:1].expand(n * C,
-                                                                                                *tissue.shape[1:])
+            # one map for the batch stays one (a stride-0 view); per-sample maps repeat for each contrast
+            tissue = tissue[:1].expand(n * C, *tissue.shape[1:]) if one_map else tissue.repeat_interleave(C, 0)
             if lesion is not None:
                 lesion = (lesion[0].repeat_interleave(C, 0), lesion[1].repeat_interleave(C, 0), *lesion[2:])
         backend = select_backend(dev, available=fast.AVAILABLE)

@@ -15,6 +15,7 @@ is not correlated with synthetic sample ``i``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -110,7 +111,9 @@ class RealAugmenter:
     def sample_params(self, in_shape, seed: int = 0, index: int = 0, batch: int = 1) -> RealParams:
         """Parameters of real samples ``index .. index + batch - 1`` of stream ``seed`` (CPU tensors)."""
         real_seed = sample_key(seed, 0, "real")   # a stream of its own: not the synthetic sample's draws
-        geometry = sample_params(self.config, tuple(in_shape[-3:]), real_seed, index, batch)
+        # one geometry per scan (a real scan's contrasts are its channels, not GeneratorConfig.channels)
+        geometry = sample_params(dataclasses.replace(self.config, channels=1), tuple(in_shape[-3:]), real_seed,
+                                 index, batch)
         on, knots = [], []
         for i in range(batch):
             g = generator_for(sample_key(seed, index + i, "real-histogram"))
@@ -163,7 +166,8 @@ class RealAugmenter:
         dev = scan.device
         if self.lesions is not None:
             scan, mask = paste_lesions(scan, mask, self.lesions, [sample_key(seed, index + i, "real-lesion")
-                                                                  for i in range(n)], affine, self.lesion_label)
+                                                                  for i in range(n)], affine, self.lesion_label,
+                                       self.config.lesion_threshold)
         p = params.geometry.to(dev)
         crop = tuple(int(c) for c in self.config.crop)
         coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
@@ -186,7 +190,7 @@ class RealAugmenter:
 
 
 def paste_lesions(scan: torch.Tensor, mask: torch.Tensor, lesions, keys: list[int], affine=None,
-                  lesion_label: int = 1):
+                  lesion_label: int = 1, threshold: float = 0.5):
     """Paste stroke lesions into real scans (e.g. healthy ones): the lesion source's masks, faded and Soft-CP
     blended as in synthesis, with an intensity drawn from the scan's own.
 
@@ -201,9 +205,11 @@ def paste_lesions(scan: torch.Tensor, mask: torch.Tensor, lesions, keys: list[in
         keys: one 64-bit key per sample (its lesion and intensity draws).
         affine: the grid's voxel -> world (MNI mm) affine (the masks are placed by it).
         lesion_label: the label lesion voxels get in the returned mask.
+        threshold: label weight above which a voxel is lesion (``GeneratorConfig.lesion_threshold``).
 
     Returns:
-        ``(scan float32, mask)``: the blended scans and the labels with lesions where the Soft-CP weight > 0.5.
+        ``(scan float32, mask)``: the blended scans and the labels with lesions where the label weight exceeds
+        ``threshold``.
     """
     from .sampling import generator_for
     x = scan.float()
@@ -231,7 +237,7 @@ def paste_lesions(scan: torch.Tensor, mask: torch.Tensor, lesions, keys: list[in
             texture = torch.randn((1, 1, *w_int.shape[2:]), generator=g).to(x.device)
             texture = ops.gaussian_blur(texture, torch.tensor([1.0]))[0, 0]
             region[b, c] = region[b, c] * (1 - w_int[b, 0]) + (mean + std * texture) * w_int[b, 0]
-        target[b] = torch.where(w_lab[b] > 0.5, torch.full_like(target[b], lesion_label), target[b])
+        target[b] = torch.where(w_lab[b] > threshold, torch.full_like(target[b], lesion_label), target[b])
     out[box], labelled[box] = region, target
     return out, labelled
 

@@ -122,6 +122,10 @@ def test_label_mapping_json_cli_and_freesurfer(tmp_path):
         LabelMapping.parse("gm=3;tied=3+7")
     with pytest.raises(ValueError, match="`target` label 3 must be in one group"):
         LabelMapping.parse("gm=3;target=3,3")
+    with pytest.raises(ValueError, match="`target` label 0 is a background label"):
+        LabelMapping.parse("gm=3;target=0,3")
+    with pytest.raises(ValueError, match="`tied` label 24 is a background label"):
+        LabelMapping.from_dict({"gm": [3], "background": [0, 24], "tied": [[3, 24]]})
     with pytest.raises(ValueError, match="`gaussians` must be 'label' or 'class'"):
         LabelMapping.from_dict({"gm": [3], "gaussians": "each"})
     with pytest.raises(ValueError, match="`target_names` must be one name per target entry"):

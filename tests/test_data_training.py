@@ -249,3 +249,28 @@ def test_sources_read_by_index(tmp_path):
     assert isinstance(item.data, np.memmap)                   # at the packed voxel size: memory-mapped
     resliced = tissue_maps(tmp_path / "store", voxel_size=8.0).load(1)
     assert resliced.data.shape == tuple((np.array(a.data.shape) - 1) // 2 + 1)
+
+
+def test_read_ahead_survives_a_generate_ahead_thread_and_the_end_of_its_range():
+    """The loop's order: start() first, then another thread asks for the steps in order; past the end, and after
+    the range, steps are read inline (no StopIteration), with the same bytes."""
+    import threading
+    maps = CountingMaps(_maps(6).maps, _maps(6).affines)
+    inline = TrainingBatches(_gen(), _maps(6), seed=2, batch_size=1, device="cpu")
+    data = TrainingBatches(_gen(), maps, seed=2, batch_size=1, device="cpu", prefetch=2).start(0, 5)
+    got = {}
+
+    def ask():
+        for s in range(5):
+            got[s] = data(s)
+            maps.used += 1
+    t = threading.Thread(target=ask)
+    t.start()
+    t.join()
+    assert data._ahead is not None and data._next == 5          # the read-ahead was used for every step
+    extra = data(5)                                               # beyond the started range: read inline
+    for s in range(5):
+        assert torch.equal(got[s][0], inline(s)[0])
+    assert torch.equal(extra[0], inline(5)[0])
+    real_only = TrainingBatches(_gen(), None, seed=0, batch_size=1, device="cpu", real=object())
+    assert real_only.real_only

@@ -89,3 +89,26 @@ def test_mask_lesions_make_no_host_sync():
     assert out is not None and out[0].device.type == "meta"
     with pytest.raises((RuntimeError, NotImplementedError)):     # the check itself: meta tensors cannot sync
         bool(tissue.any())
+
+
+def test_a_voxel_space_bank_ignores_the_maps_affine():
+    """Masks given on the tissue grid itself (from_tensor without an affine) stay where they are, whatever
+    affine the map carries (training always passes the map's)."""
+    tissue = phantom_labels(SHAPE)
+    src = LesionSource.from_tensor(_masks()[:1], config=LesionConfig(healthy_probability=0.0, clip_to="none"))
+    mni = np.diag([2.0, 2.0, 2.0, 1.0])
+    mni[:3, 3] = [-30, -36, -32]
+    plain = src.sample_dense(tissue, [3])[1]
+    placed = src.sample_dense(tissue, [3], affine=mni)[1]
+    assert torch.equal(plain, placed) and int((plain > 0.5).sum()) == int(_masks()[0].sum())
+
+
+def test_boxed_weights_of_a_sample_do_not_depend_on_its_batch():
+    """The fading is evaluated on the lesion's own box, not on the batch's region: the same key gives the same
+    bytes alone and beside other samples."""
+    tissue = phantom_labels(SHAPE)
+    src = LesionSource.from_tensor(_masks()[:2], config=LesionConfig(healthy_probability=0.0))
+    alone = src.sample_dense(tissue, [11], region=((0, 0, 0), (20, 36, 32)))
+    both = src.sample_dense(tissue.expand(2, -1, -1, -1, -1), [11, 12], region=((0, 0, 0), (30, 36, 32)))
+    inside = (slice(None), slice(None), slice(0, 20))
+    assert torch.equal(alone[0][inside], both[0][:1][inside]) and torch.equal(alone[1][inside], both[1][:1][inside])

@@ -214,3 +214,10 @@ def test_lesions_pasted_into_a_healthy_scan():
     labels_in[:, :, 14:18] = 3
     _, target = aug(scan, labels_in, seed=0, index=0)
     assert {3, 9} <= set(target.unique().tolist())
+
+
+def test_a_multi_contrast_generator_config_serves_the_real_branch():
+    """GeneratorConfig(channels=2) describes synthetic contrasts; a real scan keeps one geometry per sample."""
+    scan, mask = _pair()
+    img, tgt = RealAugmenter(GeneratorConfig(crop=CROP, channels=2))(scan.repeat(1, 2, 1, 1, 1), mask, seed=3)
+    assert img.shape == (1, 2) + CROP and tgt.shape == (1,) + CROP

@@ -462,12 +462,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     saved_at = step if resume else -1
     cuda = device.type == "cuda"
     timed = functools.partial(_timed_batch, data, cuda)
+    data.start(step, end)             # before the generate-ahead thread asks for step `step`
     ahead = None
     if cfg.generate_ahead == "on" or (cfg.generate_ahead == "auto" and cuda):
         # step n + 1's batch is made on a side stream (and thread) while step n trains; batches depend only on
         # (seed, step), so the run is the same as without
         ahead = Prefetcher(timed, range(step, end), depth=1, device=device if cuda else None)
-    data.start(step, end)
     with StopFlag() as stop, data, ahead if ahead is not None else nullcontext():
         while step < end:
             image, target, synth = next(ahead) if ahead is not None else timed(step)

@@ -217,6 +217,9 @@ class LabelMapping:
                 for v in group:
                     if v not in index:
                         raise ValueError(f"`{key}` label {v} is not in the label mapping {self.name!r}")
+                    if v in self.background:
+                        raise ValueError(f"`{key}` label {v} is a background label: background is its own "
+                                         "Gaussian and target class 0, it cannot be tied or listed as a target")
                     if v in out:
                         raise ValueError(f"`{key}` label {v} must be in one group, got groups {out[v]} and {i}")
                     out[v] = i

@@ -12,6 +12,7 @@ flight: nothing but ``(seed, step)`` and the data decide it.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -86,7 +87,9 @@ class TrainingBatches:
         if maps is None and real is None:
             raise ValueError("`maps` or `real` must be given, got neither")
         self.generator, self.maps, self.seed, self.batch = generator, maps, int(seed), int(batch_size)
+        real_only = real_only or maps is None
         self.device, self.real, self.real_only, self.prefetch = torch.device(device), real, real_only, int(prefetch)
+        self._lock = threading.Lock()      # start() / close() on one thread, batches made on another
         self.generator.lesions = lesions
         self._augment = None
         if real is not None:
@@ -130,18 +133,24 @@ class TrainingBatches:
         return ("map", which, item.tensor(), item.affine)
 
     def start(self, first: int, end: int) -> "TrainingBatches":
-        """Read the inputs of steps ``first .. end - 1`` ahead, in order, on a background thread."""
-        self.close()
-        self._worker_map = self._resident[0] if self._resident else None
-        if self.real is None and len(self.maps) == 1:
-            return self                  # one map: read once, kept on the device
-        cuda = self.device.type == "cuda"
-        self._ahead = Prefetcher(lambda s: self._inputs(s, worker=True), range(first, end), depth=self.prefetch,
-                                 device=None, pin_memory=cuda)
-        self._next = first
+        """Read the inputs of steps ``first .. end - 1`` ahead, in order, on a background thread. Call it before
+        the steps are asked for (e.g. before a generate-ahead thread starts asking)."""
+        with self._lock:
+            self._close()
+            self._worker_map = self._resident[0] if self._resident else None
+            if self.real is None and len(self.maps) == 1:
+                return self              # one map: read once, kept on the device
+            cuda = self.device.type == "cuda"
+            self._ahead = Prefetcher(lambda s: self._inputs(s, worker=True), range(first, end),
+                                     depth=self.prefetch, device=None, pin_memory=cuda)
+            self._next = first
         return self
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._ahead is not None:
             self._ahead.close()
         self._ahead = self._next = None
@@ -153,11 +162,16 @@ class TrainingBatches:
         self.close()
 
     def _take(self, step: int):
-        if self._ahead is not None and step == self._next:
-            self._next += 1
-            return next(self._ahead)
-        if self._ahead is not None:      # out of order: the read-ahead no longer matches
-            self.close()
+        with self._lock:
+            if self._ahead is not None and step == self._next:
+                try:
+                    value = next(self._ahead)
+                    self._next += 1
+                    return value
+                except StopIteration:    # past the range it was started on
+                    pass
+            if self._ahead is not None:  # out of order or past the end: the read-ahead no longer matches
+                self._close()
         return self._inputs(step, worker=False)
 
     # ---- making the batch ----------------------------------------------------------------------------------

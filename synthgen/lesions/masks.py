@@ -89,9 +89,11 @@ def nearest_box(src: torch.Tensor, src_affine, lo, hi, affine) -> torch.Tensor:
         return out.permute(*np.argsort(axis_of).tolist())   # axes back in box order
     axes = [torch.arange(s, device=dev, dtype=torch.float64) for s in shape]
     ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
-    c = torch.floor(ijk @ torch.as_tensor(m.T, device=dev) + torch.as_tensor(t, device=dev) + 0.5).long()
-    ok = ((c >= 0) & (c < torch.tensor(n, device=dev))).all(-1)
-    c = torch.minimum(c.clamp(min=0), torch.tensor(n, device=dev) - 1)
+    up = lambda a: to_device(torch.as_tensor(a), dev)       # noqa: E731  (no host sync on CUDA)
+    c = torch.floor(ijk @ up(np.ascontiguousarray(m.T)) + up(t) + 0.5).long()
+    size = up(np.asarray(n, dtype=np.int64))
+    ok = ((c >= 0) & (c < size)).all(-1)
+    c = torch.minimum(c.clamp(min=0), size - 1)
     return src[c[..., 0], c[..., 1], c[..., 2]] * ok.to(src.dtype)
 
 
@@ -131,21 +133,27 @@ class MaskBank:
             raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}")
         return self.subset(i for i, n in enumerate(self.names) if in_split(n, split, holdout_fraction))
 
+    def grid_affine(self, affine):
+        """The affine masks are placed by: the map's for a "world" bank (required), the identity for a "voxel" bank
+        (its masks lie on the map's own grid, whatever the map's affine)."""
+        if self.space == "voxel":
+            return np.eye(4)
+        if affine is None:
+            raise ValueError("lesion masks in world space are placed by the tissue map's affine: pass `affine`")
+        return np.asarray(affine, np.float64)
+
     def placement(self, i: int, shape, affine):
         """The voxel box ``(lo, hi)`` of the grid ``(shape, affine)`` that mask ``i`` can reach; None if none."""
-        return box_in_grid(self.crops[i].shape, self.affines[i], shape, affine)
+        return box_in_grid(self.crops[i].shape, self.affines[i], shape, self.grid_affine(affine))
 
     def paste(self, i: int, out: torch.Tensor, affine=None, origin=(0, 0, 0)):
         """OR mask ``i`` into the dense bool tensor ``out``, which holds the voxels ``[origin, origin + out.shape)``
         of the grid ``affine`` (voxel -> world; None for a "voxel" bank); returns the grid box it touched, or
         None."""
-        if affine is None:
-            if self.space == "world":
-                raise ValueError("lesion masks in world space are placed by the tissue map's affine: pass `affine`")
-            affine = np.eye(4)
+        affine = self.grid_affine(affine)
         origin = tuple(int(o) for o in origin)
         end = tuple(o + n for o, n in zip(origin, out.shape))
-        region = self.placement(i, end, np.asarray(affine, np.float64))
+        region = self.placement(i, end, affine)
         if region is None:
             return None
         lo, hi = tuple(max(a, o) for a, o in zip(region[0], origin)), region[1]

@@ -34,8 +34,9 @@ def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Te
         class_of_label = LabelConfig().class_table()
     wanted = [int(c) in set(classes) for c in class_of_label]
     if tissue.is_floating_point():
-        idx = [k for k in range(min(tissue.shape[1], len(wanted))) if wanted[k]]
-        return tissue[:, idx].sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
+        idx = to_device(torch.tensor([k for k in range(min(tissue.shape[1], len(wanted))) if wanted[k]]),
+                        tissue.device)
+        return tissue.index_select(1, idx).sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
     table = to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
     return table[tissue.long()].to(torch.float32)
 
@@ -156,7 +157,7 @@ class LesionSource:
         if affine is None and self.bank is not None and self.bank.space == "world":
             raise ValueError("lesion masks are placed by the tissue map's affine: pass `affine` (the map's voxel -> "
                              "MNI affine) to the generator call or to the LesionSource")
-        return affine
+        return affine            # a "voxel" bank ignores it (MaskBank.grid_affine); procedural lesions use it
 
     def _plan(self, tissue, keys, affine, classes):
         """Per sample: its generator, and its lesion as ``("bank", mask indices, grid box)``, ``("mask", dense
@@ -179,7 +180,7 @@ class LesionSource:
                 js = torch.randint(0, len(self.bank), (n,), generator=g).tolist()
                 box = None
                 for j in js:        # from the two affines alone: no device work, no host sync
-                    box = _union(box, self.bank.placement(j, shape, affine if affine is not None else np.eye(4)))
+                    box = _union(box, self.bank.placement(j, shape, affine))
                 plans.append(("bank", js, box) if box is not None else None)
                 continue
             if parenchyma is None:
@@ -236,14 +237,18 @@ class LesionSource:
         region = ((0, 0, 0), shape) if region is None else region
         pad = cfg.softcp.dilate + 1              # Soft-CP rings reach `dilate` voxels beyond the mask
         reach = cfg.softcp.erode + cfg.softcp.dilate + 1   # mask a Soft-CP weight depends on
-        boxes = []
+        boxes, lesion_boxes = [], []
         for plan in plans:
-            box = None
+            box = whole = None
             if plan is not None:
-                lo = [max(a - pad, r, 0) for a, r in zip(plan[2][0], region[0])]
-                hi = [min(b + pad, r, n) for b, r, n in zip(plan[2][1], region[1], shape)]
+                # the lesion's Soft-CP box on the grid, and its part within the region
+                whole = (tuple(max(a - pad, 0) for a in plan[2][0]),
+                         tuple(min(b + pad, n) for b, n in zip(plan[2][1], shape)))
+                lo = [max(a, r) for a, r in zip(whole[0], region[0])]
+                hi = [min(b, r) for b, r in zip(whole[1], region[1])]
                 box = (tuple(lo), tuple(hi)) if all(b > a for a, b in zip(lo, hi)) else None
             boxes.append(box)
+            lesion_boxes.append(whole)
         out = None
         for box in boxes:
             out = _union(out, box)
@@ -275,8 +280,11 @@ class LesionSource:
                 w = w * tissue_share(tissue[grid_box], wanted, classes)
             into = (i, slice(None), *(slice(a - o, b - o) for a, b, o in zip(*box, out[0])))
             label[into] = w[0]
-            region_i = tuple(zip(*box))
-            fade = fading_config(to_device(coeffs[i], tissue.device), shape, cfg.fading, region_i) if faded[i] else 1.0
+            fade = 1.0
+            if faded[i]:          # on the lesion's whole box, whatever the region: a sample's bytes are its own
+                whole = lesion_boxes[i]
+                fade = fading_config(to_device(coeffs[i], tissue.device), shape, cfg.fading, tuple(zip(*whole)))
+                fade = fade[(slice(None), slice(None), *(slice(a - o, b - o) for a, b, o in zip(*box, whole[0])))]
             intensity[into] = (w * fade)[0]
         return intensity, label, out[0]
 
