@@ -78,10 +78,17 @@ class AffineConfig:
 
 @dataclass
 class ElasticConfig:
-    """Smooth displacement: cubic B-spline through a coarse control grid spanning the output crop."""
+    """Smooth displacement: cubic B-spline through a coarse control grid spanning the output crop.
+
+    Amplitude by effect: each sample draws s ~ U(0, max_std) and the displacement field itself has std s (root
+    mean square over the crop, per component; the coefficients are scaled by ``fields.bspline_field_std``).
+    """
     control_points: int = 8       # per axis; SynthSeg nonlin_scale 0.04 x 192 = 7.7; cornucopia draws 2..10
-    max_std: float = 3.0          # mm; control displacements ~ N(0, s^2), s ~ U(0, max_std), so 3 s at the
-                                  # upper bound ~ 9.6 mm = SynthStroke elastic=0.05 of a 192 mm FOV
+    max_std: float = 2.5          # mm. Matches SynthStroke (cornucopia 0.5.1 RandomAffineElasticTransform(0.05, 10),
+                                  # its 256^3 volume, central 192^3): field std p10/p50/p90 0.22/1.19/2.22 mm,
+                                  # mean 1.22 (ours at 2.5: about 0.25/1.2/2.3, mean 1.2); largest displacement
+                                  # p50 4.1 mm there, ~6 mm here (a fixed 8^3 grid has more peaks than cornucopia's
+                                  # 2..10 nodes). benchmarks/field_amplitudes.py
 
     def validate(self):
         if self.control_points < 4:
@@ -92,9 +99,16 @@ class ElasticConfig:
 
 @dataclass
 class BiasConfig:
-    """Multiplicative bias field exp(f), f a cubic B-spline through a coarse grid of N(0, s^2) values."""
+    """Multiplicative bias field exp(f), f a cubic B-spline through a coarse control grid spanning the crop.
+
+    Amplitude by effect: each sample draws s ~ U(0, max_std) and the log-field f has std s over the crop.
+    """
     control_points: int = 5       # per axis; SynthSeg bias_scale 0.025 x 192 = 4.8; cornucopia bias=7 -> 2..7
-    max_std: float = 0.5          # s ~ U(0, max_std); SynthSeg bias_field_std=0.5; cornucopia strength 0.5
+    max_std: float = 0.1          # log-field std. Matches SynthStroke (cornucopia 0.5.1 IntensityTransform(bias=7,
+                                  # bias_strength=0.5): field in 1 +- U(0, 0.5), 2..7 nodes): log std p10/p50/p90
+                                  # 0.010/0.049/0.095, mean 0.050 over the central 192^3 of 256^3 (ours at 0.1:
+                                  # about 0.015/0.055/0.088). SynthSeg's nominal 0.5 is the std of its coarse
+                                  # values, not of the field. benchmarks/field_amplitudes.py
 
     def validate(self):
         if self.control_points < 4:
