@@ -34,6 +34,10 @@ class OptimConfig:
     grad_clip: float = 12.0           # max global grad norm; paper
     dice_weight: float = 1.0          # loss = dice_weight * Dice + ce_weight * CE; paper: plain sum
     ce_weight: float = 1.0
+    dice_include_background: bool = True   # background class in the Dice: paper's text (Dice + CE, no class left
+                                      # out); SynthStroke's code: False
+    dice_batch: bool = False          # Dice pooled over the batch before dividing; paper: per sample (batch 1, the
+                                      # same there); SynthStroke's code: True
     amp: str = "auto"                 # "auto": bf16 autocast on CUDA when supported, else fp32; "bf16"; "off"
 
 
