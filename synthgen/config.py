@@ -351,32 +351,53 @@ def _from_dict(cls, d):
 
 @dataclass
 class FadingConfig:
-    """Smooth multiplicative field over the lesion intensity weight (paper section 2, "grades of infarction")."""
+    """Smooth multiplicative field over the lesion intensity weight (paper section 2, "grades of infarction").
+
+    At every voxel the field is ``hi - (hi - lo) * Phi(f)^power`` with ``f`` a unit-variance smooth random field,
+    so ``(hi - fade) / (hi - lo)`` is Beta(1 / power, 1) distributed: with the defaults the fade's p10 / p50 / p90
+    are 0.35 / 0.80 / 0.99 (mean 0.73), most lesion voxels strongly infarcted and some faint
+    (synthgen.lesions.morphology.fading_field).
+    """
     probability: float = 1.0        # fraction of lesioned samples faded; SynthStroke fades every pasted lesion
     range: tuple = (0.2, 1.0)       # (lo, hi) field values, unitless. lo > 0 keeps some lesion contrast under
                                     # every voxel labelled lesion; SynthStroke clips a bias field to [0, 1]
     control_spacing: float = 12.0   # voxels between control points: features of ~1 cm, about the radius of
                                     # a median (12.7 mL, SOOP) lesion, so one lesion sees 1-3 grades
-    gain: float = 2.0               # sigmoid slope in field standard deviations: 2 spreads draws over the whole
-                                    # range without saturating (see synthgen.lesions.morphology.fading_field)
+    mapping: str = "power"          # "power": the distribution above; "sigmoid": lo + (hi - lo) sigmoid(gain f),
+                                    # spread over the whole range, median 0.6 (the fading before issue 12)
+    power: float = 2.0              # "power" exponent: 1 is uniform over the range, larger puts more voxels near
+                                    # hi; 2 gives a median fade of 0.8 (no source: "varying grades")
+    gain: float = 2.0               # "sigmoid" slope in field standard deviations: 2 spreads draws over the whole
+                                    # range without saturating
 
     def validate(self):
         _check_prob("lesion.fading.probability", self.probability)
         _check_range("lesion.fading.range", self.range, 0.0, 1.0)
         if not self.control_spacing >= 1:
             raise ValueError(f"`lesion.fading.control_spacing` must be >= 1 voxel, got {self.control_spacing}")
+        if self.mapping not in ("power", "sigmoid"):
+            raise ValueError(f"`lesion.fading.mapping` must be 'power' or 'sigmoid', got {self.mapping!r}")
+        if not self.power > 0:
+            raise ValueError(f"`lesion.fading.power` must be > 0, got {self.power}")
         if not self.gain > 0:
             raise ValueError(f"`lesion.fading.gain` must be > 0, got {self.gain}")
 
 
 @dataclass
 class SoftCPConfig:
-    """Soft-CP blending weights (Dai et al. 2022, arXiv:2203.10507): 1 on the eroded core, alpha^j on ring j."""
-    alpha: float = 0.9              # weight ratio between neighbouring voxel rings; SynthStroke alpha=0.9
-    erode: int = 2                  # voxel rings (3x3x3 cube) eroded to form the weight-1 core; SynthStroke 1
-    dilate: int = 2                 # rings grown back from the core with weights alpha^1..alpha^dilate;
-                                    # SynthStroke 1. dilate <= erode keeps the target (weight > 0.5) equal to
-                                    # the source mask, and gives a 2-voxel (0.9, 0.81) partial-volume edge
+    """Soft-CP blending weights (Dai et al. 2022, arXiv:2203.10507): 1 on the core, alpha^j on ring j around it.
+
+    Default: the core is the mask itself (``erode = 0``) and the soft edge runs outward from the mask boundary,
+    ``alpha^j`` on the j-th voxel ring outside it (3x3x3 morphology); the target is the mask
+    (``LesionConfig.target``), so the edge blends the lesion into the tissue around it without moving its label.
+    """
+    alpha: float = 0.5              # weight ratio between neighbouring rings: the first ring outside the mask at
+                                    # half weight (a one-voxel partial-volume edge), 0.25 and 0.125 beyond. The
+                                    # paper's code (SynthStroke) uses 0.9 with its rings inside its target
+    erode: int = 0                  # voxel rings eroded from the mask to form the weight-1 core (0: the mask)
+    dilate: int = 3                 # rings grown from the core with weights alpha^1..alpha^dilate; 3 rings of
+                                    # 0.5 / 0.25 / 0.125 leave < 0.07 beyond. Before issue 12: alpha 0.9, erode 2,
+                                    # dilate 2 (the edge inside the mask: LesionConfig.with_inward_blending)
 
     def validate(self):
         if not 0 < self.alpha <= 1:
@@ -508,8 +529,12 @@ class LesionConfig:
     healthy_probability: float = 0.1   # lesion-free samples. Paper: 0 (always pastes). 10 % shows the network
                                     # healthy brains (no false positives to learn) at little cost in lesion
                                     # exposure, and matches lesion-free slabs of a 192^3 crop at inference
-    clip_to: str = "parenchyma"     # lesion weight is multiplied by this tissue's probability: "parenchyma"
-                                    # (GM+WM+PV), "brain" (+CSF) or "none"
+    clip_to: str = "brain"          # lesion weights are multiplied by this tissue's probability: "brain"
+                                    # (GM+WM+PV+CSF: the target is the mask inside the brain, background outside
+                                    # it), "parenchyma" (GM+WM+PV; drops ~7 % of SOOP masks' voxels) or "none"
+    target: str = "mask"            # the label weight (lesion where > GeneratorConfig.lesion_threshold): "mask",
+                                    # the binary mask (clipped), so the target is the mask; "softcp", the Soft-CP
+                                    # weight (the target before issue 12)
     fading: FadingConfig = field(default_factory=FadingConfig)
     softcp: SoftCPConfig = field(default_factory=SoftCPConfig)
     procedural: ProceduralLesionConfig = field(default_factory=ProceduralLesionConfig)
@@ -526,7 +551,17 @@ class LesionConfig:
         _check_prob("lesion.healthy_probability", self.healthy_probability)
         if self.clip_to not in ("parenchyma", "brain", "none"):
             raise ValueError(f"`lesion.clip_to` must be 'parenchyma', 'brain' or 'none', got {self.clip_to!r}")
+        if self.target not in ("mask", "softcp"):
+            raise ValueError(f"`lesion.target` must be 'mask' or 'softcp', got {self.target!r}")
         self.fading.validate()
         self.softcp.validate()
         self.procedural.validate()
         return self
+
+    def with_inward_blending(self) -> "LesionConfig":
+        """A copy blended as before issue 12: the Soft-CP edge inside the mask (alpha 0.9, erode 2, dilate 2), the
+        target the Soft-CP weight clipped to parenchyma, the sigmoid fading. Fainter lesions (weight p50 ~0.5 over
+        the mask) and a target ~7 % smaller than SOOP masks (``benchmarks/lesion_blending.py``)."""
+        return dataclasses.replace(
+            self, clip_to="parenchyma", target="softcp", softcp=SoftCPConfig(alpha=0.9, erode=2, dilate=2),
+            fading=dataclasses.replace(self.fading, mapping="sigmoid"))

@@ -81,3 +81,16 @@ def test_field_amplitudes_matrices_match_cornucopia_splines_and_the_script_runs(
     rows = json.loads(out.read_text())["rows"]
     assert [r["field"] for r in rows] == ["elastic_std_mm", "elastic_max_mm", "bias_log_std"]
     assert all(r["cornucopia"]["p50"] > 0 and r["synthgen"]["p50"] > 0 for r in rows)
+
+
+def test_lesion_blending_report_rows(tmp_path, capsys):
+    import lesion_blending
+    out = tmp_path / "b.json"
+    assert lesion_blending.main(["--n", "2", "--masks", "0", "--samples", "1", "--crop", "32", "--threads", "1",
+                                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    paper, inward = rows["paper (default)"], rows["inward (before issue 12)"]
+    # procedural lesions lie in parenchyma: the paper's target is the mask, the old blending's weight is fainter
+    assert paper["target_over_mask"]["p50"] == 1.0 and paper["halo_weight_mean"] > 0.2
+    assert inward["halo_weight_mean"] == 0.0 and inward["weight_mean"] < paper["weight_mean"]
+    assert "| target / mask volume" in capsys.readouterr().out
