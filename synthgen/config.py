@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from . import calibration as cal
+
 # Tissue-map classes (input) and target classes (output). Channels 5+ of a tissue map are extra
 # non-brain tissues (scalp, skull, ...): they get their own intensity but are background in the target.
 TISSUE_CLASSES = ("background", "gm", "wm", "pv", "csf")
@@ -323,10 +325,10 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
-        return _from_dict(cls, d)
+        return dataclass_from_dict(cls, d)
 
 
-def _from_dict(cls, d):
+def dataclass_from_dict(cls, d):
     """Rebuild a (nested) dataclass from ``asdict`` output; unknown keys are an error."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(names)
@@ -336,7 +338,7 @@ def _from_dict(cls, d):
     for key, value in d.items():
         default = getattr(cls(), key) if key in names else None
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = _from_dict(type(default), value)
+            value = dataclass_from_dict(type(default), value)
         elif isinstance(default, tuple) or (isinstance(value, list) and not dataclasses.is_dataclass(default)):
             value = tuple(value)
         kwargs[key] = value
@@ -344,10 +346,9 @@ def _from_dict(cls, d):
 
 
 # --- lesions ---
-# Lesion sources (synthgen.lesions). Figures marked SOOP were measured by scripts/calibrate_lesions.py over
-# all 1449 acute ischaemic stroke masks of the Stroke Outcome Optimization Project (Absher et al. 2024, Sci
-# Data 11:839; OpenNeuro ds004889, CC0), 1 mm MNI, components with 26-connectivity; territories from the
-# JHU arterial atlas (Liu et al. 2023) on the same grid.
+# Lesion sources (synthgen.lesions). Figures marked SOOP were measured by scripts/calibrate_lesions.py over all
+# 1449 acute ischaemic stroke masks of the Stroke Outcome Optimization Project; the tables live in
+# synthgen.calibration, with their sources.
 
 @dataclass
 class FadingConfig:
@@ -408,21 +409,39 @@ class SoftCPConfig:
             raise ValueError(f"`lesion.softcp.dilate` must be an integer >= 0, got {self.dilate}")
 
 
+def _check_components(components, n: int) -> None:
+    """``ProceduralLesionConfig.territory_components``: n territories of (weight, mean, std, correlations)."""
+    import numpy as np
+    bad = f"`lesion.procedural.territory_components` must hold {n} territories of (weight >= 0, (x, y, z) mean, " \
+          f"(x, y, z) std > 0, (r_xy, r_xz, r_yz)) components with a positive-definite covariance, got"
+    if len(components) != n:
+        raise ValueError(f"{bad} {len(components)} territories")
+    for t, comps in enumerate(components):
+        try:
+            ok = len(comps) > 0 and sum(c[0] for c in comps) > 0
+            for w, mean, std, (rxy, rxz, ryz) in comps:
+                corr = np.array([[1.0, rxy, rxz], [rxy, 1.0, ryz], [rxz, ryz, 1.0]])
+                ok = ok and w >= 0 and len(mean) == 3 and len(std) == 3 and min(std) > 0 \
+                    and bool(np.all(np.linalg.eigvalsh(corr) > 0))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{bad} {comps!r} for territory {t}")
+
+
 @dataclass
 class ProceduralLesionConfig:
-    """Procedural ischaemic stroke masks (beyond the paper), calibrated on SOOP (see the section comment)."""
-    volume_quantiles_ml: tuple = (0.004, 0.299, 0.551, 0.949, 1.36, 2.01, 2.99, 4.20, 5.81, 8.67, 12.7,
-                                  17.4, 23.8, 30.9, 39.9, 51.9, 68.8, 93.1, 122.7, 196.9, 860.2)
+    """Procedural ischaemic stroke masks (beyond the paper), calibrated on SOOP (synthgen.calibration)."""
+    volume_quantiles_ml: tuple = cal.VOLUME_QUANTILES_ML
                                     # mL, total lesion volume at quantiles 0, 5, ..., 100 %; SOOP
     max_volume_ml: float = 300.0    # mL, draws above are clipped; ~5 % of SOOP masks exceed 200 mL
-    component_count_pmf: tuple = (0.318, 0.191, 0.109, 0.084, 0.046, 0.052, 0.033, 0.031, 0.030, 0.106)
+    component_count_pmf: tuple = cal.COMPONENT_COUNT_PMF
                                     # P(1), ..., P(9), P(>= 10) components (26-connectivity); SOOP
     component_count_max: int = 20   # components drawn uniformly in [10, max] for the ">= 10" bucket; SOOP
                                     # p95 is 14 components (max 96: specks of spatial normalisation)
-    largest_component_share_quantiles: tuple = (0.147, 0.46, 0.56, 0.65, 0.77, 0.855, 0.915, 0.958, 0.985,
-                                                0.996, 0.999)
+    largest_component_share_quantiles: tuple = cal.LARGEST_COMPONENT_SHARE_QUANTILES
                                     # share of the volume in the largest component of a multifocal lesion at
-                                    # deciles 0..100 %; SOOP (satellites are small: median 0.6 % of the volume)
+                                    # deciles 0..100 %; SOOP
     satellite_distance_mm: float = 34.0   # mm, std of the isotropic Gaussian offset of satellite centres from
                                           # the main component's: median distance 1.54 x 34 = 53 mm; SOOP
     left_probability: float = 0.5   # share of lesions mostly in the left hemisphere; SOOP 0.498
@@ -430,36 +449,25 @@ class ProceduralLesionConfig:
                                           # other hemisphere (21.4 % of all lesions are); SOOP
     bilateral_probability_unifocal: float = 0.087   # the same for one-component lesions (they straddle the
                                           # midline: brainstem, vermis, corpus callosum); SOOP
-    bilateral_minority_share_quantiles: tuple = (0.05, 0.072, 0.101, 0.130, 0.164, 0.198, 0.256, 0.326, 0.379,
-                                                 0.440, 0.499)
-                                    # share of a bilateral lesion's volume on its smaller side, deciles
-                                    # 0..100 %; SOOP (315 lesions with >= 5 %)
+    bilateral_minority_share_quantiles: tuple = cal.BILATERAL_MINORITY_SHARE_QUANTILES
+                                    # share of a bilateral lesion's volume on its smaller side, deciles; SOOP
     cross_midline: bool = False     # components may spill over the midline (world x = 0)
-    territory_names: tuple = ("aca", "mca", "pca", "deep", "vb")   # JHU arterial atlas groups (calibrate script)
-    territory_probabilities: tuple = (0.067, 0.530, 0.082, 0.186, 0.135)  # territory holding most of the
-                                    # lesion; SOOP (0.5 % outside the atlas or in a ventricle left out)
-    territory_volume_ranks: tuple | None = (
-        (0.003, 0.025, 0.042, 0.068, 0.108, 0.127, 0.166, 0.221, 0.262, 0.29, 0.358, 0.427, 0.477, 0.5, 0.553,
-         0.591, 0.72, 0.749, 0.819, 0.86, 0.944),
-        (0.002, 0.071, 0.154, 0.246, 0.324, 0.392, 0.453, 0.504, 0.556, 0.601, 0.646, 0.694, 0.731, 0.774, 0.806,
-         0.846, 0.883, 0.915, 0.944, 0.974, 1.0),
-        (0.024, 0.294, 0.37, 0.408, 0.46, 0.505, 0.544, 0.554, 0.601, 0.628, 0.648, 0.675, 0.694, 0.732, 0.755,
-         0.777, 0.817, 0.852, 0.874, 0.905, 0.953),
-        (0.004, 0.032, 0.067, 0.106, 0.136, 0.157, 0.178, 0.199, 0.224, 0.249, 0.267, 0.287, 0.312, 0.334, 0.352,
-         0.374, 0.398, 0.443, 0.497, 0.578, 0.749),
-        (0.0, 0.038, 0.082, 0.108, 0.134, 0.163, 0.187, 0.217, 0.259, 0.309, 0.374, 0.426, 0.463, 0.522, 0.557,
-         0.617, 0.663, 0.687, 0.743, 0.82, 0.971))
+    territory_names: tuple = cal.TERRITORY_NAMES   # JHU arterial atlas groups (calibrate script)
+    territory_probabilities: tuple = cal.TERRITORY_PROBABILITIES  # territory holding most of the lesion; SOOP
+    territory_volume_ranks: tuple | None = cal.TERRITORY_VOLUME_RANKS
                                     # per territory, the lesion volume's percentile among all lesions (0..1)
                                     # at quantiles 0, 5, ..., 100 %: the volume is volume_quantiles_ml read at
                                     # that percentile, so deep (lacunar) lesions are small and MCA ones large
-                                    # and a rescaled volume_quantiles_ml keeps the effect. Medians: ACA 4.5,
-                                    # MCA 30.5, PCA 30.6, deep 2.3, VB 5.1 mL (n = 96, 765, 118, 268, 195);
-                                    # SOOP. None: volume independent of the territory
-    territory_mean_mm: tuple = ((12.0, 3.5, 34.0), (43.3, -13.1, 13.6), (21.7, -70.8, 3.2), (17.7, -9.9, 3.8),
-                                (20.8, -58.7, -32.8))
+                                    # and a rescaled volume_quantiles_ml keeps the effect; SOOP. None: volume
+                                    # independent of the territory
+    territory_components: tuple | None = cal.TERRITORY_COMPONENTS
+                                    # per territory, the Gaussian mixture (weight, (x, y, z) mean mm, (x, y, z)
+                                    # std mm, (r_xy, r_xz, r_yz)) of where SOOP lesions of that (JHU atlas)
+                                    # territory lie, right hemisphere: the main component's centre is drawn
+                                    # from it. None: one Gaussian over the whole atlas territory (below)
+    territory_mean_mm: tuple = cal.TERRITORY_MEAN_MM
                                     # MNI mm (|x|, y, z) centroid of each territory; JHU atlas
-    territory_std_mm: tuple = ((7.1, 41.9, 27.1), (12.8, 36.1, 27.2), (13.8, 20.0, 19.4), (9.2, 17.2, 13.1),
-                               (14.0, 18.6, 10.5))
+    territory_std_mm: tuple = cal.TERRITORY_STD_MM
                                     # mm, spread of each territory per axis; JHU atlas
     elongation: float = 3.0         # max ratio of the ellipsoid's longest to shortest axis (log-uniform);
                                     # no source: stroke lesions are mostly elongated along vessels
@@ -507,6 +515,8 @@ class ProceduralLesionConfig:
                 raise ValueError(f"`lesion.procedural.{name}` must hold {n} (x, y, z) triples, got {value}")
         if any(s <= 0 for v in self.territory_std_mm for s in v):
             raise ValueError(f"`lesion.procedural.territory_std_mm` must be > 0, got {self.territory_std_mm}")
+        if self.territory_components is not None:
+            _check_components(self.territory_components, n)
         if not self.elongation >= 1:
             raise ValueError(f"`lesion.procedural.elongation` must be >= 1, got {self.elongation}")
         if not self.roughness >= 0:

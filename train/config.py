@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from synthgen.config import GeneratorConfig, GMMConfig, LesionConfig, ProceduralLesionConfig, _from_dict
+from synthgen.config import GeneratorConfig, GMMConfig, LesionConfig, ProceduralLesionConfig, dataclass_from_dict
 
 PRESETS = ("paper", "quick")
 
@@ -172,7 +172,7 @@ class TrainConfig:
         """Rebuild from ``to_dict`` output (e.g. ``config.json``); unknown keys are an error."""
         d = dict(d)
         gen = d.pop("generator", None)
-        cfg = _from_dict(cls, d)
+        cfg = dataclass_from_dict(cls, d)
         if gen is not None:
             cfg.generator = GeneratorConfig.from_dict(gen)
         return cfg
