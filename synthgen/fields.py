@@ -9,9 +9,9 @@ applied along each axis, about ``n`` multiply-adds per output voxel instead of 6
 
 Amplitude: without a prefilter the spline averages neighbouring coefficients, so a field of i.i.d. N(0, s^2)
 coefficients has a standard deviation of only about ``0.35 s`` in 3D (per axis ``sum_k beta3(t - k)^2`` is 0.48
-on average away from the borders, more near the mirrored ones). :func:`bspline_field_std` gives that factor exactly for a control grid and a dense
-grid; every random field (elastic displacement, bias log-field, lesion fading) divides its coefficients' std by
-it, so a configured std is the std of the field itself.
+on average away from the borders, more near the mirrored ones). :func:`bspline_field_std` gives that factor
+exactly for a control grid and a dense grid; every random field (elastic displacement, bias log-field, lesion
+fading) divides its coefficients' std by it, so a configured std is the std of the field itself.
 """
 from __future__ import annotations
 
