@@ -152,7 +152,7 @@ def _measure(store: str, steps: int, voxel_size: float, crop: int) -> dict:
     q = quick_preset()
     model = build_unet(**q.model_kwargs())
     opt = torch.optim.AdamW(model.parameters(), lr=q.optim.lr)
-    loss_fn = DiceCE()
+    loss_fn = DiceCE.from_config(q.optim)
     image = torch.randn(1, 1, *q.generator.crop)
     target = torch.randint(0, 2, (1, *q.generator.crop), dtype=torch.uint8)
     step_ms = []

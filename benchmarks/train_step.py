@@ -63,7 +63,7 @@ def bench(preset_name: str, device: torch.device, steps: int, warmup: int, crop=
     gen = synthgen.SynthGenerator(cfg.generator, lesions=lesions)
     model = build_unet(**cfg.model_kwargs()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
-    loss_fn = DiceCE()
+    loss_fn = DiceCE.from_config(cfg.optim)
     dtype = amp_dtype(cfg, device)
 
     def synth(i):

@@ -2,13 +2,18 @@
 
 Reads the SOOP acute ischaemic stroke masks (``../shared/data/lesions_soop_mni``: 1449 binary masks
 in MNI space, 157x189x136 LAS, with the JHU arterial territory atlas ``ArterialAtlas136`` on the same
-grid) and writes one JSON of statistics; the numbers in ``synthgen.config.ProceduralLesionConfig``
+grid) and writes one JSON of statistics; the tables in ``synthgen.calibration`` (ProceduralLesionConfig)
 were copied from its output. Reading is by affine (world x < 0 is left, RAS+), never by array index.
 
 Measured per mask: volume (mL), connected components (26-connectivity) with their volumes and
 centroids, share of the volume in each hemisphere, and the arterial territory holding most of the
-lesion; per territory, the volume quantiles and how bilateral lesions split. From the atlas alone: centroid and covariance (mm, MNI) of each territory group, mirrored to
-the right hemisphere, which ``ProceduralLesionConfig.territories`` uses as vascular-territory regions.
+lesion; per territory, the volume quantiles and how bilateral lesions split. Placement
+(``synthgen.calibration.SOOP_TERRITORY_COMPONENTS``): per territory, a 3-component full-covariance Gaussian
+mixture (EM, :func:`fit_gaussian_mixture`) fitted to the centroids of the largest components of the masks whose
+dominant territory it is, mirrored to the right hemisphere (x >= 0): where real lesions of that territory lie,
+which a procedural lesion's main component is centred by. From the atlas alone: centroid and covariance (mm, MNI)
+of each territory group, mirrored likewise (``territory_mean_mm`` / ``territory_std_mm``, the single-Gaussian
+placement before issue 12).
 
 Usage: ``python scripts/calibrate_lesions.py [--data DIR] [--subset N] [--out stats.json]``
 """
@@ -64,6 +69,7 @@ def measure_mask(mask: np.ndarray, affine: np.ndarray, atlas_group: np.ndarray) 
     order = np.argsort(-sizes)
     out["component_ml"] = sizes[order].tolist()
     main = centroids[order[0]]
+    out["main_centroid_mm"] = main.tolist()
     out["satellite_distance_mm"] = np.linalg.norm(centroids[order[1:]] - main, axis=1).tolist()
     idx = np.nonzero(mask)
     x_world = np.stack(idx, 1) @ affine[0, :3] + affine[0, 3]
@@ -170,6 +176,63 @@ def bilateral_detail(nonempty: list[dict], counts: np.ndarray, minority: np.ndar
     }
 
 
+def _log_gauss(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, (x - mean).T)
+    return -0.5 * (z ** 2).sum(0) - np.log(np.diag(chol)).sum() - 0.5 * x.shape[1] * np.log(2 * np.pi)
+
+
+def fit_gaussian_mixture(x: np.ndarray, k: int, iters: int = 300, seed: int = 0, floor_mm2: float = 1.0):
+    """EM fit of a ``k``-component full-covariance Gaussian mixture to points ``x`` (n, 3), k-means++ start,
+    ``floor_mm2`` added to each covariance's diagonal (no component collapses onto a few points).
+
+    Returns:
+        ``(weights (k,), means (k, 3), covariances (k, 3, 3), mean log-likelihood)``.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    centres = [x[rng.integers(n)]]
+    for _ in range(1, k):
+        d2 = np.min([((x - c) ** 2).sum(1) for c in centres], 0)
+        centres.append(x[rng.choice(n, p=d2 / d2.sum())])
+    mean = np.array(centres, dtype=np.float64)
+    cov = np.array([np.cov(x.T)] * k)
+    weight = np.full(k, 1.0 / k)
+    for _ in range(iters):
+        logp = np.stack([np.log(weight[j]) + _log_gauss(x, mean[j], cov[j]) for j in range(k)], 1)
+        top = logp.max(1, keepdims=True)
+        resp = np.exp(logp - top)
+        loglik = float((top[:, 0] + np.log(resp.sum(1))).mean())
+        resp /= resp.sum(1, keepdims=True)
+        nk = resp.sum(0) + 1e-9
+        weight = nk / n
+        mean = resp.T @ x / nk[:, None]
+        for j in range(k):
+            d = x - mean[j]
+            cov[j] = (resp[:, j, None] * d).T @ d / nk[j] + np.eye(x.shape[1]) * floor_mm2
+    return weight, mean, cov, loglik
+
+
+def territory_components(per_mask: list[dict], k: int = 3, seed: int = 0) -> list:
+    """Per territory (TERRITORY_LABELS order, ventricle left out), the mixture of the main components' centroids
+    (mirrored to x >= 0) of the masks it dominates, as ``ProceduralLesionConfig.territory_components`` takes it:
+    ``(weight, mean, std, (r_xy, r_xz, r_yz))`` per component, rounded."""
+    out = []
+    for g, name in enumerate(list(TERRITORY_LABELS)[:5], start=1):
+        pts = np.array([m["main_centroid_mm"] for m in per_mask
+                        if m["components"] > 0 and int(np.argmax(m["territory_voxels"])) == g], dtype=np.float64)
+        pts[:, 0] = np.abs(pts[:, 0])
+        weight, mean, cov, _ = fit_gaussian_mixture(pts, min(k, len(pts)), seed=seed)
+        comps = []
+        for w, mu, c in sorted(zip(weight, mean, cov), key=lambda t: -t[0]):
+            sd = np.sqrt(np.diag(c))
+            r = c / np.outer(sd, sd)
+            comps.append([round(float(w), 3), [round(float(v), 1) for v in mu], [round(float(v), 1) for v in sd],
+                          [round(float(r[0, 1]), 2), round(float(r[0, 2]), 2), round(float(r[1, 2]), 2)]])
+        out.append({"territory": name, "masks": len(pts), "components": comps})
+    return out
+
+
 def write_json_atomic(path: Path, obj) -> None:
     with atomic_path(path, ".json") as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
@@ -198,10 +261,12 @@ def main(argv=None):
         stats["file"] = path.name
         per_mask.append(stats)
     result = {"source": str(args.data), "files": len(files), "summary": summarise(per_mask),
-              "territory_geometry": territory_geometry(group, atlas_affine), "per_mask": per_mask}
+              "territory_geometry": territory_geometry(group, atlas_affine),
+              "territory_components": territory_components(per_mask), "per_mask": per_mask}
     write_json_atomic(args.out, result)
     print(json.dumps({k: v for k, v in result["summary"].items()}, indent=1))
     print(json.dumps(result["territory_geometry"], indent=1))
+    print(json.dumps(result["territory_components"]))
     print(f"wrote {args.out}")
 
 

@@ -9,8 +9,9 @@ Inputs, all uint8 on the ICBM 2009a Nonlinear Symmetric 1 mm grid (197x233x189, 
 copy of the T1 is already masked to the intracranial volume (brain + CSF, about 1.9 L, zero
 elsewhere), so it carries no scalp or skull; class 5 outside that mask is therefore synthesised.
 
-Labels (the project's tissue-map convention):
-0 background, 1 GM, 2 WM, 3 GM/WM partial volume, 4 CSF, 5 non-brain head tissue.
+Labels (the project's tissue-map convention): 0 background, 1 GM, 2 WM, 3 GM/WM partial volume, 4 CSF, and
+non-brain tissue in four classes, each drawing its own Gaussian: 5 bright non-brain tissue inside the intracranial
+mask (dura, sinuses, vessels), 6 / 7 / 8 the inner / middle / outer layer of the head outside it.
 
 Recipe:
 1. Intracranial mask ``ic``: T1 > 0, closed (radius-2 ball), holes filled, largest component.
@@ -23,10 +24,14 @@ Recipe:
    - GM (1) / WM (2) where pg + pw >= 0.5, whichever probability is larger;
    - the rest (bright T1 but little GM/WM: dura, sinuses, vessels, optic nerves) -> 5;
      dark rest -> CSF (4).
-4. Outside ``ic``: a shell of non-brain head tissue (5) up to ``SHELL_MM`` = 11 mm from ``ic``
-   (Euclidean distance), 0 beyond. 11 mm is the median scalp+skull thickness over the cranial vault
-   measured on SynthSeg's whole-head training label maps 01, 07 and 13 (BBillot/SynthSeg, Apache-2.0;
-   medians 12.1, 11.7, 10.1 mm). The face and neck are not modelled.
+4. Outside ``ic`` (nilearn's T1 is masked there, so no intensity can be clustered: the head is built from
+   measured depths), by Euclidean distance ``d`` from ``ic``: 6 for d <= 5.5 mm, 7 for 5.5 < d <= 9 mm, 8 for
+   9 < d <= ``SHELL_MM`` = 11 mm, 0 beyond. Measured on SynthSeg's 20 whole-head training label maps
+   (BBillot/SynthSeg, Apache-2.0) over the cranial vault (``--measure-layers DIR``): the non-brain label holding
+   most voxels at each 1 mm of depth changes from 515 to 507 at a median 5.5 mm (3-8 mm over the maps) and from
+   507 to 511 at 9 mm (8-11; three maps have no 511 layer); air takes over at 12 mm, and the median scalp +
+   skull thickness of maps 01, 07, 13 is 12.1, 11.7, 10.1 mm (median 11). The face, the eyes and the neck are
+   not modelled: the template has no intensities outside ``ic`` to find them by.
 """
 
 from __future__ import annotations
@@ -34,8 +39,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
-import os
-import tempfile
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -43,6 +47,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from synthgen.io import atomic_path, save_png  # noqa: E402
 DEFAULT_OUT = REPO / "synthgen" / "data" / "default" / "mni152_2009a_tissue_labels.nii.gz"
 TEMPLATE_FILES = {
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -52,7 +58,9 @@ TEMPLATE_FILES = {
 PV_MIN_PROB = 0.4  # both GM and WM at least this -> partial volume
 TISSUE_MIN_PROB = 0.5  # GM or WM at least this -> never CSF
 SHELL_MM = 11.0  # scalp + skull thickness outside the intracranial mask
-LABEL_NAMES = {0: "background", 1: "GM", 2: "WM", 3: "PV", 4: "CSF", 5: "non-brain head"}
+LAYERS_MM = ((5.5, 6), (9.0, 7), (SHELL_MM, 8))  # (outer depth mm, label) of the head layers outside ``ic``
+LABEL_NAMES = {0: "background", 1: "GM", 2: "WM", 3: "PV", 4: "CSF", 5: "non-brain (inside ic)",
+               6: "head inner layer", 7: "head middle layer", 8: "head outer layer"}
 
 
 def template_dir() -> Path:
@@ -92,7 +100,7 @@ def derive_labels(gm: np.ndarray, wm: np.ndarray, t1: np.ndarray) -> tuple[np.nd
         t1: T1-weighted template, uint8, same shape, zero outside the intracranial volume.
 
     Returns:
-        (labels uint8 (X, Y, Z) in {0..5}, dict of the measured intensities and threshold).
+        (labels uint8 (X, Y, Z) in {0..8}, dict of the measured intensities and threshold).
     """
     pg = gm.astype(np.float32) / 255.0
     pw = wm.astype(np.float32) / 255.0
@@ -107,7 +115,10 @@ def derive_labels(gm: np.ndarray, wm: np.ndarray, t1: np.ndarray) -> tuple[np.nd
 
     labels = np.zeros(t1.shape, np.uint8)
     dist = ndi.distance_transform_edt(~ic)
-    labels[(~ic) & (dist <= SHELL_MM)] = 5
+    inner = 0.0
+    for outer, label in LAYERS_MM:
+        labels[(~ic) & (dist > inner) & (dist <= outer)] = label
+        inner = outer
 
     pv = (pg >= PV_MIN_PROB) & (pw >= PV_MIN_PROB)
     csf = (t1f < t_csf) & (pg < TISSUE_MIN_PROB) & (pw < TISSUE_MIN_PROB) & ~pv
@@ -122,8 +133,8 @@ def derive_labels(gm: np.ndarray, wm: np.ndarray, t1: np.ndarray) -> tuple[np.nd
 
 def class_volumes_ml(labels: np.ndarray, voxel_ml: float = 1e-3) -> dict[str, float]:
     """Volume of each label in mL (1 mm voxels by default)."""
-    counts = np.bincount(labels.ravel(), minlength=6)
-    return {LABEL_NAMES[k]: float(counts[k]) * voxel_ml for k in range(6)}
+    counts = np.bincount(labels.ravel(), minlength=len(LABEL_NAMES))
+    return {LABEL_NAMES[k]: float(counts[k]) * voxel_ml for k in range(len(LABEL_NAMES))}
 
 
 def nifti_bytes(labels: np.ndarray, affine: np.ndarray) -> bytes:
@@ -171,7 +182,8 @@ def write_preview(labels: np.ndarray, t1: np.ndarray | None, path: Path) -> None
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    cmap = ListedColormap(["black", "royalblue", "lightskyblue", "limegreen", "orange", "saddlebrown"])
+    cmap = ListedColormap(["black", "royalblue", "lightskyblue", "limegreen", "orange", "saddlebrown",
+                           "lightgrey", "khaki", "peru"])
     # through the ventricles, the insula and the cerebellum/temporal lobes (grid indices)
     cuts = [
         ("sagittal x=123", lambda v: v[123].T),
@@ -184,35 +196,49 @@ def write_preview(labels: np.ndarray, t1: np.ndarray | None, path: Path) -> None
     for r, vol in enumerate(rows):
         is_label = vol is labels
         for ax, (name, cut) in zip(axes[r], cuts):
-            kw = dict(cmap=cmap, vmin=0, vmax=5) if is_label else dict(cmap="gray")
+            kw = dict(cmap=cmap, vmin=0, vmax=len(LABEL_NAMES) - 1) if is_label else dict(cmap="gray")
             ax.imshow(cut(vol), origin="lower", interpolation="nearest", **kw)
             ax.set_title(name)
             ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(6)]
-    fig.legend(handles, [LABEL_NAMES[k] for k in range(6)], loc="lower center", ncol=6)
-    fig.savefig(path, dpi=70, bbox_inches="tight")
-    plt.close(fig)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(len(LABEL_NAMES))]
+    fig.legend(handles, [LABEL_NAMES[k] for k in range(len(LABEL_NAMES))], loc="lower center", ncol=5)
+    save_png(fig, path, dpi=70, bbox_inches="tight")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is package data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, ".tmp") as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def layer_depths(labels: np.ndarray, vault_mm: float = 20.0, depth_mm: int = 16) -> list[tuple[int, dict]]:
+    """The non-brain labels of a whole-head FreeSurfer/SynthSeg label map (values >= 500; RAS, 1 mm) by depth over
+    the cranial vault: for each 1 mm of distance from the intracranial mask (labels 1..499, holes filled), only
+    voxels more than ``vault_mm`` above its centroid, the share of each label (``--measure-layers``)."""
+    ic = ndi.binary_fill_holes((labels > 0) & (labels < 500))
+    dist = ndi.distance_transform_edt(~ic)
+    above = np.arange(labels.shape[2])[None, None, :] > np.argwhere(ic)[:, 2].mean() + vault_mm
+    rows = []
+    for d in range(depth_mm):
+        values, counts = np.unique(labels[above & ~ic & (dist > d) & (dist <= d + 1)], return_counts=True)
+        rows.append((d, {int(v): round(float(c) / counts.sum(), 2) for v, c in zip(values, counts)}))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output .nii.gz")
     parser.add_argument("--preview", type=Path, default=None, help="optional PNG of mid slices")
+    parser.add_argument("--measure-layers", type=Path, default=None, metavar="DIR",
+                        help="print the head layers' depths in SynthSeg's training_seg_*.nii.gz maps of DIR and stop")
     args = parser.parse_args(argv)
+    if args.measure_layers is not None:
+        for path in sorted(args.measure_layers.glob("training_seg_*.nii.gz")):
+            lab = np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj).astype(np.int32)
+            print(path.name)
+            for d, shares in layer_depths(lab):
+                top = sorted(shares.items(), key=lambda kv: -kv[1])[:3]
+                print(f"  {d:2d}-{d + 1:2d} mm: " + "  ".join(f"{v}: {c:.2f}" for v, c in top))
+        return
 
     labels, affine, info = derive()
     _atomic_write(args.out, nifti_bytes(labels, affine))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .config import GeneratorConfig
+from .device import to_device
 from .ops.blur import gaussian_kernel_table
 from .sampling import SampleParams
 
@@ -30,18 +31,6 @@ from .sampling import SampleParams
 AVAILABLE = ("torch", "triton", "cuda") if importlib.util.find_spec("triton") else ("torch",)
 OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WORK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
-
-def to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A host tensor on ``device`` without a host sync: on CUDA through pinned memory and a non-blocking copy
-    (torch's pinned-memory allocator keeps the block until the copy has run). A plain ``.to("cuda")`` of a host
-    tensor waits for the stream, i.e. for every kernel queued before it, and the host could not run ahead."""
-    device = torch.device(device)
-    if t.device == device:
-        return t
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.contiguous().pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _kernel_table(device, *fwhms):

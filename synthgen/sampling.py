@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import DEFAULT_NUM_LABELS, GeneratorConfig
+from .fields import bspline_field_std
 
 _MASK64 = (1 << 64) - 1
 MAX_TISSUE_CHANNELS = DEFAULT_NUM_LABELS   # Gaussians drawn at least per sample; the lesion uses one more (last)
@@ -65,11 +66,13 @@ class SampleParams:
     """Everything random about a batch of samples, one row per sample (replayable)."""
     matrix: torch.Tensor          # (B, 3, 3) float64, output offsets -> input offsets (voxels)
     center: torch.Tensor          # (B, 3) float64, input voxel at the centre of the output crop
-    elastic: torch.Tensor         # (B, 3, n, n, n) float32, B-spline coefficients of the displacement (voxels)
+    elastic: torch.Tensor         # (B, 3, n, n, n) float32, B-spline coefficients of the displacement (voxels),
+                                  # scaled so that the displacement's std over the crop is the drawn one
     gmm_mu: torch.Tensor          # (B, L + 1) mean of each label (L >= 15 labels); the last one is the lesion's
     gmm_sigma: torch.Tensor       # (B, L + 1) std of each label
     gmm_fwhm: torch.Tensor        # (B,) within-class smoothing FWHM (voxels)
-    bias: torch.Tensor            # (B, 1, m, m, m) float32, B-spline coefficients of the log bias field
+    bias: torch.Tensor            # (B, 1, m, m, m) float32, B-spline coefficients of the log bias field (its std
+                                  # over the crop is the drawn one)
     gamma: torch.Tensor           # (B,) gamma exponent
     motion_fwhm: torch.Tensor     # (B, 3) FWHM of the motion blur per axis (zero except the motion axis)
     spacing: torch.Tensor         # (B, 3) low-resolution voxel size per axis (1 = untouched)
@@ -133,9 +136,11 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int, stream:
         center[a] = lo + (hi - lo) * u[a] if hi > lo else (n - 1) / 2
     center += _uniform(g, -aff.translation, aff.translation, 3) * mm
 
+    # field stds are drawn, then divided by the spline's shrink (fields.bspline_field_std) on the crop the control
+    # grid spans: the coefficients are larger than the field, and every backend evaluates these same ones
     n = c.elastic.control_points
     el_std = _uniform(g, 0, c.elastic.max_std).float() * mm
-    elastic = torch.randn(3, n, n, n, generator=g) * el_std
+    elastic = torch.randn(3, n, n, n, generator=g) * (el_std / bspline_field_std(n, c.crop))
 
     # one Gaussian per label, or per group of labels tied together (c.labels.gaussians), then the lesion's; at
     # least 15 + 1 are drawn, so that label sets of up to 15 labels draw the same numbers
@@ -153,7 +158,7 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int, stream:
 
     m = c.bias.control_points
     b_std = _uniform(g, 0, c.bias.max_std).float()
-    bias = torch.randn(1, m, m, m, generator=g) * b_std
+    bias = torch.randn(1, m, m, m, generator=g) * (b_std / bspline_field_std(m, c.crop))
 
     gamma = torch.exp(torch.randn(1, generator=g, dtype=torch.float64) * c.gamma.log_std).float()
 

@@ -74,3 +74,41 @@ def test_connected_components_benchmark_rows(tmp_path, capsys):
     assert [r["mask"] for r in rows] == ["lesions", "speckle"] and all(r["components"] > 0 for r in rows)
     assert all(r["scipy_ms"][0] > 0 and r["cc3d_ms"][0] > 0 for r in rows)
     assert "| 16^3 | speckle |" in capsys.readouterr().out
+
+
+def test_field_amplitudes_matrices_match_cornucopia_splines_and_the_script_runs(tmp_path):
+    """The separable matrices stand for torch-interpol's grid_pull (bound 'zero', cornucopia's elastic) and resize
+    ('centers', bound 'nearest': cornucopia's bias); then a tiny run writes both columns."""
+    import pytest
+    import torch
+    interpol = pytest.importorskip("interpol")
+    import field_amplitudes as fa
+    coeffs = torch.randn(1, 2, 4, 5, 3, dtype=torch.float64)
+    grid, rows = (23, 19, 17), [torch.arange(0, n, 3) for n in (23, 19, 17)]
+    mats = [fa.cornucopia_matrix(c, n, r, "zero") for c, n, r in zip(coeffs.shape[2:], grid, rows)]
+    pts = torch.stack(torch.meshgrid(*[r.double() * (c - 1) / (n - 1) for r, c, n in zip(rows, coeffs.shape[2:], grid)],
+                                     indexing="ij"), -1)
+    ref = interpol.grid_pull(coeffs, pts, bound="zero", interpolation=3)
+    assert torch.allclose(fa._evaluate(coeffs[0], mats), ref[0], atol=1e-10)
+    mats = [fa.cornucopia_matrix(c, n, torch.arange(n), "replicate") for c, n in zip(coeffs.shape[2:], grid)]
+    ref = interpol.resize(coeffs, shape=list(grid), interpolation=3, prefilter=False)
+    assert torch.allclose(fa._evaluate(coeffs[0], mats), ref[0], atol=1e-10)
+    pytest.importorskip("cornucopia")
+    out = tmp_path / "f.json"
+    assert fa.main(["--draws", "3", "--grid", "24", "--crop", "16", "--stride", "4", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["field"] for r in rows] == ["elastic_std_mm", "elastic_max_mm", "bias_log_std"]
+    assert all(r["cornucopia"]["p50"] > 0 and r["synthgen"]["p50"] > 0 for r in rows)
+
+
+def test_lesion_blending_report_rows(tmp_path, capsys):
+    import lesion_blending
+    out = tmp_path / "b.json"
+    assert lesion_blending.main(["--n", "2", "--masks", "0", "--samples", "1", "--crop", "32", "--threads", "1",
+                                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    paper, inward = rows["paper (default)"], rows["inward (before issue 12)"]
+    # procedural lesions lie in parenchyma: the paper's target is the mask, the old blending's weight is fainter
+    assert paper["target_over_mask"]["p50"] == 1.0 and paper["halo_weight_mean"] > 0.2
+    assert inward["halo_weight_mean"] == 0.0 and inward["weight_mean"] < paper["weight_mean"]
+    assert "| target / mask volume" in capsys.readouterr().out

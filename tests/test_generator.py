@@ -104,6 +104,40 @@ def test_lesion_weights_become_the_lesion_class(phantom):
     assert torch.equal(t_bin, (target == 5).to(torch.uint8))
 
 
+@pytest.mark.parametrize("rotate, flip", [(False, (False, False, False)), (False, (True, False, True)),
+                                          (True, (False, True, False))])
+def test_target_equals_a_hand_computed_translation_rotation_and_flip(phantom, rotate, flip):
+    """Replayed parameters with a known geometry (a translation by integers + 0.3 voxel, optionally a quarter turn
+    in the (0, 1) plane, flips, no elastic): the target is the phantom indexed by numpy at
+    rint(M (o - (S - 1) / 2) + centre), flipped, with the lesion cube where its trilinear weight exceeds 0.5; no
+    warp code builds the expectation."""
+    import numpy as np
+    gen = synthgen.SynthGenerator(_plain_config(), lesions=_FixedLesion())
+    params = gen.sample_params(phantom.shape, seed=0, batch=1)
+    m = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) if rotate else np.eye(3)
+    centre = np.array([15.3, 17.3, 15.8])
+    params = dataclasses.replace(params, matrix=torch.from_numpy(m)[None], center=torch.from_numpy(centre)[None],
+                                 elastic=torch.zeros_like(params.elastic), flip=torch.tensor([flip]))
+    _, target = gen(phantom, params=params)
+    o = np.stack(np.meshgrid(*[np.arange(n) for n in CROP], indexing="ij"), -1).astype(np.float64)
+    idx = np.rint((o - (np.array(CROP) - 1) / 2) @ m.T + centre).astype(int)
+    assert idx.min() >= 0 and all(idx[..., a].max() < phantom.shape[2 + a] for a in range(3))
+    labels = phantom[0, 0].numpy()[idx[..., 0], idx[..., 1], idx[..., 2]]
+    expected = np.where(labels > 4, 0, labels)                                   # non-brain head -> background
+    # the lesion weight is pulled trilinearly: for a box, the product of 1D linear interpolations of its indicator
+    x = (o - (np.array(CROP) - 1) / 2) @ m.T + centre
+    weight = np.ones(CROP)
+    for a, (lo, hi) in enumerate(((10, 20), (12, 24), (10, 20))):
+        k, f = np.floor(x[..., a]), x[..., a] - np.floor(x[..., a])
+        weight *= (1 - f) * ((k >= lo) & (k < hi)) + f * ((k + 1 >= lo) & (k + 1 < hi))
+    cube = weight > 0.5
+    expected[cube] = 5
+    for axis in range(3):
+        if flip[axis]:
+            expected = np.flip(expected, axis)
+    assert cube.sum() > 100 and np.array_equal(target[0].numpy(), expected)
+
+
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2 ** 31), index=st.integers(0, 10 ** 6))
 def test_output_is_finite_and_normalised_across_the_ranges(seed, index):

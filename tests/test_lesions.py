@@ -135,10 +135,51 @@ def test_fading_spans_configured_range_without_saturating():
     assert 0.35 < np.median(s[:, 2]) < 0.85
 
 
+def test_fading_distribution_is_the_stated_one():
+    """``hi - (hi - lo) Phi(f)^power`` with f ~ N(0, 1): the fade's quantile q is hi - (hi - lo) (1 - q)^power
+    (FadingConfig's docstring: p10 / p50 / p90 = 0.35 / 0.80 / 0.99 by default); voxels 12 apart, 150 draws."""
+    cfg = FadingConfig()
+    lo, hi = cfg.range
+    values = []
+    for k in range(150):
+        c = fading_coefficients(torch.Generator().manual_seed(k), FADE_SHAPE, cfg.control_spacing)
+        f = fading_field(c, FADE_SHAPE, cfg.range, cfg.gain, mapping=cfg.mapping, power=cfg.power)[0, 0]
+        values.append(f[4::12, 4::12, 4::12].flatten())
+    v = torch.cat(values).numpy()
+    for q, stated in ((0.1, 0.35), (0.5, 0.80), (0.9, 0.99)):
+        assert hi - (hi - lo) * (1 - q) ** cfg.power == pytest.approx(stated, abs=0.005)
+        assert np.quantile(v, q) == pytest.approx(stated, abs=0.04)
+    # the fading before issue 12 (sigmoid) has its median in the middle of the range
+    sig = fading_field(c, FADE_SHAPE, cfg.range, cfg.gain, mapping="sigmoid")
+    assert float(sig.min()) >= lo and float(sig.max()) <= hi
+    with pytest.raises(ValueError, match="`mapping` must be one of"):
+        fading_field(c, FADE_SHAPE, mapping="linear")
+
+
 def test_fading_deterministic_for_generator():
     a = fading_coefficients(torch.Generator().manual_seed(3), (9, 10, 11), 4.0)
     b = fading_coefficients(torch.Generator().manual_seed(3), (9, 10, 11), 4.0)
     assert torch.equal(a, b) and a.shape == (1, 1, 4, 4, 4)
+
+
+def test_soft_cp_default_edge_decays_by_alpha_per_ring_outside_the_mask():
+    """The default Soft-CP (Dai et al.): weight 1 on every mask voxel, alpha^j on the j-th ring outside it."""
+    m = ball((31, 31, 31), (15, 15, 15), 6)
+    m[15, 15, 21:25] = True                              # a spur: rings follow the mask, not a sphere
+    cfg = SoftCPConfig()
+    w = soft_cp(m[None, None], cfg.alpha, cfg.erode, cfg.dilate)[0, 0]
+    grown = [m.numpy()]
+    for _ in range(cfg.dilate + 1):
+        grown.append(ndimage.binary_dilation(grown[-1], CUBE))
+    assert torch.all(w[m] == 1)
+    for j in range(1, cfg.dilate + 1):
+        ring = torch.from_numpy(grown[j] & ~grown[j - 1])
+        assert ring.any() and torch.allclose(w[ring], torch.tensor(cfg.alpha ** j), atol=1e-6)
+    assert not bool(w[torch.from_numpy(~grown[cfg.dilate])].any())
+    # and so do the intensity weights LesionSource makes (brain all around, fading off)
+    t = torch.full((1, 1, 31, 31, 31), 2, dtype=torch.uint8)
+    iw, lw = LesionSource.from_tensor(m[None], config=no_fading()).sample_dense(t, [0])
+    assert torch.allclose(iw[0, 0], w, atol=1e-6) and torch.equal(lw[0, 0], m.float())
 
 
 # ---- LesionSource from masks ------------------------------------------------------------------------------
@@ -148,16 +189,33 @@ def test_target_volume_equals_source_mask_volume():
     src = LesionSource.from_tensor(m[None], config=no_fading())
     iw, lw = src.sample_dense(t, [1])
     assert iw.shape == lw.shape == (1, 1, 40, 40, 40) and iw.dtype == lw.dtype == torch.float32
-    # tolerance: exact for dilate <= erode (the default), see SoftCPConfig
-    assert int((lw > 0.5).sum()) == int(m.sum())
-    assert torch.equal(iw, lw)                             # fading off
-    assert float(lw.min()) >= 0 and float(lw.max()) <= 1
+    assert int((lw > 0.5).sum()) == int(m.sum()) and torch.equal(lw[0, 0] > 0.5, m)
+    assert torch.equal(iw[0, 0][m], lw[0, 0][m])          # fading off: weight 1 on the mask
+    assert float(iw.max()) <= 1 and float(lw.min()) >= 0
+
+
+def test_lesion_target_is_the_mask_inside_the_brain():
+    """A mask reaching through CSF and non-brain tissue out of the head: the label weight is the mask inside the
+    brain (GM, WM, PV, CSF), nothing outside it; the intensity weight is cut there too."""
+    t = tissue_map()
+    m = ball(t.shape[2:], (20, 20, 33), 8)               # from WM out through GM, CSF, scalp, into the air
+    labels = t[0, 0]
+    brain = (labels >= 1) & (labels <= 4)
+    assert (m & (labels == 4)).any() and (m & (labels == 5)).any() and (m & (labels == 0)).any()
+    iw, lw = LesionSource.from_tensor(m[None], config=no_fading()).sample_dense(t, [2])
+    assert int((lw > 0.5).sum()) == int((m & brain).sum())
+    assert torch.equal(lw[0, 0] > 0.5, m & brain)
+    assert not bool(iw[0, 0][~brain].any())
+    # the blending before issue 12 clipped to parenchyma: its target misses the CSF part of the mask
+    old = LesionSource.from_tensor(m[None], config=no_fading().with_inward_blending())
+    _, lw_old = old.sample_dense(t, [2])
+    assert int((lw_old > 0.5).sum()) == int((m & (labels >= 1) & (labels <= 3)).sum()) < int((m & brain).sum())
 
 
 def test_soft_cp_wider_halo_grows_target_by_stated_amount():
     t = torch.full((1, 1, 30, 30, 30), 2, dtype=torch.uint8)
     m = ball((30, 30, 30), (15, 15, 15), 7)
-    cfg = no_fading(softcp=SoftCPConfig(alpha=0.9, erode=1, dilate=2))
+    cfg = no_fading(target="softcp", softcp=SoftCPConfig(alpha=0.9, erode=1, dilate=2))
     _, lw = LesionSource.from_tensor(m[None], config=cfg).sample_dense(t, [0])
     grown = ndimage.binary_dilation(ndimage.binary_erosion(m.numpy(), CUBE, border_value=1), CUBE, iterations=2)
     assert int((lw > 0.5).sum()) == int((grown | m.numpy()).sum())
@@ -166,13 +224,13 @@ def test_soft_cp_wider_halo_grows_target_by_stated_amount():
 def test_lesion_clipped_to_parenchyma_and_probabilities_match_labels():
     t = tissue_map()
     m = ball(t.shape[2:], (20, 20, 20), 12)             # covers the ventricles (CSF)
-    src = LesionSource.from_tensor(m[None], config=LesionConfig(healthy_probability=0.0))
+    src = LesionSource.from_tensor(m[None], config=LesionConfig(healthy_probability=0.0, clip_to="parenchyma"))
     iw, lw = src.sample_dense(t, [5])
-    assert not bool((lw[0, 0][t[0, 0] == 4] > 0).any())
+    assert not bool((lw[0, 0][t[0, 0] == 4] > 0).any()) and not bool((iw[0, 0][t[0, 0] == 4] > 0).any())
     probs = torch.nn.functional.one_hot(t[:, 0].long(), 6).permute(0, 4, 1, 2, 3).float()
     iw2, lw2 = src.sample_dense(probs, [5])
     assert torch.allclose(lw, lw2) and torch.allclose(iw, iw2)
-    assert bool((iw <= lw + 1e-7).all()) and float(iw[lw > 0].min()) >= 0.2 * float(lw[lw > 0].min()) - 1e-6
+    assert bool((iw[lw > 0] <= lw[lw > 0] + 1e-7).all()) and float(iw[lw > 0].min()) >= 0.2 - 1e-6
 
 
 def test_empty_mask_gives_healthy_sample():
@@ -231,7 +289,7 @@ def test_multiple_masks_per_sample():
     masks = torch.stack([ball((40, 40, 40), c, 3) for c in ((14, 14, 20), (26, 26, 20))])
     cfg = no_fading(count=(2, 2))
     vols = {int((LesionSource.from_tensor(masks, config=cfg).sample_dense(t, [k])[1] > 0.5).sum()) for k in range(6)}
-    both = int(((masks[0] | masks[1]) & (t[0, 0] >= 1) & (t[0, 0] <= 3)).sum())
+    both = int(((masks[0] | masks[1]) & (t[0, 0] >= 1) & (t[0, 0] <= 4)).sum())
     assert max(vols) == both                               # two distinct masks pasted in some sample
 
 
@@ -361,6 +419,8 @@ BAD = [
     (FadingConfig, "range", (0.0, 1.5), "lesion.fading.range"),
     (FadingConfig, "control_spacing", 0.5, "lesion.fading.control_spacing"),
     (FadingConfig, "gain", 0.0, "lesion.fading.gain"),
+    (FadingConfig, "mapping", "linear", "lesion.fading.mapping"),
+    (FadingConfig, "power", 0.0, "lesion.fading.power"),
     (SoftCPConfig, "alpha", 0.0, "lesion.softcp.alpha"),
     (SoftCPConfig, "erode", -1, "lesion.softcp.erode"),
     (SoftCPConfig, "dilate", 1.5, "lesion.softcp.dilate"),
@@ -385,6 +445,7 @@ BAD = [
     (LesionConfig, "count", (2, 1), "lesion.count"),
     (LesionConfig, "healthy_probability", 1.1, "lesion.healthy_probability"),
     (LesionConfig, "clip_to", "csf", "lesion.clip_to"),
+    (LesionConfig, "target", "halo", "lesion.target"),
 ]
 
 
@@ -425,7 +486,7 @@ def test_real_soop_masks_placed_on_a_2mm_ras_grid_keep_volume():
 def test_box_restricted_weights_equal_the_full_volume_formula():
     """LesionSource works inside each lesion's bounding box; the result equals the whole-volume maths."""
     from synthgen.lesions.morphology import fading_coefficients, fading_config, soft_cp_config
-    from synthgen.lesions.source import PARENCHYMA, tissue_share
+    from synthgen.lesions.source import BRAIN, tissue_share
 
     shape = (30, 34, 28)
     tissue = torch.zeros(1, 1, *shape, dtype=torch.uint8)
@@ -441,9 +502,10 @@ def test_box_restricted_weights_equal_the_full_volume_formula():
     for i, g in enumerate(gens):
         coeffs = fading_coefficients(g, shape, cfg.fading.control_spacing)
         faded = float(torch.rand(1, generator=g, dtype=torch.float64)) < cfg.fading.probability
-        full = soft_cp_config(drawn[i:i + 1], cfg.softcp) * tissue_share(tissue, PARENCHYMA)
+        share = tissue_share(tissue, BRAIN)
+        full = soft_cp_config(drawn[i:i + 1], cfg.softcp) * share
         fade = fading_config(coeffs, shape, cfg.fading) if faded else 1.0
-        assert torch.allclose(label[i:i + 1], full, atol=1e-6)
+        assert torch.allclose(label[i:i + 1], drawn[i:i + 1].float() * share, atol=1e-6)
         assert torch.allclose(intensity[i:i + 1], full * fade, atol=1e-6)
     assert label[1].sum() == 0 or drawn[1].any()
 

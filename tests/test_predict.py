@@ -103,6 +103,43 @@ def test_lps_anisotropic_scan_comes_back_on_its_grid(tmp_path, ckpt):
     assert again[0]["status"] == "skipped"
 
 
+class Threshold(torch.nn.Module):
+    """A known-answer 'network': class 1 where the preprocessed input exceeds ``level``, class 0 elsewhere
+    (pointwise, so sliding windows, padding and flips cannot change the answer, only misplace it)."""
+
+    def __init__(self, level: float):
+        super().__init__()
+        self.level = level
+        self.anchor = torch.nn.Parameter(torch.zeros(()))    # segment() reads the device from a parameter
+
+    def forward(self, x):
+        s = torch.tanh((x - self.level) * 50.0) + self.anchor
+        return torch.cat([-s, s], 1) * 4.0
+
+
+def test_lps_anisotropic_scan_returns_the_right_voxels(tmp_path):
+    """An LPS 2 x 1 x 3 mm scan with a bright off-centre block: through RAS, 1 mm reslicing, histogram
+    normalisation, z-score, sliding windows, TTA and back, a thresholding model marks exactly the block's voxels
+    of the input grid (a flipped, shifted or transposed return would miss them)."""
+    rng = np.random.default_rng(4)
+    data = np.zeros((20, 30, 12), np.float32)
+    data[1:19, 2:28, 1:11] = rng.uniform(100, 140, (18, 26, 10))
+    data[3:8, 5:11, 2:5] = 300.0                       # 5 x 6 x 3 voxels near one corner
+    affine = np.diag([-2.0, -1.0, 3.0, 1.0])
+    affine[:3, 3] = (30.0, 20.0, -10.0)
+    pre, _ = S.preprocess(data, affine)                # the level in the model's input units: air 0, block 1 after
+    level = float(pre.min() + 0.95 * (pre.max() - pre.min()))     # histogram normalisation, tissue below 0.91
+    pair = (Threshold(level), {"generator": {"crop": [32, 32, 32], "voxel_size": 1.0}, "model": {"channels": [1]}})
+    expected = (data > 220).astype(np.uint8)
+    out = S.predict_volume(pair, data, affine, tta=True)
+    assert out["lesion"].shape == data.shape and np.allclose(out["affine"], affine)
+    assert np.array_equal(out["lesion"], expected) and np.array_equal(out["labels"], expected)
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "scan.nii.gz"))
+    res = S.predict_files(pair, [tmp_path / "scan.nii.gz"], tmp_path / "out", tta=False, progress=False)
+    img = nib.load(str(res[0]["outputs"]["lesion"]))
+    assert np.allclose(img.affine, affine) and np.array_equal(np.asarray(img.dataobj), expected)
+
+
 def test_two_class_model_labels_equal_lesion(tmp_path):
     torch.manual_seed(1)
     cfg = dict(SMALL, out_channels=2)

@@ -87,3 +87,55 @@ def test_lesion_contrast_prior_rescales_only_the_lesion_mean():
     assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="gmm.lesion_mu"):
         GeneratorConfig(gmm=GMMConfig(lesion_mu=(50.0, 10.0))).validate()
+
+
+def _field_rms(coeffs: torch.Tensor, shape) -> torch.Tensor:
+    """Root mean square over the grid of each sample's spline field (all channels), via the reference spline."""
+    from synthgen.fields import smooth_field
+    return smooth_field(coeffs.double(), shape).pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
+
+
+@pytest.mark.parametrize("crop, voxel_size", [((40, 48, 36), 1.0), ((30, 30, 30), 2.0)])
+def test_effective_elastic_and_bias_std_are_the_configured_ones(crop, voxel_size):
+    """Each sample draws s ~ U(0, max_std) and its field has std s: over 300 draws the fields' RMS has the moments
+    of U(0, max): E[rms^2] = max^2 / 3 and E[rms] = max / 2 (within 10 %; the spline's shrink was 3x)."""
+    from synthgen.config import BiasConfig, ElasticConfig
+    cfg = GeneratorConfig(crop=crop, voxel_size=voxel_size, elastic=ElasticConfig(max_std=4.0),
+                          bias=BiasConfig(max_std=0.3))
+    p = sample_params(cfg, (80, 80, 80), seed=11, index=0, batch=N)
+    elastic_mm = _field_rms(p.elastic, crop) * voxel_size          # RMS of all components, in mm
+    bias = _field_rms(p.bias, crop)
+    for rms, top in ((elastic_mm, 4.0), (bias, 0.3)):
+        assert float(rms.pow(2).mean().sqrt()) == pytest.approx(top / math.sqrt(3), rel=0.1)
+        assert float(rms.mean()) == pytest.approx(top / 2, rel=0.1)
+        assert float(rms.max()) < 1.25 * top
+
+
+def _euler_zyx_degrees(r: torch.Tensor) -> torch.Tensor:
+    """Angles (about axes 0, 1, 2) of R = Rz @ Ry @ Rx, in degrees (|angle about axis 1| < 90)."""
+    ax = torch.atan2(r[..., 2, 1], r[..., 2, 2])
+    ay = torch.asin(-r[..., 2, 0].clamp(-1, 1))
+    az = torch.atan2(r[..., 1, 0], r[..., 0, 0])
+    return torch.stack([ax, ay, az], -1) * (180 / math.pi)
+
+
+def test_rotation_angles_are_uniform_in_the_configured_range_in_degrees(draws):
+    """The rotation part of M = R S Z is M's QR factor Q (S Z is upper triangular with a positive diagonal):
+    its angles must be U(-15, 15) degrees on each axis, which a degrees/radians slip breaks either way."""
+    cfg, p = draws
+    q, u = torch.linalg.qr(p.matrix)
+    sign = torch.sign(torch.diagonal(u, dim1=-2, dim2=-1))
+    rot = q * sign[:, None, :]
+    assert torch.allclose(torch.diagonal(u, dim1=-2, dim2=-1).abs(), torch.diagonal(u * sign[..., None], dim1=-2,
+                                                                                        dim2=-1), atol=1e-12)
+    angles = _euler_zyx_degrees(rot)
+    r = cfg.affine.rotation
+    assert float(angles.abs().max()) <= r + 1e-6 and float(angles.abs().max()) > 0.9 * r
+    for axis in range(3):
+        assert stats.kstest(angles[:, axis].numpy(), stats.uniform(-r, 2 * r).cdf).pvalue > 1e-3
+    # a known rotation: 10 degrees about axis 2 turns axis 0 towards axis 1 by 10 degrees
+    m = affine_matrix(torch.tensor([0.0, 0.0, 10.0]), torch.zeros(3), torch.ones(3))
+    assert float(m[1, 0]) == pytest.approx(math.sin(math.radians(10)), abs=1e-12)
+    assert torch.allclose(_euler_zyx_degrees(affine_matrix(torch.tensor([5.0, -7.0, 12.0]), torch.zeros(3),
+                                                           torch.ones(3))), torch.tensor([5.0, -7.0, 12.0],
+                                                                                         dtype=torch.float64))

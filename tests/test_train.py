@@ -1,6 +1,7 @@
 """Training loop: exact resume, signals, outputs, config and CLI errors (tiny model, 24^3 crops, CPU)."""
 import csv
 import json
+import math
 import os
 import signal
 
@@ -148,19 +149,78 @@ def test_training_batches_streams_and_real_alternation(tmp_path):
     assert calls == [("syn", 3, 0), ("real", 3, 0), ("syn", 3, 1), ("real", 3, 1)]
 
 
-def test_dice_ce_loss_decreases_toward_the_target():
-    target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
-    target[:, :2] = 1
-    good = torch.nn.functional.one_hot(target, 2).permute(0, 4, 1, 2, 3).float() * 10
-    loss = DiceCE()
-    assert float(loss(good, target)) < 0.05 < float(loss(-good, target))
+def _known_logits():
+    """Two samples of two voxels whose softmax is (1/4, 3/4), (3/4, 1/4) / (1/2, 1/2), (1/4, 3/4), and their labels."""
+    l3 = math.log(3.0)
+    logits = torch.tensor([[[0.0, l3], [l3, 0.0]],            # sample 0: class-0 logits, class-1 logits
+                           [[0.0, 0.0], [0.0, l3]]])          # sample 1
+    logits = logits.reshape(2, 2, 1, 1, 2)
+    target = torch.tensor([[1, 0], [1, 1]]).reshape(2, 1, 1, 2)
+    return logits, target
+
+
+@pytest.mark.parametrize("background, batch", [(True, False), (False, False), (True, True), (False, True)])
+def test_dice_ce_loss_exact_value_on_a_known_input(background, batch):
+    """Soft Dice (2 sum p y + s) / (sum p + sum y + s), s = 1e-5, and the voxel-mean cross-entropy, worked out by
+    hand for the probabilities of _known_logits."""
+    s = 1e-5
+    ce = (3 * -math.log(0.75) - math.log(0.5)) / 4
+    if batch:     # each class pooled over both samples
+        dice = {0: (2 * 0.75 + s) / (1.75 + 1 + s), 1: (2 * 2.0 + s) / (2.25 + 3 + s)}
+        dice_loss = (1 - dice[1]) if not background else ((1 - dice[0]) + (1 - dice[1])) / 2
+    else:         # per sample and class, then the mean
+        d = {(0, 0): (1.5 + s) / (2 + s), (0, 1): (1.5 + s) / (2 + s),
+             (1, 0): (0 + s) / (0.75 + s), (1, 1): (2.5 + s) / (3.25 + s)}
+        classes = (0, 1) if background else (1,)
+        dice_loss = sum(1 - d[b, c] for b in (0, 1) for c in classes) / (2 * len(classes))
+    logits, target = _known_logits()
+    loss = DiceCE(include_background=background, batch=batch)
+    assert float(loss(logits, target)) == pytest.approx(dice_loss + ce, rel=1e-6)
+    assert float(DiceCE(2.0, 0.5, background, batch)(logits, target)) == pytest.approx(2 * dice_loss + 0.5 * ce,
+                                                                                       rel=1e-6)
+    cfg = paper_preset().optim
+    cfg.dice_include_background, cfg.dice_batch = background, batch
+    assert float(DiceCE.from_config(cfg)(logits, target)) == pytest.approx(dice_loss + ce, rel=1e-6)
     with pytest.raises(ValueError, match="`target` must be"):
-        loss(good, target[:, :2])
+        loss(logits, target[:, :, :, :1])
+
+
+# The paper's recipe (section 2), written out independently of train/config.py: every field of the model and
+# optimiser, the schedule, crop, batch and iterations.
+PAPER_RECIPE = {
+    "steps": 600_000, "iters_per_epoch": 500, "batch_size": 1, "baseline": False,
+    "model": {"channels": (32, 64, 128, 256, 320, 320), "strides": None, "dropout": 0.2, "num_res_units": 1},
+    "optim": {"lr": 1e-4, "weight_decay": 0.01, "betas": (0.9, 0.999), "poly_power": 0.9, "grad_clip": 12.0,
+              "dice_weight": 1.0, "ce_weight": 1.0, "dice_include_background": True, "dice_batch": False,
+              "amp": "auto"},
+    "generator": {"crop": (192, 192, 192), "voxel_size": 1.0, "target": "tissue"},
+}
+
+
+def test_paper_preset_pins_the_recipe(tmp_path):
+    cfg = paper_preset().validate()
+    d = cfg.to_dict()
+    for key in ("steps", "iters_per_epoch", "batch_size", "baseline"):
+        assert d[key] == PAPER_RECIPE[key], key
+    assert d["model"] == PAPER_RECIPE["model"] and d["optim"] == PAPER_RECIPE["optim"]
+    for key, value in PAPER_RECIPE["generator"].items():
+        assert d["generator"][key] == value, key
+    assert cfg.num_classes == 6 and cfg.model_kwargs()["out_channels"] == 6
+    assert preset("paper").to_dict() == d
+    # the optimiser and schedule the loop builds from it: AdamW at lr 1e-4, poly (1 - n/N)^0.9 per step
+    cfg.out, cfg.steps, cfg.log_every, cfg.val_every, cfg.ckpt_every = str(tmp_path), 4, 1, 0, 0
+    cfg.model.channels = (4, 8, 8)
+    cfg.generator.crop, cfg.generator.voxel_size = (24, 24, 24), 4.0
+    train(cfg, stop_at=1, lesions=lesions(), progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert group["decoupled_weight_decay"] is True and group["initial_lr"] == 1e-4      # AdamW
+    assert group["weight_decay"] == 0.01 and tuple(group["betas"]) == (0.9, 0.999)
+    assert group["lr"] == pytest.approx(1e-4 * (1 - 1 / 4) ** 0.9, rel=1e-9)
+    assert ckpt["config"]["model"]["dropout"] == 0.2
 
 
 def test_presets():
-    assert paper_preset().steps == 600_000 and paper_preset().optim.grad_clip == 12.0
-    assert paper_preset().model_kwargs()["channels"] == [32, 64, 128, 256, 320, 320]
     assert quick_preset().validate().generator.voxel_size == 3.0
     with pytest.raises(ValueError, match="`preset` must be one of"):
         preset("huge")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from synthgen.config import GeneratorConfig, GMMConfig, LesionConfig, ProceduralLesionConfig, _from_dict
+from synthgen.config import GeneratorConfig, GMMConfig, LesionConfig, ProceduralLesionConfig, dataclass_from_dict
 
 PRESETS = ("paper", "quick")
 
@@ -34,6 +34,10 @@ class OptimConfig:
     grad_clip: float = 12.0           # max global grad norm; paper
     dice_weight: float = 1.0          # loss = dice_weight * Dice + ce_weight * CE; paper: plain sum
     ce_weight: float = 1.0
+    dice_include_background: bool = True   # background class in the Dice: paper's text (Dice + CE, no class left
+                                      # out); SynthStroke's code: False
+    dice_batch: bool = False          # Dice pooled over the batch before dividing; paper: per sample (batch 1, the
+                                      # same there); SynthStroke's code: True
     amp: str = "auto"                 # "auto": bf16 autocast on CUDA when supported, else fp32; "bf16"; "off"
 
 
@@ -172,7 +176,7 @@ class TrainConfig:
         """Rebuild from ``to_dict`` output (e.g. ``config.json``); unknown keys are an error."""
         d = dict(d)
         gen = d.pop("generator", None)
-        cfg = _from_dict(cls, d)
+        cfg = dataclass_from_dict(cls, d)
         if gen is not None:
             cfg.generator = GeneratorConfig.from_dict(gen)
         return cfg

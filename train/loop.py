@@ -352,7 +352,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
                                   weight_decay=cfg.optim.weight_decay)
     total, power = cfg.steps, cfg.optim.poly_power
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: max(0.0, 1.0 - n / total) ** power)
-    loss_fn = DiceCE(cfg.optim.dice_weight, cfg.optim.ce_weight)
+    loss_fn = DiceCE.from_config(cfg.optim)
 
     step = 0
     resumed_from = ckpt_path

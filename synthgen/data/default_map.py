@@ -18,7 +18,10 @@ DEFAULT_TISSUE_LABELS: dict[str, int] = {
     "wm": 2,
     "pv": 3,  # GM/WM partial volume
     "csf": 4,
-    "non_brain": 5,  # scalp, skull, dura, vessels: inside the head, neither brain nor CSF
+    "non_brain": 5,  # inside the intracranial mask but neither brain nor CSF: dura, sinuses, vessels
+    "head_inner": 6,  # the head outside the intracranial mask, by depth: 0-5.5 mm,
+    "head_middle": 7,  # 5.5-9 mm
+    "head_outer": 8,  # 9-11 mm (layers measured on SynthSeg's whole-head label maps; see the script)
 }
 DEFAULT_TISSUE_MAP_SHAPE = (197, 233, 189)
 _FILENAME = "mni152_2009a_tissue_labels.nii.gz"
@@ -42,8 +45,9 @@ def _load_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
     if img.get_data_dtype() != np.uint8:
         raise ValueError(f"`{path}` must store uint8 labels, got {img.get_data_dtype()}")
     labels = np.asarray(img.dataobj, dtype=np.uint8)
-    if labels.max() > max(DEFAULT_TISSUE_LABELS.values()):
-        raise ValueError(f"`{path}` must hold labels 0..5, got maximum {int(labels.max())}")
+    top = max(DEFAULT_TISSUE_LABELS.values())
+    if labels.max() > top:
+        raise ValueError(f"`{path}` must hold labels 0..{top}, got maximum {int(labels.max())}")
     affine = np.asarray(img.affine, dtype=np.float64)
     labels.setflags(write=False)
     affine.setflags(write=False)
@@ -56,7 +60,9 @@ def default_tissue_map(
     """Load the bundled MNI152 2009a tissue label map (1 mm, RAS).
 
     Labels follow ``DEFAULT_TISSUE_LABELS``: 0 background, 1 GM, 2 WM, 3 GM/WM partial volume,
-    4 CSF, 5 non-brain head tissue. The file is read once per process; each call returns a new tensor.
+    4 CSF, 5-8 non-brain tissue (5 inside the intracranial mask; 6, 7, 8 the head's inner, middle and outer
+    layers), each drawing its own Gaussian and background in the targets. The file is read once per process;
+    each call returns a new tensor.
 
     Args:
         device: device of the returned tensor (default CPU).

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fast import to_device
+from ..device import to_device
 from ..io import load_nifti
 from ..validate import check_grid
 

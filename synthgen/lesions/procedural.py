@@ -6,8 +6,10 @@ Beyond the paper (which pastes real ATLAS masks). One lesion is one vascular eve
    the hemisphere and the arterial territory from :class:`ProceduralLesionConfig` (calibrated on 1449
    SOOP acute stroke masks by ``scripts/calibrate_lesions.py``);
 2. pick the main component's centre among parenchyma voxels (GM, WM, GM/WM PV; never CSF or background) of
-   that hemisphere, weighted by a Gaussian over the territory (centroid and spread of the JHU arterial
-   atlas territory, MNI mm);
+   that hemisphere, weighted by one Gaussian of the territory's mixture: where the SOOP lesions of that JHU
+   arterial territory lie (``ProceduralLesionConfig.territory_components``, MNI mm; or, with None, one Gaussian
+   over the whole atlas territory). The atlas itself (CC BY-SA) is not shipped: its territories enter only
+   through these statistics;
 3. grow each component as the ``n`` highest-scoring allowed voxels of ``1 - rho + roughness * noise``:
    ``rho`` the radius in a randomly rotated, elongated ellipsoid and ``noise`` a smooth random field, so
    the outline is irregular and the shape follows the tissue it may occupy; only the part 26-connected to
@@ -77,18 +79,22 @@ def _x_world(shape, affine: np.ndarray, device) -> torch.Tensor:
     return axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :] + float(affine[0, 3])
 
 
-def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tries: int = 256,
+def _sample_centre(allowed: torch.Tensor, mean_mm, cov_mm, affine, u: float, tries: int = 256,
                    blocked: torch.Tensor | None = None):
-    """A voxel of ``allowed`` (and not ``blocked``) drawn with a Gaussian(mean_mm, std_mm) weight; widen to all
+    """A voxel of ``allowed`` (and not ``blocked``) drawn with a Gaussian(mean_mm, cov_mm) weight; widen to all
     of it if empty.
 
-    Rejection first (a Gaussian point in world mm, rounded to its voxel, kept if allowed): a few lookups
-    instead of weighting a box that can span the whole volume. Falls back to the explicit weighting when
-    the allowed voxels sit far in the Gaussian's tail.
+    ``cov_mm`` is a 3x3 covariance (mm^2) or three per-axis standard deviations (mm). Rejection first (a
+    Gaussian point in world mm, rounded to its voxel, kept if allowed): a few lookups instead of weighting a box
+    that can span the whole volume. Falls back to the explicit weighting when the allowed voxels sit far in the
+    Gaussian's tail.
     """
-    std = np.maximum(np.asarray(std_mm, dtype=np.float64), 1e-3)
+    cov = np.asarray(cov_mm, dtype=np.float64)
+    cov = np.diag(np.maximum(cov, 1e-3) ** 2) if cov.ndim == 1 else cov + np.eye(3) * 1e-6
+    chol = np.linalg.cholesky(cov)
+    std = np.sqrt(np.diag(cov))
     g = torch.Generator().manual_seed(int(u * 2 ** 53))
-    points = torch.randn(tries, 3, generator=g, dtype=torch.float64).numpy() * std + np.asarray(mean_mm)
+    points = torch.randn(tries, 3, generator=g, dtype=torch.float64).numpy() @ chol.T + np.asarray(mean_mm)
     vox = np.rint(np.c_[points, np.ones(tries)] @ np.linalg.inv(affine).T)[:, :3].astype(np.int64)
     inside = np.all((vox >= 0) & (vox < np.asarray(allowed.shape)), axis=1)
     if inside.any():
@@ -99,6 +105,7 @@ def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tri
         if bool(hit.any()):
             return [int(v) for v in cand[int(torch.nonzero(hit)[0])]]
     lo, hi = _voxel_box(mean_mm, 3 * std, affine, allowed.shape)
+    precision = torch.as_tensor(np.linalg.inv(cov), dtype=torch.float32, device=allowed.device)
     for lo, hi in ((lo, hi), ([0, 0, 0], list(allowed.shape))):
         sub = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         if blocked is not None:
@@ -106,9 +113,8 @@ def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tri
         if sub.numel() == 0 or not bool(sub.any()):
             continue
         world = _world_box(lo, hi, affine, allowed.device)
-        z = (world - torch.as_tensor(mean_mm, dtype=torch.float32, device=world.device)) / torch.as_tensor(
-            std, dtype=torch.float32, device=world.device)
-        w = torch.exp(-0.5 * (z * z).sum(-1)) * sub
+        d = world - torch.as_tensor(mean_mm, dtype=torch.float32, device=world.device)
+        w = torch.exp(-0.5 * ((d @ precision) * d).sum(-1)) * sub
         if not bool((w > 0).any()):       # far in the Gaussian tail: fall back to uniform over the box
             w = sub.to(torch.float32)
         i = _pick_voxel(w, u)
@@ -116,6 +122,27 @@ def _sample_centre(allowed: torch.Tensor, mean_mm, std_mm, affine, u: float, tri
             local = np.unravel_index(i, tuple(sub.shape))
             return [int(a) + b for a, b in zip(local, lo)]
     return None
+
+
+def territory_gaussian(config: ProceduralLesionConfig, territory: int, u: float) -> tuple[list, np.ndarray]:
+    """``(mean_mm, cov_mm)`` of the Gaussian a lesion of ``territory`` is placed by, in the right hemisphere
+    (x >= 0): one component of ``config.territory_components`` chosen with probability its weight by ``u`` in
+    [0, 1), or the single ``territory_mean_mm`` / ``territory_std_mm`` Gaussian when it is None."""
+    if config.territory_components is None:
+        std = np.asarray(config.territory_std_mm[territory], dtype=np.float64)
+        return list(config.territory_mean_mm[territory]), np.diag(std ** 2)
+    comps = config.territory_components[territory]
+    weights = np.asarray([c[0] for c in comps], dtype=np.float64)
+    k = min(int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right")), len(comps) - 1)
+    return list(comps[k][1]), component_covariance(comps[k])
+
+
+def component_covariance(component) -> np.ndarray:
+    """3x3 covariance (mm^2) of a ``(weight, mean, std, (r_xy, r_xz, r_yz))`` territory component."""
+    _, _, std, (rxy, rxz, ryz) = component
+    corr = np.array([[1.0, rxy, rxz], [rxy, 1.0, ryz], [rxz, ryz, 1.0]])
+    s = np.asarray(std, dtype=np.float64)
+    return corr * np.outer(s, s)
 
 
 def _random_rotation(g: torch.Generator) -> torch.Tensor:
@@ -199,15 +226,32 @@ def _blob_in_box(box: torch.Tensor, center, n_voxels: int, axes: torch.Tensor, r
     if available <= n_voxels:
         return _connected_to_peak(box, score)
     flat = score.reshape(-1)
+
+    def part(k):          # the peak's component of the k best voxels: grows with k (nested sets, same peak)
+        return _connected_to_peak(score >= -torch.kthvalue(-flat, k).values, score)
+
     k = n_voxels
-    blob = _connected_to_peak(score >= -torch.kthvalue(-flat, k).values, score)
+    blob = part(k)
     for _ in range(4):    # noise peaks and tissue gaps split off fragments: grow the main body by as much
         lost = n_voxels - int(blob.sum())
         if lost <= 0 or k >= available:
             break
         k = min(k + lost, available)
-        blob = _connected_to_peak(score >= -torch.kthvalue(-flat, k).values, score)
+        blob = part(k)
+        if int(blob.sum()) > n_voxels:    # a bridge joined a large fragment: its n best voxels, largest part
+            inside = torch.where(blob, score, torch.full_like(score, -float("inf"))).reshape(-1)
+            return _largest_part(score >= -torch.kthvalue(-inside, n_voxels).values) & blob
     return blob
+
+
+def _largest_part(selected: torch.Tensor) -> torch.Tensor:
+    """The largest 26-connected component of a 3D bool tensor (on the CPU)."""
+    from scipy import ndimage
+    labels, n = ndimage.label(selected.cpu().numpy(), structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return selected
+    sizes = np.bincount(labels.ravel())[1:]
+    return torch.from_numpy(labels == 1 + int(np.argmax(sizes))).to(selected.device)
 
 
 def _connected_to_peak(selected: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -282,7 +326,7 @@ def draw_lesion_plan(g: torch.Generator, config: ProceduralLesionConfig) -> dict
         shares = [x * (1.0 - main_share) for x in shares]
     return {"count": count, "volume_ml": volume, "left": u[3] < config.left_probability, "bilateral": bilateral,
             "minority_share": minority, "territory": territory, "main_share": main_share,
-            "satellite_shares": shares, "u_centre": u[5]}
+            "satellite_shares": shares, "u_centre": u[5], "u_component": u[7]}
 
 
 def _cap_depth(share: float) -> float:
@@ -331,17 +375,22 @@ def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesi
     def allowed_for(left: bool):
         return parenchyma if (config.cross_midline or straddle) else sides[left]
 
-    mean = list(config.territory_mean_mm[plan["territory"]])
-    std = list(config.territory_std_mm[plan["territory"]])
+    mean, cov = territory_gaussian(config, plan["territory"], plan["u_component"])
     n_main = round(plan["volume_ml"] * plan["main_share"] / voxel_ml)
     if straddle:     # centre at the depth from the midline that leaves minority_share on the other side
         radius_mm = (3.0 * plan["volume_ml"] * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
         mean[0] = _cap_depth(plan["minority_share"]) * radius_mm
-        std[0] = float(np.abs(affine[0, :3]).max())
-    mean[0] = -abs(mean[0]) if plan["left"] else abs(mean[0])
-    centre = _sample_centre(sides[plan["left"]], mean, std, affine, plan["u_centre"])
+        cov[0, :] = cov[:, 0] = 0.0
+        cov[0, 0] = float(np.abs(affine[0, :3]).max()) ** 2
+    if plan["left"]:                                 # mirror to the left: x and its correlations change sign
+        mean[0] = -abs(mean[0])
+        flip = np.diag([-1.0, 1.0, 1.0])
+        cov = flip @ cov @ flip
+    else:
+        mean[0] = abs(mean[0])
+    centre = _sample_centre(sides[plan["left"]], mean, cov, affine, plan["u_centre"])
     if centre is None:                               # no parenchyma on that side: try the other one
-        centre = _sample_centre(parenchyma, mean, std, affine, plan["u_centre"])
+        centre = _sample_centre(parenchyma, mean, cov, affine, plan["u_centre"])
         if centre is None:
             return mask
     left = bool(x_world[tuple(centre)] < 0)

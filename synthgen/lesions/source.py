@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..config import LabelConfig, LesionConfig
-from ..fast import to_device
+from ..device import to_device
 from .masks import MaskBank, list_mask_files, load_mask_bank, mask_bank_from_items, masks_from_tensor, store_mask_items
 from .morphology import fading_coefficients, fading_config, soft_cp_config
 from .procedural import procedural_lesion
@@ -222,9 +222,11 @@ class LesionSource:
         Returns:
             ``(intensity_weight, label_weight, offset)``: each weight ``(B, 1, x, y, z)`` float32 in [0, 1] on
             ``tissue``'s device over the map box that starts at voxel ``offset`` (the union of the samples'
-            Soft-CP boxes within ``region``; zero weight elsewhere). ``label_weight`` is the Soft-CP weight
-            clipped to ``config.clip_to`` tissue (lesion where > 0.5), ``intensity_weight = label_weight *
-            fading``. None when no sample of the batch has a lesion there.
+            Soft-CP boxes within ``region``; zero weight elsewhere). ``label_weight`` is the mask (or with
+            ``config.target == "softcp"`` its Soft-CP weight) clipped to ``config.clip_to`` tissue (lesion where
+            > 0.5: by default the mask inside the brain); ``intensity_weight`` is the Soft-CP weight (1 on the
+            mask, ``alpha^j`` on the j-th ring outside it by default), clipped alike, times the fading field.
+            None when no sample of the batch has a lesion there.
 
         Raises:
             ValueError: ``tissue`` not 5D, ``len(keys) != B``, or masks in world space without an affine.
@@ -273,13 +275,15 @@ class LesionSource:
                     self.bank.paste(j, canvas, affine, origin=c_lo)
             else:
                 canvas = plan[1][c_lo[0]:c_hi[0], c_lo[1]:c_hi[1], c_lo[2]:c_hi[2]]
-            inner = tuple(slice(a - c, b - c) for a, b, c in zip(*box, c_lo))
-            w = soft_cp_config(canvas[None, None], cfg.softcp)[(0, slice(None), *inner)][None]
+            inner = (0, slice(None), *(slice(a - c, b - c) for a, b, c in zip(*box, c_lo)))
+            w = soft_cp_config(canvas[None, None], cfg.softcp)[inner][None]
+            lab = canvas[None, None][inner][None].to(torch.float32) if cfg.target == "mask" else w
             grid_box = (slice(i, i + 1), slice(None), *(slice(a, b) for a, b in zip(*box)))
             if cfg.clip_to != "none":
-                w = w * tissue_share(tissue[grid_box], wanted, classes)
+                share = tissue_share(tissue[grid_box], wanted, classes)
+                w, lab = w * share, lab * share
             into = (i, slice(None), *(slice(a - o, b - o) for a, b, o in zip(*box, out[0])))
-            label[into] = w[0]
+            label[into] = lab[0]
             fade = 1.0
             if faded[i]:          # on the lesion's whole box, whatever the region: a sample's bytes are its own
                 whole = lesion_boxes[i]
