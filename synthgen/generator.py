@@ -16,6 +16,7 @@ import torch
 from . import fast, ops
 from .backend import forced_backend, select_backend
 from .config import DEFAULT_NUM_LABELS, GeneratorConfig
+from .device import to_device
 from .sampling import SampleParams, generator_for, sample_params
 
 
@@ -79,8 +80,19 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
     target = classes[label]                                                  # (B, 1, *crop) uint8
     w_int = None
     if lesion is not None:
-        offset = torch.tensor(fast.lesion_offset(lesion), dtype=coords.dtype, device=coords.device)
-        w = ops.grid_pull(torch.cat([lesion[0], lesion[1]], 1).float(), coords - offset, "linear")
+        # only the output voxels that can see the lesion's box pull its weights (the rest are 0: the lesion's cost
+        # follows its box, not the crop)
+        lo = fast.lesion_offset(lesion)
+        hi = tuple(a + n for a, n in zip(lo, lesion[0].shape[2:]))
+        weights = torch.cat([lesion[0], lesion[1]], 1).float()
+        offset = to_device(torch.tensor(lo, dtype=coords.dtype), coords.device)
+        w = torch.zeros((coords.shape[0], 2, *crop), dtype=torch.float32, device=coords.device)
+        for b, box in enumerate(ops.seeing_box(crop, params.matrix, params.center, params.elastic, lo, hi)):
+            if box is None:
+                continue
+            sl = (slice(b, b + 1), *(slice(a, z) for a, z in zip(*box)))
+            w[(sl[0], slice(None), *sl[1:])] = ops.grid_pull(weights[b:b + 1] if weights.shape[0] > 1 else weights,
+                                                            coords[sl] - offset, "linear")
         w_int, w_lab = w[:, :1].clamp(0, 1), w[:, 1:]
         target = torch.where(w_lab > threshold, torch.full_like(target, lesion_class), target)
     image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture, w_int)

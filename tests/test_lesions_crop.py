@@ -112,3 +112,27 @@ def test_boxed_weights_of_a_sample_do_not_depend_on_its_batch():
     both = src.sample_dense(tissue.expand(2, -1, -1, -1, -1), [11, 12], region=((0, 0, 0), (30, 36, 32)))
     inside = (slice(None), slice(None), slice(0, 20))
     assert torch.equal(alone[0][inside], both[0][:1][inside]) and torch.equal(alone[1][inside], both[1][:1][inside])
+
+
+def test_seeing_box_holds_every_output_voxel_that_reaches_the_lesion_box():
+    cfg = GeneratorConfig(crop=(16, 18, 14), elastic=ElasticConfig(max_std=6.0), affine=AffineConfig(rotation=30))
+    gen = synthgen.SynthGenerator(cfg)
+    lo, hi = (9, 12, 10), (15, 20, 14)
+    for seed in range(4):
+        p = gen.sample_params((1, 1, *SHAPE), seed=seed, batch=2)
+        coords = ops.affine_elastic_coords(cfg.crop, p.matrix, p.center, p.elastic)
+        boxes = ops.seeing_box(cfg.crop, p.matrix, p.center, p.elastic, lo, hi, margin=0)
+        for b, box in enumerate(boxes):
+            # voxels whose trilinear footprint touches the box: coordinate in [lo - 1, hi)
+            near = ((coords[b] > torch.tensor(lo) - 1) & (coords[b] < torch.tensor(hi))).all(-1)
+            if box is None:
+                assert not near.any()
+                continue
+            inside = torch.zeros_like(near)
+            inside[tuple(slice(a, z) for a, z in zip(*box))] = True
+            assert not (near & ~inside).any()
+    # without elastic displacement the box is that of the lesion seen through the affine: a part of the crop
+    rigid = synthgen.SynthGenerator(GeneratorConfig(crop=(24, 24, 24), elastic=ElasticConfig(max_std=0.0)))
+    p = rigid.sample_params((1, 1, *SHAPE), seed=0, batch=1)
+    (box,) = ops.seeing_box((24, 24, 24), p.matrix, p.center, p.elastic, lo, hi)
+    assert box is not None and np.prod([z - a for a, z in zip(*box)]) < 24 ** 3 / 4

@@ -125,6 +125,31 @@ def output_affine(matrix: torch.Tensor, center: torch.Tensor, flips: torch.Tenso
     return a.to(torch.float64) @ vox2vox
 
 
+def seeing_box(out_shape, matrix: torch.Tensor, center: torch.Tensor, elastic: torch.Tensor | None, lo, hi,
+               margin: int = 2) -> list:
+    """Per sample, the box ``(o_lo, o_hi)`` of output voxels whose coordinates (:func:`affine_elastic_coords`) can
+    land in the input box ``[lo, hi)``, or None: the inverse affine of the box grown by the largest elastic
+    displacement and ``margin`` voxels, clipped to the output. The dual of :func:`reach_box`; host copies of the
+    parameters only."""
+    m, c = matrix.detach().to("cpu", torch.float64), center.detach().to("cpu", torch.float64)
+    half = torch.tensor([(n - 1) / 2 for n in out_shape], dtype=torch.float64)
+    bound = torch.zeros_like(c)
+    if elastic is not None:
+        bound = elastic.detach().to("cpu", torch.float64).abs().amax(dim=(2, 3, 4))
+    signs = torch.tensor([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=torch.float64)
+    out = []
+    for b in range(m.shape[0]):
+        grow = bound[b] + margin
+        a = torch.tensor(lo, dtype=torch.float64) - grow
+        z = torch.tensor(hi, dtype=torch.float64) - 1 + grow
+        corners = a + signs * (z - a)                                        # (8, 3) input voxels
+        o = (corners - c[b]) @ torch.linalg.inv(m[b]).T + half              # output voxels
+        o_lo = [max(int(v), 0) for v in torch.floor(o.amin(0))]
+        o_hi = [min(int(v), int(n)) for v, n in zip(torch.ceil(o.amax(0)) + 1, out_shape)]
+        out.append((tuple(o_lo), tuple(o_hi)) if all(h > l_ for l_, h in zip(o_lo, o_hi)) else None)
+    return out
+
+
 def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") -> torch.Tensor:
     """Sample ``volume`` ``(B, C, X, Y, Z)`` at voxel coordinates ``coords`` ``(B, ..., 3)``; zero outside.
 
