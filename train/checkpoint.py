@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from synthgen.io import atomic_path
-from synthgen.segment.model import verify_checkpoint, with_checksum
+from synthgen.segment.model import read_checkpoint, verify_checkpoint, with_checksum
 
 LAST = "last.pt"
 PREV = "prev.pt"            # the checkpoint before last.pt, the fallback when last.pt is damaged
@@ -91,12 +91,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             (the message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (nothing to resume)")
-    try:
-        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as err:   # noqa: BLE001 -- a damaged file fails in many ways (zip, pickle, storage records)
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from err
+    ckpt = read_checkpoint(path, map_location, missing="checkpoint not found (nothing to resume)")
     need = ("model", "optimizer", "scheduler", "step", "rng", "train_config")
     missing = [k for k in need if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:

@@ -110,6 +110,22 @@ def with_checksum(payload: dict) -> dict:
     return payload
 
 
+def read_checkpoint(path, map_location="cpu", missing: str = "checkpoint not found"):
+    """``torch.load`` a checkpoint file (weights only), naming the file in every error.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (``missing`` says what that means to the caller).
+        ValueError: the file cannot be read as a torch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {missing}")
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as err:   # noqa: BLE001 -- a damaged file fails in many ways (zip, pickle, storage records)
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+
+
 def verify_checkpoint(ckpt: dict, path) -> None:
     """Refuse a checkpoint whose checksum does not match its content (corrupt) or whose weights are not finite (the
     run that wrote it diverged). Checkpoints written before checksums existed are only checked for finiteness.
@@ -175,12 +191,7 @@ def load_checkpoint_model(path, map_location="cpu") -> tuple[torch.nn.Module, di
             network. Every message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as err:   # noqa: BLE001 -- a damaged file fails in many ways (zip, pickle, storage records)
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+    ckpt = read_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: checkpoint must be a dict with 'model' and 'config' entries, got {keys}")
