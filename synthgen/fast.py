@@ -14,6 +14,7 @@ volumes); the percentile clip uses histogram quantiles (error bound in :mod:`syn
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import math
@@ -100,7 +101,6 @@ def pass_plan(config: GeneratorConfig, params: SampleParams, texture_given: bool
 
 
 def _with(p: Pass, epilogue: tuple) -> Pass:
-    import dataclasses
     return dataclasses.replace(p, epilogue=epilogue)
 
 
@@ -374,12 +374,11 @@ _checked: dict = {}
 
 def _check_key(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: str):
     return (str(tissue.device), backend, tissue.is_floating_point(), int(tissue.shape[1]), lesion is not None,
-            repr(dataclasses_replace_crop(config)))
+            repr(_self_check_config(config)))
 
 
-def dataclasses_replace_crop(config: GeneratorConfig) -> GeneratorConfig:
+def _self_check_config(config: GeneratorConfig) -> GeneratorConfig:
     """``config`` with the self-check's crop and one contrast (the kernel variants depend on neither)."""
-    import dataclasses
     return dataclasses.replace(config, crop=SELF_CHECK_CROP, channels=1)
 
 
@@ -388,7 +387,7 @@ def self_check(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: s
     every per-sample switch exercised, and compare: ``(ok, what was found)``. Exceptions are part of the answer."""
     from .generator import generate_ref
     from .sampling import sample_params
-    cfg = dataclasses_replace_crop(config)
+    cfg = _self_check_config(config)
     dev = tissue.device
     try:
         size = [min(n, 26) for n in tissue.shape[2:]]

@@ -56,6 +56,14 @@ def on_grid(data: np.ndarray, affine: np.ndarray, kind: str, voxel_size: float, 
     return MapItem(np.moveaxis(soft, -1, 0), affine, kind)
 
 
+def on_training_grid(affine, voxel_size: float) -> bool:
+    """Whether an item packed with ``affine`` already lies on the training grid (RAS, ``voxel_size`` mm): then it is
+    read as it is (memory-mapped), else resampled."""
+    sizes = io.voxel_sizes(affine)
+    return bool(np.allclose(sizes, voxel_size, atol=1e-3) and np.allclose(np.asarray(affine)[:3, :3], np.diag(sizes),
+                                                                           atol=1e-4))
+
+
 class _Cache:
     """A thread-safe LRU cache of at most ``size`` items (0: none)."""
 
@@ -129,19 +137,15 @@ class StoreTissueMaps(TissueMaps):
             data = item.data
         else:   # probabilities may be packed as uint8 x scale
             data = item.data.astype(np.float32) * np.float32(item.scale)
-        sizes = io.voxel_sizes(item.affine)
-        if np.allclose(sizes, self.voxel_size, atol=1e-3) and np.allclose(item.affine[:3, :3],
-                                                                          np.diag(sizes), atol=1e-4):
+        if on_training_grid(item.affine, self.voxel_size):
             return MapItem(data, item.affine, item.kind)       # on the grid: a memory map, read when copied
         return on_grid(np.array(data), item.affine, item.kind, self.voxel_size,
                        name=f"{self.store.root}/{item.name} (packed)")
 
     def load(self, i: int) -> MapItem:
         i = self._index(i)
-        item = self.section[i]
-        sizes = io.voxel_sizes(item.affine)
-        if np.allclose(sizes, self.voxel_size, atol=1e-3):
-            return self._read(i)
+        if on_training_grid(self.section.affine(i), self.voxel_size):
+            return self._read(i)                 # memory-mapped: nothing to keep
         return self._cache.get(i, lambda: self._read(i))
 
 
@@ -307,8 +311,7 @@ class RealScans:
         self.reads += 1
         if self.store is not None:
             item = self.store.real[i]
-            sizes = io.voxel_sizes(item.affine)
-            if np.allclose(sizes, self.voxel_size, atol=1e-3) and item.scale == 1.0:
+            if on_training_grid(item.affine, self.voxel_size) and item.scale == 1.0:
                 return torch.from_numpy(np.array(item.scan)), torch.from_numpy(np.array(item.mask))
             scan = item.scan.astype(np.float32) * np.float32(item.scale)   # packed as fp16 / scale
             where = f"{self.store.root}/{item.name} (packed)"
@@ -325,8 +328,7 @@ class RealScans:
         if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self):
             raise IndexError(f"`index` must be an int in [0, {len(self)}), got {i!r}")
         i = int(i)
-        if self.store is not None and np.allclose(io.voxel_sizes(self.store.real[i].affine), self.voxel_size,
-                                                  atol=1e-3):
+        if self.store is not None and on_training_grid(self.store.real.affine(i), self.voxel_size):
             return self._read(i)                 # memory-mapped: nothing to keep
         return self._cache.get(i, lambda: self._read(i))
 

@@ -390,6 +390,10 @@ class StoreSection:
         return StoreItem(name=name, affine=np.array(e["affine"]), kind=e["kind"], scale=e["scale"],
                          data=arrays.get("data"), scan=arrays.get("scan"), mask=arrays.get("mask"), meta=e)
 
+    def affine(self, i: int) -> np.ndarray:
+        """Item ``i``'s voxel -> world affine, from the index (no file opened)."""
+        return np.array(self._entries[self.names[i]]["affine"])
+
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 

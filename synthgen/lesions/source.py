@@ -32,7 +32,8 @@ def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Te
     """
     if class_of_label is None:
         class_of_label = LabelConfig().class_table()
-    wanted = [int(c) in set(classes) for c in class_of_label]
+    classes = {int(c) for c in classes}
+    wanted = [int(c) in classes for c in class_of_label]
     if tissue.is_floating_point():
         idx = to_device(torch.tensor([k for k in range(min(tissue.shape[1], len(wanted))) if wanted[k]]),
                         tissue.device)
