@@ -164,3 +164,28 @@ def test_mask_lesions_on_the_device_never_wait_for_it(monkeypatch):
             gen(tissue, seed=0, index=2 * i, batch_size=2, affine=affine)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+def test_procedural_lesions_on_the_device_never_wait_for_it(monkeypatch):
+    """Procedural lesions (centres, boxes, growth, Soft-CP and fading over the crop's reach): no host sync per
+    batch, and the same lesion masks as on the CPU (up to the scores' float rounding)."""
+    from synthgen.config import LesionConfig
+    from synthgen.lesions import LesionSource
+    monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
+    tissue, affine = default_tissue_map(device="cuda", with_affine=True)
+    src = LesionSource.procedural(affine, LesionConfig(healthy_probability=0.0))
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)), lesions=src)
+    gen(tissue, seed=0, batch_size=2, affine=affine)               # compile; check the map and the path once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(3):
+            gen(tissue, seed=0, index=2 * i, batch_size=2, affine=affine)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    keys = [3, 4]
+    on_gpu, _ = src.sample_masks(tissue.expand(2, -1, -1, -1, -1), keys)
+    on_cpu, _ = src.sample_masks(tissue.cpu().expand(2, -1, -1, -1, -1), keys)
+    agree = (on_gpu.cpu() == on_cpu).float().mean()
+    assert on_cpu.any() and float(agree) > 0.9999, float(agree)

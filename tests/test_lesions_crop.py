@@ -136,3 +136,38 @@ def test_seeing_box_holds_every_output_voxel_that_reaches_the_lesion_box():
     p = rigid.sample_params((1, 1, *SHAPE), seed=0, batch=1)
     (box,) = ops.seeing_box((24, 24, 24), p.matrix, p.center, p.elastic, lo, hi)
     assert box is not None and np.prod([z - a for a, z in zip(*box)]) < 24 ** 3 / 4
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_procedural_lesions_make_no_host_sync(soft):
+    """Procedural lesions run on meta tensors too: centres, boxes and growth never read the device back (the
+    operations that run are fixed by the key's draws on the host, not by the map's voxels)."""
+    if soft:
+        tissue = torch.zeros(2, 6, *SHAPE, dtype=torch.float32, device="meta")
+    else:
+        tissue = torch.zeros(2, 1, *SHAPE, dtype=torch.uint8, device="meta")
+    src = LesionSource.procedural(None, LesionConfig(healthy_probability=0.0, count=(1, 2)))
+    region = ((2, 0, 4), (28, 36, 30))
+    out = src.sample(tissue, [5, 6], region=region)
+    assert out is not None and out[0].device.type == "meta"
+    assert tuple(out[2]) == region[0] and tuple(out[0].shape[2:]) == tuple(b - a for a, b in zip(*region))
+
+
+def test_procedural_weights_do_not_depend_on_their_box(monkeypatch):
+    """A CPU boxes procedural weights by the lesion's voxels, a GPU by the crop's reach alone (no read back):
+    the same bytes, and within a region those of the whole map."""
+    import synthgen.lesions.source as source
+    tissue = phantom_labels(SHAPE).expand(3, -1, -1, -1, -1)
+    src = LesionSource.procedural(None, LesionConfig(healthy_probability=0.2))
+    keys = [21, 22, 23]
+    tight = src.sample_dense(tissue, keys)
+    region = ((4, 6, 3), (26, 30, 29))
+    part = src.sample_dense(tissue, keys, region=region)
+    monkeypatch.setattr(source, "components_box", lambda comps, shape: ((0, 0, 0), tuple(shape)))
+    whole = src.sample_dense(tissue, keys)
+    assert (tight[1] > 0.5).any()
+    for a, b in zip(tight, whole):
+        assert torch.equal(a, b)
+    inner = (slice(None), slice(None), *(slice(a, b) for a, b in zip(*region)))
+    assert torch.equal(part[0][inner], tight[0][inner]) and torch.equal(part[1][inner], tight[1][inner])
+    assert not part[1].sum() > tight[1].sum()

@@ -140,16 +140,74 @@ def test_lesion_touching_volume_border():
     assert torch.equal(lw > 0.5, masks)                   # Soft-CP keeps the target equal to the mask
 
 
-def test_connected_component_paths_agree():
-    from synthgen.lesions.procedural import _connected_to_peak, _reconstruct
+def _best_paths(score: np.ndarray, seed) -> np.ndarray:
+    """Independent reference: the best lowest score over 26-connected paths from ``seed`` to every voxel (-inf
+    where none), by a priority flood (Dijkstra on the bottleneck value)."""
+    import heapq
+    best = np.full(score.shape, -np.inf)
+    best[seed] = score[seed]
+    heap, done = [(-best[seed], seed)], set()
+    steps = [d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)]
+    while heap:
+        value, v = heapq.heappop(heap)
+        if v in done:
+            continue
+        done.add(v)
+        for d in steps:
+            u = tuple(a + b - 1 for a, b in zip(v, d))
+            if all(0 <= x < n for x, n in zip(u, score.shape)) and np.isfinite(score[u]):
+                cand = min(-value, score[u])
+                if cand > best[u]:
+                    best[u] = cand
+                    heapq.heappush(heap, (-cand, u))
+    return best
+
+
+def _random_score(g, shape, keep=0.6):
+    allowed = torch.rand(shape, generator=g) < keep
+    score = torch.where(allowed, torch.rand(shape, generator=g), torch.tensor(-float("inf")))
+    seed = tuple(n // 2 for n in shape)
+    score[seed] = 0.95
+    return score, seed
+
+
+@pytest.mark.parametrize("read_back", [True, False])
+def test_best_connected_is_the_n_voxels_with_the_best_paths(read_back):
+    from synthgen.lesions.procedural import best_connected
     g = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        selected = torch.rand(17, 12, 13, generator=g) > 0.55
-        score = torch.rand(17, 12, 13, generator=g)
-        fast = _connected_to_peak(selected, score)
-        peak = int(torch.argmax(torch.where(selected, score, torch.full_like(score, -float("inf")))))
-        assert fast[tuple(int(i) for i in torch.unravel_index(torch.tensor(peak), selected.shape))]
-        assert torch.equal(fast, _reconstruct(selected, peak))
+    for shape in ((9, 11, 10), (7, 7, 13), (12, 5, 9)):
+        score, seed = _random_score(g, shape)
+        best = _best_paths(score.numpy(), seed)
+        reachable = int(np.isfinite(best).sum())
+        for n in (1, 7, 40, reachable, reachable + 5):
+            blob = best_connected(score, seed, n, steps=1000, read_back=read_back).numpy()
+            assert blob.sum() == min(n, reachable) and blob[seed]
+            worst = best[blob].min()
+            assert not ((best > worst) & ~blob).any()            # every voxel with a better path is in
+            assert ndimage.label(blob, CUBE)[1] == 1             # ties at the worst value kept connected
+
+
+def test_best_connected_device_path_equals_the_read_back_one():
+    """Without reading back (a GPU's path: the cube of each step, all steps) the bytes are those of the CPU's
+    narrowed, early-stopping path; and steps bound the paths: fewer steps stay within reach, connected."""
+    from synthgen.lesions.procedural import best_connected
+    g = torch.Generator().manual_seed(1)
+    for shape in ((15, 17, 13), (21, 9, 11)):
+        score, seed = _random_score(g, shape, keep=0.7)
+        for n, steps in ((60, 30), (300, 30), (50, 3)):
+            a = best_connected(score, seed, n, steps, read_back=True)
+            b = best_connected(score, seed, n, steps, read_back=False)
+            assert torch.equal(a, b)
+        idx = np.argwhere(a.numpy())
+        assert np.abs(idx - np.array(seed)).max() <= 3 and ndimage.label(a.numpy(), CUBE)[1] == 1
+
+
+def test_max_grow_is_the_3x3x3_maximum():
+    from synthgen.lesions.procedural import _max_grow
+    g = torch.Generator().manual_seed(2)
+    r = torch.randn(7, 10, 5, generator=g)
+    r[r < -0.5] = -float("inf")
+    assert torch.equal(_max_grow(r), torch.nn.functional.max_pool3d(r[None, None], 3, 1, 1)[0, 0])
 
 
 def test_large_lesions_deliver_the_drawn_volume():

@@ -6,31 +6,41 @@ Beyond the paper (which pastes real ATLAS masks). One lesion is one vascular eve
    the hemisphere and the arterial territory from :class:`ProceduralLesionConfig` (calibrated on 1449
    SOOP acute stroke masks by ``scripts/calibrate_lesions.py``);
 2. pick the main component's centre among parenchyma voxels (GM, WM, GM/WM PV; never CSF or background) of
-   that hemisphere, weighted by one Gaussian of the territory's mixture: where the SOOP lesions of that JHU
+   that hemisphere, drawn from one Gaussian of the territory's mixture: where the SOOP lesions of that JHU
    arterial territory lie (``ProceduralLesionConfig.territory_components``, MNI mm; or, with None, one Gaussian
    over the whole atlas territory). The atlas itself (CC BY-SA) is not shipped: its territories enter only
    through these statistics;
-3. grow each component as the ``n`` highest-scoring allowed voxels of ``1 - rho + roughness * noise``:
-   ``rho`` the radius in a randomly rotated, elongated ellipsoid and ``noise`` a smooth random field, so
-   the outline is irregular and the shape follows the tissue it may occupy; only the part 26-connected to
-   the peak is kept (grown once more by what fragments took), so a component stays one component and its
-   volume is ``n`` up to what the tissue around it allows;
+3. grow each component in a box around its centre from the score ``1 - rho + roughness * noise`` (``rho``
+   the radius in a randomly rotated, elongated ellipsoid, ``noise`` a smooth random field, so the outline is
+   irregular and the shape follows the tissue it may occupy): the component is the ``n`` voxels best connected
+   to the centre, those whose best path from it (through allowed voxels) has the highest lowest score (a
+   grayscale reconstruction of the score from the centre). It is one 26-connected component of ``n`` voxels,
+   or of every allowed voxel of its box connected to the centre when the tissue runs out;
 4. satellites (the other components) share the remaining volume and sit around the main one (Gaussian
-   offset, same hemisphere unless the lesion is bilateral).
+   offset, same hemisphere unless the lesion is bilateral), clear of the components before them.
 
-All scalar draws and coarse noise grids come from a CPU generator seeded with the key, dense work happens on
-the tissue's device: a key gives the same lesion on any device (up to float rounding of the scores).
+All scalar draws, candidate points and coarse noise grids come from a CPU generator seeded with the key; the
+rest runs on the tissue's device in a number of operations fixed by those draws, with no read back to the host
+(a lesion's voxels never decide what runs next): centres are the first allowed of the candidate points,
+gathered on the device, and each component lives in a box of a size fixed on the host around that centre.
+Nothing is computed over the whole map. A key gives the same lesion on any device (up to float rounding of the
+scores).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..config import ProceduralLesionConfig
+from ..device import to_device
 from ..fields import smooth_field
-from .morphology import fading_coefficients
+from .morphology import _grow, fading_coefficients
+
+BOX_REACH = 1.6     # a component's box reaches this many of its ellipsoid's longest semi-axes from its centre
+TRIES = 256         # Gaussian candidate centres, then 4 x as many from a 3 x wider one, then 16 x as many uniform
 
 
 def grid_affine(shape, affine=None) -> np.ndarray:
@@ -42,86 +52,244 @@ def grid_affine(shape, affine=None) -> np.ndarray:
     return out
 
 
-def _world_box(lo, hi, affine: np.ndarray, device) -> torch.Tensor:
-    """World coordinates ``(d, h, w, 3)`` (float32, mm) of the voxel box ``[lo, hi)``."""
-    axes = [torch.arange(a, b, device=device, dtype=torch.float32) for a, b in zip(lo, hi)]
-    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-    lin = torch.as_tensor(affine[:3, :3], dtype=torch.float32, device=device)
-    off = torch.as_tensor(affine[:3, 3], dtype=torch.float32, device=device)
-    return ijk @ lin.T + off
+class VoxelReader:
+    """Bool values of a map of ``shape`` read at voxels ``(i, j, k)`` (broadcastable int64 tensors on the map's
+    device); False outside the map. ``values_at`` maps flat indices to values: no pass over the whole map."""
+
+    def __init__(self, values_at, shape):
+        self.values_at, self.shape = values_at, tuple(int(n) for n in shape)
+
+    @classmethod
+    def of(cls, volume: torch.Tensor) -> "VoxelReader":
+        """Read a ``(D, H, W)`` bool tensor."""
+        flat = volume.reshape(-1)
+        return cls(lambda idx: flat[idx], volume.shape)
+
+    def __call__(self, i, j, k) -> torch.Tensor:
+        d, h, w = self.shape
+        inside = (i >= 0) & (i < d) & (j >= 0) & (j < h) & (k >= 0) & (k < w)
+        flat = (i.clamp(0, d - 1) * h + j.clamp(0, h - 1)) * w + k.clamp(0, w - 1)
+        return self.values_at(flat) & inside
 
 
-def _voxel_box(center_mm, half_mm, affine: np.ndarray, shape) -> tuple[list[int], list[int]]:
-    """Voxel box (lo, hi) covering the world box ``center +- half`` (per axis), clipped to the grid."""
-    inv = np.linalg.inv(affine)
-    corners = np.array([[center_mm[0] + sx * half_mm[0], center_mm[1] + sy * half_mm[1],
-                         center_mm[2] + sz * half_mm[2], 1.0]
-                        for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    vox = corners @ inv.T
-    lo = np.clip(np.floor(vox[:, :3].min(0)), 0, np.asarray(shape) - 1).astype(int)
-    hi = np.clip(np.ceil(vox[:, :3].max(0)) + 1, 1, np.asarray(shape)).astype(int)
-    return lo.tolist(), hi.tolist()
+@dataclass
+class Component:
+    """One grown component: ``blob`` (a bool box) with its first voxel at map voxel ``lo`` (a ``(3,)`` int64
+    device tensor; the box may reach beyond the map, its voxels there are False), and ``claim``, the blob grown by
+    one voxel (origin ``lo - 1``), where later components may not go."""
+    lo: torch.Tensor
+    blob: torch.Tensor
+    claim: torch.Tensor
+
+    def axes(self, origin=(0, 0, 0)):
+        """Map voxel indices of the blob's box minus ``origin``, as three broadcastable int64 tensors."""
+        return _box_axes(self.lo - to_device(torch.tensor(origin), self.lo.device), self.blob.shape)
 
 
-def _pick_voxel(weight: torch.Tensor, u: float):
-    """Index (flat) of a voxel drawn with probability proportional to ``weight`` (u ~ U(0,1)); None if all 0."""
-    cdf = torch.cumsum(weight.reshape(-1).to(torch.float64), 0)
-    total = float(cdf[-1])
-    if not total > 0:
-        return None
-    return min(int(torch.searchsorted(cdf, torch.tensor([u * total], dtype=cdf.dtype, device=cdf.device))),
-               cdf.numel() - 1)
+def _box_axes(lo: torch.Tensor, size):
+    """Voxel indices ``lo[a] + 0..size[a]-1`` along each axis, shaped to broadcast into ``size``."""
+    return [(lo[a] + torch.arange(n, device=lo.device)).reshape([-1 if b == a else 1 for b in range(3)])
+            for a, n in enumerate(size)]
 
 
-def _x_world(shape, affine: np.ndarray, device) -> torch.Tensor:
-    """World x (mm) of every voxel, ``(D, H, W)`` float32, as a broadcast sum (x is linear in i, j, k)."""
-    axes = [torch.arange(n, device=device, dtype=torch.float32) * float(affine[0, a]) for a, n in enumerate(shape)]
-    return axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :] + float(affine[0, 3])
+def _blocked(taken, i, j, k) -> torch.Tensor | None:
+    """Whether voxels ``(i, j, k)`` lie in the claim of one of the components ``taken`` (None if there are none)."""
+    out = None
+    for c in taken:
+        lo = c.lo - 1
+        hit = VoxelReader.of(c.claim)(i - lo[0], j - lo[1], k - lo[2])
+        out = hit if out is None else out | hit
+    return out
 
 
-def _sample_centre(allowed: torch.Tensor, mean_mm, cov_mm, affine, u: float, tries: int = 256,
-                   blocked: torch.Tensor | None = None):
-    """A voxel of ``allowed`` (and not ``blocked``) drawn with a Gaussian(mean_mm, cov_mm) weight; widen to all
-    of it if empty.
+def _side(affine: np.ndarray, i, j, k, left) -> torch.Tensor:
+    """Whether voxels ``(i, j, k)`` lie on the ``left`` (a bool or 0-d bool tensor) side of world x = 0."""
+    a = [float(v) for v in affine[0]]
+    return ((i * a[0] + j * a[1] + k * a[2] + a[3]) < 0) == left
 
-    ``cov_mm`` is a 3x3 covariance (mm^2) or three per-axis standard deviations (mm). Rejection first (a
-    Gaussian point in world mm, rounded to its voxel, kept if allowed): a few lookups instead of weighting a box
-    that can span the whole volume. Falls back to the explicit weighting when the allowed voxels sit far in the
-    Gaussian's tail.
-    """
-    cov = np.asarray(cov_mm, dtype=np.float64)
-    cov = np.diag(np.maximum(cov, 1e-3) ** 2) if cov.ndim == 1 else cov + np.eye(3) * 1e-6
-    chol = np.linalg.cholesky(cov)
-    std = np.sqrt(np.diag(cov))
+
+def _candidates(mean_mm: torch.Tensor, chol: np.ndarray, affine: np.ndarray, shape, u: float) -> torch.Tensor:
+    """Candidate centres ``(N, 3)`` (int64 voxels on ``mean_mm``'s device) in the order they are tried: ``TRIES``
+    Gaussian(mean, chol chol^T) points, then ``4 TRIES`` of a Gaussian 3 x wider (the allowed voxels may sit in
+    its tail), then ``16 TRIES`` uniform over the grid. Drawn on the CPU from ``u``; mapped on the device."""
+    dev = mean_mm.device
     g = torch.Generator().manual_seed(int(u * 2 ** 53))
-    points = torch.randn(tries, 3, generator=g, dtype=torch.float64).numpy() @ chol.T + np.asarray(mean_mm)
-    vox = np.rint(np.c_[points, np.ones(tries)] @ np.linalg.inv(affine).T)[:, :3].astype(np.int64)
-    inside = np.all((vox >= 0) & (vox < np.asarray(allowed.shape)), axis=1)
-    if inside.any():
-        cand = torch.as_tensor(vox[inside], device=allowed.device)
-        hit = allowed[cand[:, 0], cand[:, 1], cand[:, 2]]
-        if blocked is not None:
-            hit = hit & ~blocked[cand[:, 0], cand[:, 1], cand[:, 2]]
-        if bool(hit.any()):
-            return [int(v) for v in cand[int(torch.nonzero(hit)[0])]]
-    lo, hi = _voxel_box(mean_mm, 3 * std, affine, allowed.shape)
-    precision = torch.as_tensor(np.linalg.inv(cov), dtype=torch.float32, device=allowed.device)
-    for lo, hi in ((lo, hi), ([0, 0, 0], list(allowed.shape))):
-        sub = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        if blocked is not None:
-            sub = sub & ~blocked[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        if sub.numel() == 0 or not bool(sub.any()):
+    z = torch.cat([torch.randn(TRIES, 3, generator=g, dtype=torch.float64),
+                   3.0 * torch.randn(4 * TRIES, 3, generator=g, dtype=torch.float64)])
+    inv = np.linalg.inv(affine)
+    # world -> voxel of mean + chol z, as one affine map of z (host-side 3x3s; the mean comes in on the device)
+    lin = to_device(torch.as_tensor(inv[:3, :3] @ chol), dev)
+    off = to_device(torch.as_tensor(inv[:3, :3]), dev) @ mean_mm + to_device(torch.as_tensor(inv[:3, 3]), dev)
+    gauss = torch.round(to_device(z, dev) @ lin.T + off)
+    uniform = torch.floor(torch.rand(16 * TRIES, 3, generator=g, dtype=torch.float64) * torch.tensor(shape))
+    return torch.cat([gauss, to_device(uniform, dev)]).to(torch.int64)
+
+
+def _pick_centre(allowed: VoxelReader, mean_mm: torch.Tensor, chol: np.ndarray, affine: np.ndarray, u: float,
+                 left, either_side: bool, taken=()):
+    """The first candidate centre (:func:`_candidates`) that ``allowed`` holds on the ``left`` side (or, when
+    ``either_side``, if there is none, on either side) outside the claims of ``taken``.
+
+    Returns:
+        ``(centre, found)``: ``(3,)`` int64 voxel and a 0-d bool tensor (False: no candidate qualifies; the
+        centre is then meaningless), both on the device.
+    """
+    v = _candidates(mean_mm, chol, affine, allowed.shape, u)
+    i, j, k = v.unbind(1)
+    hit = allowed(i, j, k)
+    blocked = _blocked(taken, i, j, k)
+    if blocked is not None:
+        hit = hit & ~blocked
+    rank = (hit & _side(affine, i, j, k, left)).to(torch.uint8)
+    if either_side:
+        rank = rank + hit.to(torch.uint8)
+    best = torch.argmax(rank).reshape(1)    # the first of the best-ranked candidates (a tensor index: no sync)
+    return v.index_select(0, best)[0], rank.index_select(0, best)[0] > 0
+
+
+def _max_grow(r: torch.Tensor) -> torch.Tensor:
+    """The 3x3x3 maximum of a ``(D, H, W)`` float tensor (outside counts as -inf): one max-pool on a GPU; on a CPU,
+    where max-pooling is 30x slower, a maximum of shifted copies along each axis in turn (the same values)."""
+    if r.device.type != "cpu":
+        return torch.nn.functional.max_pool3d(r[None, None], 3, 1, 1)[0, 0]
+    for axis in range(3):
+        n = r.shape[axis]
+        if n < 2:
             continue
-        world = _world_box(lo, hi, affine, allowed.device)
-        d = world - torch.as_tensor(mean_mm, dtype=torch.float32, device=world.device)
-        w = torch.exp(-0.5 * ((d @ precision) * d).sum(-1)) * sub
-        if not bool((w > 0).any()):       # far in the Gaussian tail: fall back to uniform over the box
-            w = sub.to(torch.float32)
-        i = _pick_voxel(w, u)
-        if i is not None:
-            local = np.unravel_index(i, tuple(sub.shape))
-            return [int(a) + b for a, b in zip(local, lo)]
-    return None
+        out = r.clone()
+        torch.maximum(out.narrow(axis, 1, n - 1), r.narrow(axis, 0, n - 1), out=out.narrow(axis, 1, n - 1))
+        torch.maximum(out.narrow(axis, 0, n - 1), r.narrow(axis, 1, n - 1), out=out.narrow(axis, 0, n - 1))
+        r = out
+    return r
+
+
+def best_connected(score: torch.Tensor, seed, n_voxels: int, steps: int, read_back: bool | None = None
+                   ) -> torch.Tensor:
+    """The ``n_voxels`` voxels best connected to voxel ``seed`` of ``score`` (``(D, H, W)`` float32, -inf where not
+    allowed): 26-connected to it and, among those, the highest by the lowest score along their best path.
+
+    That value is the grayscale reconstruction of ``score`` from ``seed``, grown ``steps`` voxels (paths of at
+    most ``steps`` voxels; on a CPU it stops once nothing changes, with the same result). Its upper level sets
+    are connected and hold the seed; ties are broken by the step at which a voxel reached its value (its
+    predecessor on the path got there earlier), then by voxel order, so any ``n`` first voxels stay connected.
+    Fewer voxels when fewer are connected; none when the seed is not allowed.
+
+    ``read_back`` (default: on a CPU, where it is free) lets the host read the device to work only next to the
+    voxels that rose the step before and to stop once none did: the same result, less work. Without it the work
+    is the same fixed sequence of operations whatever the data (no host sync).
+    """
+    dev = score.device
+    read_back = dev.type == "cpu" if read_back is None else read_back
+    level = torch.full_like(score, -float("inf"))
+    level[seed] = score[seed]
+    reached = torch.zeros(score.shape, dtype=torch.int16, device=dev)
+    front = [(c, c + 1) for c in seed]          # the box of the voxels that rose last step
+    for step in range(1, min(int(steps), 2047) + 1):
+        # after `step` steps only the cube of that radius around the seed can have risen: work there alone (or,
+        # reading back, only next to the voxels that rose the step before)
+        box = tuple(slice(max(a - 1, 0), min(b + 1, n)) for (a, b), n in zip(front, score.shape))
+        part = level[box]
+        grown = torch.minimum(_max_grow(part), score[box])
+        rose = grown > part
+        reached[box].masked_fill_(rose, step)
+        level[box] = grown
+        if read_back:
+            flat = rose.view(torch.uint8)
+            ij, jk = flat.amax(dim=2), flat.amax(dim=0)      # the cheap reductions: over the last, first axis
+            rows = [torch.nonzero(r).flatten() for r in (ij.amax(1), ij.amax(0), jk.amax(0))]
+            if rows[0].numel() == 0:
+                break
+            front = [(s.start + int(r[0]), s.start + int(r[-1]) + 1) for s, r in zip(box, rows)]
+        else:
+            front = [(max(c - step, 0), min(c + step + 1, n)) for c, n in zip(seed, score.shape)]
+    bits = level.view(torch.int32)
+    order = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64) * 2048 + (2047 - reached.to(torch.int64))
+    order = order.reshape(-1)
+    k = min(max(int(n_voxels), 1), order.numel())
+    threshold = torch.topk(order, k, sorted=False).values.min()
+    above = order > threshold
+    tie = order == threshold
+    blob = above | (tie & (torch.cumsum(tie, 0) <= k - above.sum()))
+    return (blob & (level.reshape(-1) > -float("inf"))).reshape(score.shape)
+
+
+def grow_component(allowed: VoxelReader, centre: torch.Tensor, found, n_voxels: int, g: torch.Generator,
+                   config: ProceduralLesionConfig, affine: np.ndarray, left=None, taken=()) -> Component:
+    """One irregular component of ``n_voxels`` voxels around ``centre`` (fewer when the tissue of its box that is
+    connected to the centre runs out).
+
+    The box reaches ``BOX_REACH`` times the ellipsoid's longest semi-axis (plus 2 voxels) from the centre, never
+    more than the map along an axis: room for the noise and for spreading along the tissue the component may
+    occupy. Its size is fixed on the host; where it lies is the device's centre.
+
+    Args:
+        allowed: voxels the component may occupy.
+        centre: ``(3,)`` int64 voxel on the device; ``found``: 0-d bool tensor, False for no component.
+        n_voxels: target size in voxels.
+        g: CPU generator (shape and noise draws).
+        config: elongation, roughness and noise scale.
+        affine: the grid's voxel -> world affine (the hemisphere test).
+        left: the side of world x = 0 the component keeps to (a 0-d bool tensor), or None for either.
+        taken: earlier components: their claims are not allowed.
+    """
+    n_voxels = max(1, int(n_voxels))
+    radius = (3.0 * n_voxels / (4.0 * math.pi)) ** (1.0 / 3.0)
+    log_axes = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * math.log(config.elongation)
+    axes = radius * torch.exp(log_axes - log_axes.mean())          # same volume as the sphere
+    rot = _random_rotation(g)
+    reach = math.ceil(BOX_REACH * float(axes.max()) + 2)
+    half = [min(reach, n - 1) for n in allowed.shape]
+    size = tuple(2 * h + 1 for h in half)
+    coeffs = fading_coefficients(g, size, max(2.0, config.noise_scale * radius))
+    dev = centre.device
+    lo = centre - to_device(torch.tensor(half), dev)
+    i, j, k = _box_axes(lo, size)
+    ok = allowed(i, j, k) & found
+    if left is not None:
+        ok = ok & _side(affine, i, j, k, left)
+    blocked = _blocked(taken, i, j, k)
+    if blocked is not None:
+        ok = ok & ~blocked
+    d = torch.stack(torch.meshgrid(*[torch.arange(n, device=dev, dtype=torch.float32) - h
+                                     for n, h in zip(size, half)], indexing="ij"), dim=-1)
+    rho = ((d @ to_device(rot.float(), dev)) / to_device(axes.float(), dev)).norm(dim=-1)
+    noise = smooth_field(to_device(coeffs, dev), size)[0, 0]
+    score = torch.where(ok, 1.0 - rho + config.roughness * noise, torch.full_like(rho, -float("inf")))
+    blob = best_connected(score, tuple(half), n_voxels, 2 * max(half))
+    return Component(lo, blob, _grow(torch.nn.functional.pad(blob, (1, 1, 1, 1, 1, 1))))
+
+
+def paste(components, out: torch.Tensor, origin=(0, 0, 0)) -> torch.Tensor:
+    """OR the components into the bool volume ``out`` whose first voxel is map voxel ``origin`` (the parts beyond
+    it are dropped); returns ``out``."""
+    if not components:
+        return out
+    spill = torch.zeros(out.numel() + 1, dtype=torch.bool, device=out.device)   # last: voxels beyond ``out``
+    one = torch.ones((), dtype=torch.bool, device=out.device)
+    for c in components:
+        i, j, k = c.axes(origin)
+        d, h, w = out.shape
+        inside = (i >= 0) & (i < d) & (j >= 0) & (j < h) & (k >= 0) & (k < w)
+        flat = (i.clamp(0, d - 1) * h + j.clamp(0, h - 1)) * w + k.clamp(0, w - 1)
+        spill.index_put_((torch.where(c.blob & inside, flat, out.numel()).reshape(-1),), one)
+    return out.logical_or_(spill[:-1].reshape(out.shape))
+
+
+def components_box(components, shape):
+    """``(lo, hi)`` voxel box of the components' voxels within a grid of ``shape``, or None if they have none.
+    Reads the device (use where that is free: on a CPU)."""
+    lo, hi = None, None
+    for c in components:
+        box = [torch.nonzero(c.blob.any(dim=tuple(b for b in range(3) if b != a))).flatten() for a in range(3)]
+        if any(b.numel() == 0 for b in box):
+            continue
+        start = [int(c.lo[a]) + int(box[a][0]) for a in range(3)]
+        stop = [int(c.lo[a]) + int(box[a][-1]) + 1 for a in range(3)]
+        lo = start if lo is None else [min(x, y) for x, y in zip(lo, start)]
+        hi = stop if hi is None else [max(x, y) for x, y in zip(hi, stop)]
+    if lo is None:
+        return None
+    return tuple(max(a, 0) for a in lo), tuple(min(b, n) for b, n in zip(hi, shape))
 
 
 def territory_gaussian(config: ProceduralLesionConfig, territory: int, u: float) -> tuple[list, np.ndarray]:
@@ -152,132 +320,6 @@ def _random_rotation(g: torch.Generator) -> torch.Tensor:
     return torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
                          [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
                          [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]], dtype=torch.float64)
-
-
-def grow_component(allowed: torch.Tensor, center, n_voxels: int, g: torch.Generator,
-                   config: ProceduralLesionConfig, blocked: torch.Tensor | None = None
-                   ) -> tuple[list[int], list[int], torch.Tensor] | None:
-    """One irregular blob of ``n_voxels`` voxels of ``allowed`` around ``center`` (fewer only when the tissue
-    26-connected to it runs out).
-
-    The search box starts at 1.6 x the ellipsoid's longest semi-axis and doubles while the blob is short of
-    ``n_voxels`` and the box does not yet span the grid: a big lesion next to the midline, the cortex or a
-    ventricle reaches its volume by spreading further along the tissue it may occupy.
-
-    Args:
-        allowed: ``(D, H, W)`` bool, voxels the blob may occupy.
-        center: voxel index of the blob's centre.
-        n_voxels: target size in voxels.
-        g: CPU generator (shape draws).
-        config: elongation, roughness and noise scale.
-        blocked: optional ``(D, H, W)`` bool, voxels the blob may not occupy after all (checked per box: cheaper
-            than ``allowed & ~blocked`` over the grid).
-
-    Returns:
-        ``(lo, hi, box_mask)``: the voxel box and the blob inside it, or None if nothing is allowed there.
-    """
-    n_voxels = max(1, int(n_voxels))
-    radius = (3.0 * n_voxels / (4.0 * math.pi)) ** (1.0 / 3.0)
-    log_axes = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * math.log(config.elongation)
-    axes = radius * torch.exp(log_axes - log_axes.mean())          # same volume as the sphere
-    rot = _random_rotation(g)
-    # 1.6 x the longest semi-axis leaves room for the noise and for tissue the ellipsoid cannot use
-    half = math.ceil(1.6 * float(axes.max()) + 2)
-    while True:
-        lo = [max(0, c - half) for c in center]
-        hi = [min(s, c + half + 1) for c, s in zip(center, allowed.shape)]
-        whole = all(a == 0 and b == s for a, b, s in zip(lo, hi, allowed.shape))
-        box = allowed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        if blocked is not None:
-            box = box & ~blocked[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        # a fresh noise grid per box (feature size fixed in voxels): only the last box's blob is kept
-        coeffs = fading_coefficients(g, tuple(box.shape), max(2.0, config.noise_scale * radius))
-        blob = _blob_in_box(box, [c - a for c, a in zip(center, lo)], n_voxels, axes, rot, coeffs, config)
-        if blob is None:                  # only when the centre is not allowed: growing finds nothing new
-            return None
-        if whole or int(blob.sum()) >= n_voxels or not _touches_inner_face(blob, lo, hi, allowed.shape):
-            return lo, hi, blob           # reached, or the tissue connected to the blob is used up
-        half *= 2
-
-
-def _touches_inner_face(blob: torch.Tensor, lo, hi, shape) -> bool:
-    """Whether ``blob`` reaches a face of its box that is not the grid's border (a bigger box adds tissue)."""
-    for axis in range(3):
-        if lo[axis] > 0 and bool(blob.select(axis, 0).any()):
-            return True
-        if hi[axis] < shape[axis] and bool(blob.select(axis, -1).any()):
-            return True
-    return False
-
-
-def _blob_in_box(box: torch.Tensor, center, n_voxels: int, axes: torch.Tensor, rot: torch.Tensor,
-                 coeffs: torch.Tensor, config: ProceduralLesionConfig) -> torch.Tensor | None:
-    """The ``n_voxels`` best-scoring voxels of ``box`` 26-connected to the peak (fewer if it runs out)."""
-    if not bool(box.any()):
-        return None
-    dev, shape = box.device, tuple(box.shape)
-    axes_ = [torch.arange(n, device=dev, dtype=torch.float32) - c for n, c in zip(shape, center)]
-    d = torch.stack(torch.meshgrid(*axes_, indexing="ij"), dim=-1)
-    q = (d @ rot.to(device=dev, dtype=torch.float32)) / axes.to(device=dev, dtype=torch.float32)
-    rho = q.norm(dim=-1)
-    noise = smooth_field(coeffs.to(dev), shape)[0, 0]
-    score = torch.where(box, 1.0 - rho + config.roughness * noise, torch.full_like(rho, -float("inf")))
-    available = int(box.sum())
-    if available <= n_voxels:
-        return _connected_to_peak(box, score)
-    flat = score.reshape(-1)
-
-    def part(k):          # the peak's component of the k best voxels: grows with k (nested sets, same peak)
-        return _connected_to_peak(score >= -torch.kthvalue(-flat, k).values, score)
-
-    k = n_voxels
-    blob = part(k)
-    for _ in range(4):    # noise peaks and tissue gaps split off fragments: grow the main body by as much
-        lost = n_voxels - int(blob.sum())
-        if lost <= 0 or k >= available:
-            break
-        k = min(k + lost, available)
-        blob = part(k)
-        if int(blob.sum()) > n_voxels:    # a bridge joined a large fragment: its n best voxels, largest part
-            inside = torch.where(blob, score, torch.full_like(score, -float("inf"))).reshape(-1)
-            return _largest_part(score >= -torch.kthvalue(-inside, n_voxels).values) & blob
-    return blob
-
-
-def _largest_part(selected: torch.Tensor) -> torch.Tensor:
-    """The largest 26-connected component of a 3D bool tensor (on the CPU)."""
-    from scipy import ndimage
-    labels, n = ndimage.label(selected.cpu().numpy(), structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= 1:
-        return selected
-    sizes = np.bincount(labels.ravel())[1:]
-    return torch.from_numpy(labels == 1 + int(np.argmax(sizes))).to(selected.device)
-
-
-def _connected_to_peak(selected: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """The 26-connected part of ``selected`` holding its highest-scoring voxel."""
-    peak = int(torch.argmax(torch.where(selected, score, torch.full_like(score, -float("inf")))))
-    if selected.device.type == "cpu":     # one labelling pass beats ~diameter max-pool passes on a CPU
-        from scipy import ndimage
-        labels, _ = ndimage.label(selected.numpy(), structure=np.ones((3, 3, 3), dtype=bool))
-        return torch.from_numpy(labels == labels.reshape(-1)[peak])
-    return _reconstruct(selected, peak)
-
-
-def _reconstruct(selected: torch.Tensor, peak: int) -> torch.Tensor:
-    """Geodesic reconstruction of ``selected`` from the flat voxel index ``peak`` by 3x3x3 max-pooling
-    (stays on the device: no host round trip)."""
-    sel = selected.to(torch.float32)[None, None]
-    seed = torch.zeros_like(sel).reshape(-1)
-    seed[peak] = 1.0
-    region = seed.reshape(sel.shape)
-    while True:
-        for _ in range(8):      # check convergence every 8 steps: fewer host syncs
-            region = torch.nn.functional.max_pool3d(region, 3, 1, 1) * sel
-        grown = torch.nn.functional.max_pool3d(region, 3, 1, 1) * sel
-        if torch.equal(grown, region):
-            return region[0, 0] > 0
-        region = grown
 
 
 def _interp_quantile(quantiles, u: float, log: bool) -> float:
@@ -338,42 +380,26 @@ def _cap_depth(share: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _claim(taken: torch.Tensor, lo, hi, blob: torch.Tensor) -> None:
-    """Mark ``blob`` (in box ``[lo, hi)``) and its 26-neighbours as taken, so later components stay apart."""
-    plo = [max(0, a - 1) for a in lo]
-    phi = [min(n, b + 1) for b, n in zip(hi, taken.shape)]
-    padded = torch.zeros([b - a for a, b in zip(plo, phi)], dtype=torch.float32, device=blob.device)
-    padded[lo[0] - plo[0]:hi[0] - plo[0], lo[1] - plo[1]:hi[1] - plo[1], lo[2] - plo[2]:hi[2] - plo[2]] = blob.float()
-    grown = torch.nn.functional.max_pool3d(padded[None, None], 3, 1, 1)[0, 0] > 0
-    taken[plo[0]:phi[0], plo[1]:phi[1], plo[2]:phi[2]] |= grown
-
-
-def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesionConfig,
-                      affine=None) -> torch.Tensor:
-    """One procedural stroke lesion mask on the grid of ``parenchyma``.
+def lesion_components(allowed: VoxelReader, key: int, config: ProceduralLesionConfig, affine=None,
+                      device=None) -> list[Component]:
+    """The components of the procedural lesion of ``key`` on a map read through ``allowed`` (the voxels a lesion
+    may occupy: GM, WM, PV), on ``device`` (default: the CPU). No read back from the device.
 
     Args:
-        parenchyma: ``(D, H, W)`` bool, voxels a lesion may occupy (GM, WM, PV).
+        allowed: the map's parenchyma, read at voxels.
         key: 64-bit integer that alone determines the lesion.
         config: the lesion distribution.
         affine: 4x4 voxel -> world (MNI mm, RAS+) of the grid; None assumes 1 mm RAS centred on world 0.
             Hemispheres are split at world x = 0; territories are placed in world mm.
-
-    Returns:
-        ``(D, H, W)`` bool mask on ``parenchyma``'s device (empty if the grid holds no parenchyma).
     """
-    shape = tuple(parenchyma.shape)
+    shape = allowed.shape
     affine = grid_affine(shape, affine)
+    dev = torch.device("cpu") if device is None else torch.device(device)
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
     g = torch.Generator().manual_seed(int(key))
     plan = draw_lesion_plan(g, config)
-    x_world = _x_world(shape, affine, parenchyma.device)
-    sides = {True: parenchyma & (x_world < 0), False: parenchyma & (x_world >= 0)}
-    mask = torch.zeros(shape, dtype=torch.bool, device=parenchyma.device)
     straddle = plan["bilateral"] and plan["count"] == 1
-
-    def allowed_for(left: bool):
-        return parenchyma if (config.cross_midline or straddle) else sides[left]
+    keep_side = not (config.cross_midline or straddle)
 
     mean, cov = territory_gaussian(config, plan["territory"], plan["u_component"])
     n_main = round(plan["volume_ml"] * plan["main_share"] / voxel_ml)
@@ -388,35 +414,42 @@ def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesi
         cov = flip @ cov @ flip
     else:
         mean[0] = abs(mean[0])
-    centre = _sample_centre(sides[plan["left"]], mean, cov, affine, plan["u_centre"])
-    if centre is None:                               # no parenchyma on that side: try the other one
-        centre = _sample_centre(parenchyma, mean, cov, affine, plan["u_centre"])
-        if centre is None:
-            return mask
-    left = bool(x_world[tuple(centre)] < 0)
-    main = grow_component(allowed_for(left), centre, n_main, g, config)
-    taken = torch.zeros_like(mask)
-    if main is not None:
-        lo, hi, blob = main
-        mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= blob
-        _claim(taken, lo, hi, blob)
-    centre_mm = (affine[:3, :3] @ np.asarray(centre, dtype=np.float64) + affine[:3, 3]).tolist()
+    chol = np.linalg.cholesky(cov + np.eye(3) * 1e-6)
+    mean = to_device(torch.tensor(mean, dtype=torch.float64), dev)
+    centre, found = _pick_centre(allowed, mean, chol, affine, plan["u_centre"], plan["left"], either_side=True)
+    left = _side(affine, *centre.unbind(), True)       # the side it landed on (the other when that had none)
+    main = grow_component(allowed, centre, found, n_main, g, config, affine, left if keep_side else None)
+    taken = [main]
+    lin, off = (to_device(torch.as_tensor(a), dev) for a in (affine[:3, :3], affine[:3, 3]))
+    centre_mm = lin @ centre.to(torch.float64) + off
+    spread = np.eye(3) * config.satellite_distance_mm
     for i, share in enumerate(plan["satellite_shares"]):
-        sat_left = (not left) if (plan["bilateral"] and i == 0) else left
-        sat_mean = list(centre_mm)
-        if sat_left != left:                          # the bilateral partner: mirror across the midline
+        partner = plan["bilateral"] and i == 0       # the bilateral partner: mirrored across the midline
+        sat_left = ~left if partner else left
+        sat_mean = centre_mm.clone()
+        if partner:
             sat_mean[0] = -sat_mean[0]
         u = float(torch.rand(1, generator=g, dtype=torch.float64))
-        spread = [config.satellite_distance_mm] * 3
         # satellites keep clear of earlier components (not touching them): their volume adds up and the
         # component count is the drawn one
-        sat = _sample_centre(sides[sat_left], sat_mean, spread, affine, u, blocked=taken)
-        if sat is None:
-            continue
-        grown = grow_component(allowed_for(sat_left), sat, round(plan["volume_ml"] * share / voxel_ml), g, config,
-                               blocked=taken)
-        if grown is not None:
-            lo, hi, blob = grown
-            mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= blob
-            _claim(taken, lo, hi, blob)
-    return mask
+        sat, sat_found = _pick_centre(allowed, sat_mean, spread, affine, u, sat_left, either_side=False,
+                                      taken=taken)
+        n = round(plan["volume_ml"] * share / voxel_ml)
+        taken.append(grow_component(allowed, sat, sat_found & found, n, g, config, affine,
+                                    sat_left if keep_side else None, taken))
+    return taken
+
+
+def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesionConfig,
+                      affine=None) -> torch.Tensor:
+    """One procedural stroke lesion mask on the grid of ``parenchyma`` (:func:`lesion_components`, pasted).
+
+    Args:
+        parenchyma: ``(D, H, W)`` bool, voxels a lesion may occupy (GM, WM, PV).
+        key, config, affine: as for :func:`lesion_components`.
+
+    Returns:
+        ``(D, H, W)`` bool mask on ``parenchyma``'s device (empty if the grid holds no parenchyma).
+    """
+    comps = lesion_components(VoxelReader.of(parenchyma), key, config, affine, parenchyma.device)
+    return paste(comps, torch.zeros(parenchyma.shape, dtype=torch.bool, device=parenchyma.device))

@@ -8,7 +8,7 @@ from ..config import LabelConfig, LesionConfig
 from ..device import to_device
 from .masks import MaskBank, list_mask_files, load_mask_bank, mask_bank_from_items, masks_from_tensor, store_mask_items
 from .morphology import fading_coefficients, fading_config, soft_cp_config
-from .procedural import procedural_lesion
+from .procedural import VoxelReader, components_box, lesion_components, paste
 
 try:
     from ..sampling import generator_for
@@ -18,6 +18,14 @@ except ImportError:      # pragma: no cover - sampling.py is written alongside
 
 PARENCHYMA = (1, 2, 3)      # GM, WM, GM/WM partial volume
 BRAIN = (1, 2, 3, 4)        # parenchyma and CSF
+
+
+def _wanted(tissue: torch.Tensor, classes, class_of_label):
+    """Per label (channel), whether its tissue class is one of ``classes``."""
+    if class_of_label is None:
+        class_of_label = LabelConfig().class_table()
+    classes = {int(c) for c in classes}
+    return [int(c) in classes for c in class_of_label]
 
 
 def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Tensor:
@@ -30,16 +38,27 @@ def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Te
             (:meth:`synthgen.config.LabelConfig.class_table`); None: our convention (labels 0-4 are their own
             class, 5+ non-brain).
     """
-    if class_of_label is None:
-        class_of_label = LabelConfig().class_table()
-    classes = {int(c) for c in classes}
-    wanted = [int(c) in classes for c in class_of_label]
+    wanted = _wanted(tissue, classes, class_of_label)
     if tissue.is_floating_point():
         idx = to_device(torch.tensor([k for k in range(min(tissue.shape[1], len(wanted))) if wanted[k]]),
                         tissue.device)
         return tissue.index_select(1, idx).sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
     table = to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
     return table[tissue.long()].to(torch.float32)
+
+
+def tissue_reader(tissue: torch.Tensor, classes, class_of_label=None) -> VoxelReader:
+    """Where ``tissue_share(tissue[None], classes) > 0.5`` for one map ``(C, D, H, W)``, read only at the voxels
+    asked for (:class:`synthgen.lesions.procedural.VoxelReader`)."""
+    wanted = _wanted(tissue, classes, class_of_label)
+    if tissue.is_floating_point():
+        idx = to_device(torch.tensor([k for k in range(min(tissue.shape[0], len(wanted))) if wanted[k]]),
+                        tissue.device)
+        flat = tissue.index_select(0, idx).reshape(len(idx), -1)
+        return VoxelReader(lambda at: flat[:, at].sum(0).clamp(0, 1) > 0.5, tissue.shape[1:])
+    table = to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
+    flat = tissue[0].reshape(-1)
+    return VoxelReader(lambda at: table[flat[at].long()], tissue.shape[1:])
 
 
 class LesionSource:
@@ -161,13 +180,12 @@ class LesionSource:
         return affine            # a "voxel" bank ignores it (MaskBank.grid_affine); procedural lesions use it
 
     def _plan(self, tissue, keys, affine, classes):
-        """Per sample: its generator, and its lesion as ``("bank", mask indices, grid box)``, ``("mask", dense
-        (D, H, W) bool mask, box)`` (procedural), or None (lesion-free). The random draws of a key come in one
+        """Per sample: its generator, and its lesion as ``("bank", mask indices, grid box)``, ``("procedural",
+        components, grid box)``, or None (lesion-free). The random draws of a key come in one
         fixed order, whatever the batch."""
         cfg = self.config
         shape = tuple(tissue.shape[2:])
         plans, gens = [], []
-        parenchyma = None
         for i, key in enumerate(keys):
             g = generator_for(int(key), "cpu")
             gens.append(g)
@@ -184,13 +202,13 @@ class LesionSource:
                     box = _union(box, self.bank.placement(j, shape, affine))
                 plans.append(("bank", js, box) if box is not None else None)
                 continue
-            if parenchyma is None:
-                parenchyma = tissue_share(tissue, PARENCHYMA, classes) > 0.5
-            mask = torch.zeros(shape, dtype=torch.bool, device=tissue.device)
+            allowed = tissue_reader(tissue[i], PARENCHYMA, classes)
+            comps = []
             for j in range(n):
-                mask |= procedural_lesion(parenchyma[i, 0], sub_key + j, cfg.procedural, affine)
-            box = _bounding_box(mask, 0)
-            plans.append(("mask", mask, tuple(zip(*box))) if box is not None else None)
+                comps += lesion_components(allowed, sub_key + j, cfg.procedural, affine, tissue.device)
+            # the box of its voxels where reading it back is free (a CPU), else the whole map: no host sync
+            box = components_box(comps, shape) if tissue.device.type == "cpu" else ((0, 0, 0), shape)
+            plans.append(("procedural", comps, box) if box is not None else None)
         return plans, gens
 
     def sample_masks(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None):
@@ -205,7 +223,7 @@ class LesionSource:
                 for j in plan[1]:
                     self.bank.paste(j, masks[i, 0], affine)
             elif plan is not None:
-                masks[i, 0] = plan[1]
+                paste(plan[1], masks[i, 0])
         return masks, gens
 
     def sample(self, tissue: torch.Tensor, keys: list[int], affine=None, classes=None, region=None):
@@ -275,7 +293,8 @@ class LesionSource:
                 for j in plan[1]:
                     self.bank.paste(j, canvas, affine, origin=c_lo)
             else:
-                canvas = plan[1][c_lo[0]:c_hi[0], c_lo[1]:c_hi[1], c_lo[2]:c_hi[2]]
+                canvas = paste(plan[1], torch.zeros([b - a for a, b in zip(c_lo, c_hi)], dtype=torch.bool,
+                                                    device=tissue.device), c_lo)
             inner = (0, slice(None), *(slice(a - c, b - c) for a, b, c in zip(*box, c_lo)))
             w = soft_cp_config(canvas[None, None], cfg.softcp)[inner][None]
             lab = canvas[None, None][inner][None].to(torch.float32) if cfg.target == "mask" else w
@@ -315,15 +334,3 @@ def _union(a, b):
     if a is None or b is None:
         return a if b is None else b
     return (tuple(min(x, y) for x, y in zip(a[0], b[0])), tuple(max(x, y) for x, y in zip(a[1], b[1])))
-
-
-def _bounding_box(mask: torch.Tensor, pad: int):
-    """``((lo, hi),) * 3`` around the true voxels of a 3D mask, grown by ``pad`` and clipped; None if empty."""
-    if not bool(mask.any()):
-        return None
-    box = []
-    for dim in range(3):
-        others = [d for d in range(3) if d != dim]
-        idx = torch.nonzero(mask.any(dim=others[1]).any(dim=others[0])).flatten()
-        box.append((max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, mask.shape[dim])))
-    return tuple(box)
