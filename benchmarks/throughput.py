@@ -15,7 +15,8 @@ rescale, flips, z-normalisation). Peers get the tissue map already cropped to th
 ours, which crops through the warp). Timings: median and p20-p80 over repeats after one warm-up, wall clock
 with device synchronisation. Each synthgen row also gets the roofline floor of benchmarks/roofline.py
 (max(bytes / measured copy bandwidth, flop / --peak-tflops) per sample) and, on CUDA, its peak extra memory per
-sample against the size of its outputs. Numbers compare only within one run on one machine. Never pass/fail.
+sample against the size of its outputs. The stage columns are the mean of up to 5 profiled batches after the
+timed ones. Numbers compare only within one run on one machine. Never pass/fail.
 """
 from __future__ import annotations
 
@@ -270,10 +271,12 @@ def main(argv=None):
                     row["floor_ms"], row["bytes_per_sample"] = floor_ms(gen, tissue, size, batch, bandwidth,
                                                                         args.peak_tflops)
                     row["ratio_to_floor"] = row["ms_per_sample"] / row["floor_ms"]
-                    gen.profile, gen.stage_ms = True, {}
+                    # stages averaged over a few more batches: a lesion's cost varies with its drawn size
+                    gen.profile, gen.stage_ms, profiled = True, {}, min(repeats, 5)
                     with forced_backend(backend):
-                        run()
-                    row["stage_ms"] = {k: round(v / batch, 2) for k, v in gen.stage_ms.items()}
+                        for _ in range(profiled):
+                            run()
+                    row["stage_ms"] = {k: round(v / batch / profiled, 2) for k, v in gen.stage_ms.items()}
                     if "lesion" in row["stage_ms"] and sum(row["stage_ms"].values()) > 0:
                         row["lesion_share"] = row["stage_ms"]["lesion"] / sum(row["stage_ms"].values())
                 rows.append(row)

@@ -111,20 +111,23 @@ def test_batches_made_ahead_on_a_side_stream_equal_the_inline_ones():
             assert torch.equal(a, b) and torch.equal(ta, tb)
 
 
-@pytest.mark.gpu
-def test_generation_never_waits_for_the_device(monkeypatch):
-    """No host sync in a batch (after the map's one-off check): the host can queue batches ahead of the GPU."""
-    monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
-    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)))
-    tissue = default_tissue_map(device="cuda")
-    gen(tissue, seed=0, batch_size=2)                                # compile; check the map once
+def _never_waits(gen, tissue, affine=None):
+    """Batches after the first (compile; the map's and the path's one-off checks) make no host sync."""
+    gen(tissue, seed=0, batch_size=2, affine=affine)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i in range(3):
-            gen(tissue, seed=0, index=2 * i, batch_size=2)
+            gen(tissue, seed=0, index=2 * i, batch_size=2, affine=affine)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+def test_generation_never_waits_for_the_device(monkeypatch):
+    """No host sync in a batch (after the map's one-off check): the host can queue batches ahead of the GPU."""
+    monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
+    _never_waits(synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96))), default_tissue_map(device="cuda"))
 
 
 @pytest.mark.gpu
@@ -156,14 +159,7 @@ def test_mask_lesions_on_the_device_never_wait_for_it(monkeypatch):
     masks[1, 120:140, 100:130, 60:85] = 1
     masks[2, 0:10, 0:10, 0:10] = 1
     gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)), lesions=LesionSource.from_tensor(masks))
-    gen(tissue, seed=0, batch_size=2, affine=affine)               # compile; check the map and the path once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for i in range(3):
-            gen(tissue, seed=0, index=2 * i, batch_size=2, affine=affine)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    _never_waits(gen, tissue, affine)
 
 
 @pytest.mark.gpu
@@ -176,14 +172,7 @@ def test_procedural_lesions_on_the_device_never_wait_for_it(monkeypatch):
     tissue, affine = default_tissue_map(device="cuda", with_affine=True)
     src = LesionSource.procedural(affine, LesionConfig(healthy_probability=0.0))
     gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)), lesions=src)
-    gen(tissue, seed=0, batch_size=2, affine=affine)               # compile; check the map and the path once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for i in range(3):
-            gen(tissue, seed=0, index=2 * i, batch_size=2, affine=affine)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    _never_waits(gen, tissue, affine)
     keys = [3, 4]
     on_gpu, _ = src.sample_masks(tissue.expand(2, -1, -1, -1, -1), keys)
     on_cpu, _ = src.sample_masks(tissue.cpu().expand(2, -1, -1, -1, -1), keys)

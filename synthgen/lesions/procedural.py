@@ -37,7 +37,7 @@ import torch
 from ..config import ProceduralLesionConfig
 from ..device import to_device
 from ..fields import smooth_field
-from .morphology import _grow, fading_coefficients
+from .morphology import dilate, fading_coefficients
 
 BOX_REACH = 1.6     # a component's box reaches this many of its ellipsoid's longest semi-axes from its centre
 TRIES = 256         # Gaussian candidate centres, then 4 x as many from a 3 x wider one, then 16 x as many uniform
@@ -66,10 +66,16 @@ class VoxelReader:
         return cls(lambda idx: flat[idx], volume.shape)
 
     def __call__(self, i, j, k) -> torch.Tensor:
-        d, h, w = self.shape
-        inside = (i >= 0) & (i < d) & (j >= 0) & (j < h) & (k >= 0) & (k < w)
-        flat = (i.clamp(0, d - 1) * h + j.clamp(0, h - 1)) * w + k.clamp(0, w - 1)
+        flat, inside = _flat_index(self.shape, i, j, k)
         return self.values_at(flat) & inside
+
+
+def _flat_index(shape, i, j, k):
+    """Flat indices of voxels ``(i, j, k)`` in a C-ordered volume of ``shape`` (clamped into it), and whether
+    each lies inside it."""
+    d, h, w = shape
+    inside = (i >= 0) & (i < d) & (j >= 0) & (j < h) & (k >= 0) & (k < w)
+    return (i.clamp(0, d - 1) * h + j.clamp(0, h - 1)) * w + k.clamp(0, w - 1), inside
 
 
 @dataclass
@@ -256,7 +262,7 @@ def grow_component(allowed: VoxelReader, centre: torch.Tensor, found, n_voxels: 
     noise = smooth_field(to_device(coeffs, dev), size)[0, 0]
     score = torch.where(ok, 1.0 - rho + config.roughness * noise, torch.full_like(rho, -float("inf")))
     blob = best_connected(score, tuple(half), n_voxels, 2 * max(half))
-    return Component(lo, blob, _grow(torch.nn.functional.pad(blob, (1, 1, 1, 1, 1, 1))))
+    return Component(lo, blob, dilate(torch.nn.functional.pad(blob, (1, 1, 1, 1, 1, 1))))
 
 
 def paste(components, out: torch.Tensor, origin=(0, 0, 0)) -> torch.Tensor:
@@ -267,10 +273,7 @@ def paste(components, out: torch.Tensor, origin=(0, 0, 0)) -> torch.Tensor:
     spill = torch.zeros(out.numel() + 1, dtype=torch.bool, device=out.device)   # last: voxels beyond ``out``
     one = torch.ones((), dtype=torch.bool, device=out.device)
     for c in components:
-        i, j, k = c.axes(origin)
-        d, h, w = out.shape
-        inside = (i >= 0) & (i < d) & (j >= 0) & (j < h) & (k >= 0) & (k < w)
-        flat = (i.clamp(0, d - 1) * h + j.clamp(0, h - 1)) * w + k.clamp(0, w - 1)
+        flat, inside = _flat_index(out.shape, *c.axes(origin))
         spill.index_put_((torch.where(c.blob & inside, flat, out.numel()).reshape(-1),), one)
     return out.logical_or_(spill[:-1].reshape(out.shape))
 
