@@ -78,24 +78,25 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
         warped = ops.grid_pull(tissue, coords, "nearest")
         label = warped.long()
     target = classes[label]                                                  # (B, 1, *crop) uint8
-    w_int = None
+    image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture)
     if lesion is not None:
-        # only the output voxels that can see the lesion's box pull its weights (the rest are 0: the lesion's cost
-        # follows its box, not the crop)
+        # only the output voxels that can see the lesion's box pull its weights and blend it in (elsewhere its
+        # weight is 0, which leaves the voxel as it is: the lesion's cost follows its box, not the crop); the blend
+        # is gmm_sample's, voxel for voxel
         lo = fast.lesion_offset(lesion)
         hi = tuple(a + n for a, n in zip(lo, lesion[0].shape[2:]))
         weights = torch.cat([lesion[0], lesion[1]], 1).float()
         offset = to_device(torch.tensor(lo, dtype=coords.dtype), coords.device)
-        w = torch.zeros((coords.shape[0], 2, *crop), dtype=torch.float32, device=coords.device)
+        mu, sigma = params.gmm_mu[:, -1], params.gmm_sigma[:, -1]
         for b, box in enumerate(ops.seeing_box(crop, params.matrix, params.center, params.elastic, lo, hi)):
             if box is None:
                 continue
-            sl = (slice(b, b + 1), *(slice(a, z) for a, z in zip(*box)))
-            w[(sl[0], slice(None), *sl[1:])] = ops.grid_pull(weights[b:b + 1] if weights.shape[0] > 1 else weights,
-                                                            coords[sl] - offset, "linear")
-        w_int, w_lab = w[:, :1].clamp(0, 1), w[:, 1:]
-        target = torch.where(w_lab > threshold, torch.full_like(target, lesion_class), target)
-    image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture, w_int)
+            sl = (slice(b, b + 1), slice(None), *(slice(a, z) for a, z in zip(*box)))
+            w = ops.grid_pull(weights[b:b + 1] if weights.shape[0] > 1 else weights, coords[sl[:1] + sl[2:]] - offset,
+                              "linear")
+            w_int, w_lab = w[:, :1].clamp(0, 1), w[:, 1:]
+            target[sl] = torch.where(w_lab > threshold, torch.full_like(target[sl], lesion_class), target[sl])
+            image[sl] = image[sl] * (1 - w_int) + (mu[b] + sigma[b] * texture[sl]) * w_int
     return ops.bias_field(image, params.bias), target
 
 

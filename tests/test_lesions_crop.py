@@ -171,3 +171,30 @@ def test_procedural_weights_do_not_depend_on_their_box(monkeypatch):
     inner = (slice(None), slice(None), *(slice(a, b) for a, b in zip(*region)))
     assert torch.equal(part[0][inner], tight[0][inner]) and torch.equal(part[1][inner], tight[1][inner])
     assert not part[1].sum() > tight[1].sum()
+
+
+def test_reference_blends_the_lesion_only_where_it_is_seen():
+    """The reference warp pulls and blends a lesion only where output voxels see its box: the image and target of
+    gmm_sample's blend of the weights pulled over the whole crop (an independent full-grid computation)."""
+    from synthgen import fast
+    from synthgen.generator import warp_sample_ref
+    from synthgen.lesions.source import dense_weights
+    tissue = phantom_labels(SHAPE).expand(2, -1, -1, -1, -1)
+    cfg = GeneratorConfig(crop=(16, 18, 14))
+    p = synthgen.SynthGenerator(cfg).sample_params((1, 1, *SHAPE), seed=2, batch=2)
+    masks = torch.zeros(2, *SHAPE)
+    masks[0, 8:20, 10:24, 9:22] = 1
+    masks[1, 0:9, 20:36, 20:32] = 1       # at the map's border
+    src = LesionSource.from_tensor(masks, config=LesionConfig(healthy_probability=0.0, count=(2, 2), clip_to="none"))
+    lesion = src.sample(tissue, [1, 2])
+    texture = torch.randn(2, 1, *cfg.crop, generator=torch.Generator().manual_seed(0))
+    table, lesion_class = fast.label_tables(cfg, "cpu")
+    image, target = warp_sample_ref(tissue, lesion, p, texture, cfg.crop, table, lesion_class, cfg.lesion_threshold)
+    coords = ops.affine_elastic_coords(cfg.crop, p.matrix, p.center, p.elastic)
+    w = ops.grid_pull(torch.cat(dense_weights(lesion, tissue), 1), coords, "linear")
+    warped = ops.grid_pull(tissue, coords, "nearest")
+    expected = ops.bias_field(ops.gmm_sample(warped, p.gmm_mu, p.gmm_sigma, texture, w[:, :1].clamp(0, 1)), p.bias)
+    labels = torch.where(w[:, 1:] > cfg.lesion_threshold, torch.tensor(lesion_class, dtype=torch.uint8),
+                         table[warped.long()])
+    assert (labels == lesion_class).any() and torch.equal(target, labels)
+    torch.testing.assert_close(image, expected, atol=1e-5, rtol=1e-5)

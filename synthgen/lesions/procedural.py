@@ -256,9 +256,11 @@ def grow_component(allowed: VoxelReader, centre: torch.Tensor, found, n_voxels: 
     blocked = _blocked(taken, i, j, k)
     if blocked is not None:
         ok = ok & ~blocked
-    d = torch.stack(torch.meshgrid(*[torch.arange(n, device=dev, dtype=torch.float32) - h
-                                     for n, h in zip(size, half)], indexing="ij"), dim=-1)
-    rho = ((d @ to_device(rot.float(), dev)) / to_device(axes.float(), dev)).norm(dim=-1)
+    # the ellipsoid radius of each voxel's offset d from the centre: |(d R) / axes|, a broadcast sum per axis
+    d = [(torch.arange(n, device=dev, dtype=torch.float32) - h).reshape([-1 if b == a else 1 for b in range(3)])
+         for a, (n, h) in enumerate(zip(size, half))]
+    scale = (rot / axes).tolist()                       # R[a, b] / axes[b], host floats
+    rho = sum((d[0] * scale[0][b] + d[1] * scale[1][b] + d[2] * scale[2][b]) ** 2 for b in range(3)).sqrt()
     noise = smooth_field(to_device(coeffs, dev), size)[0, 0]
     score = torch.where(ok, 1.0 - rho + config.roughness * noise, torch.full_like(rho, -float("inf")))
     blob = best_connected(score, tuple(half), n_voxels, 2 * max(half))
