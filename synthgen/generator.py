@@ -166,7 +166,7 @@ class SynthGenerator:
         lesions: an object with ``sample(tissue, keys, affine=None, classes=None, region=None) ->
             (intensity_weight, label_weight[, offset]) | None`` (see :class:`synthgen.lesions.LesionSource`:
             ``affine`` is the map's voxel -> world affine, ``classes`` the tissue class of each label, ``region``
-            the map box the crops reach), or None for healthy samples.
+            per sample the map box ``(lo, hi)`` its crop reaches, or None), or None for healthy samples.
     """
 
     def __init__(self, config: GeneratorConfig | None = None, lesions=None):
@@ -279,12 +279,15 @@ class SynthGenerator:
         with self._stage("lesion", dev):
             lesion = None
             if self.lesions:
-                # lesion weights only where the crops can reach (from the host copies of the parameters); one
-                # lesion per anatomy, shared by its contrasts
+                # lesion weights only where each sample's crop can reach (from the host copies of the parameters);
+                # one lesion per anatomy, shared by its contrasts
                 pc = params.to("cpu")
-                reach = ops.reach_box(crop, pc.matrix, pc.center, pc.elastic, tissue.shape[2:])
-                lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key[::C]], affine=affine,
-                                             classes=cfg.labels.class_table(), region=reach) if reach else None
+                reach = [ops.reach_box(crop, pc.matrix[r:r + 1], pc.center[r:r + 1],
+                                       None if pc.elastic is None else pc.elastic[r:r + 1], tissue.shape[2:])
+                         for r in range(0, n * C, C)]
+                if any(box is not None for box in reach):
+                    lesion = self.lesions.sample(tissue, [int(k) for k in params.lesion_key[::C]], affine=affine,
+                                                 classes=cfg.labels.class_table(), region=reach)
         if C > 1:       # each contrast a row of its own through the same pipeline (one launch per pass)
             # one map for the batch stays one (a stride-0 view); per-sample maps repeat for each contrast
             tissue = tissue[:1].expand(n * C, *tissue.shape[1:]) if one_map else tissue.repeat_interleave(C, 0)

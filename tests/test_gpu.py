@@ -176,5 +176,6 @@ def test_procedural_lesions_on_the_device_never_wait_for_it(monkeypatch):
     keys = [3, 4]
     on_gpu, _ = src.sample_masks(tissue.expand(2, -1, -1, -1, -1), keys)
     on_cpu, _ = src.sample_masks(tissue.cpu().expand(2, -1, -1, -1, -1), keys)
-    agree = (on_gpu.cpu() == on_cpu).float().mean()
-    assert on_cpu.any() and float(agree) > 0.9999, float(agree)
+    for a, b in zip(on_gpu.cpu(), on_cpu):         # each sample's lesion, not the map's background
+        dice = 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+        assert b.any() and dice > 0.99, dice

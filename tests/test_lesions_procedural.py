@@ -128,7 +128,7 @@ def test_lesion_touching_volume_border():
     touched = 0
     for key in range(10):
         m = procedural_lesion(t[0, 0] == 2, key, cfg, None)
-        assert abs(int(m.sum()) - 1000) <= 150            # 1 mL at 1 mm; regrowth after dropping fragments
+        assert int(m.sum()) == 1000                       # 1 mL at 1 mm, exactly: the tissue does not run out
         assert ndimage.label(m.numpy(), CUBE)[1] == 1     # one component stays one component
         touched += bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any()
                         or m[:, :, -1].any())
@@ -163,9 +163,11 @@ def _best_paths(score: np.ndarray, seed) -> np.ndarray:
     return best
 
 
-def _random_score(g, shape, keep=0.6):
+def _random_score(g, shape, keep=0.6, levels=4):
+    """Scores on a few levels (ties everywhere: the arrival-step tie-break decides), -inf where not allowed."""
     allowed = torch.rand(shape, generator=g) < keep
-    score = torch.where(allowed, torch.rand(shape, generator=g), torch.tensor(-float("inf")))
+    score = torch.randint(0, levels, shape, generator=g).float() / levels
+    score = torch.where(allowed, score, torch.tensor(-float("inf")))
     seed = tuple(n // 2 for n in shape)
     score[seed] = 0.95
     return score, seed
@@ -210,9 +212,22 @@ def test_max_grow_is_the_3x3x3_maximum():
     assert torch.equal(_max_grow(r), torch.nn.functional.max_pool3d(r[None, None], 3, 1, 1)[0, 0])
 
 
+def test_scarce_parenchyma_is_still_found():
+    """Two specks of tissue (3^3 voxels, the lattice's spacing on this grid) far from every territory's Gaussian:
+    the shuffled lattice of candidates finds them for every key (the Gaussian and uniform candidates alone miss
+    about 3 in 4)."""
+    par = torch.zeros(96, 96, 96, dtype=torch.bool)
+    par[5:8, 80:83, 6:9] = True
+    par[84:87, 7:10, 60:63] = True
+    cfg = dataclasses.replace(ProceduralLesionConfig(), volume_quantiles_ml=(0.01, 0.02), cross_midline=True)
+    for key in range(20):
+        m = procedural_lesion(par, key, cfg, None)
+        assert m.any() and not (m & ~par).any()
+
+
 def test_large_lesions_deliver_the_drawn_volume():
-    # 150 mL (~2300 voxels at 4 mm) in one hemisphere of the small brain: the search box grows until the
-    # drawn volume is reached; satellites keep clear of the main body, so their volumes add up
+    # 150 mL (~2300 voxels at 4 mm) in one hemisphere of the small brain: the box (from the drawn volume) holds
+    # enough tissue to reach it; satellites keep clear of the main body, so their volumes add up
     tissue, affine = LOWRES
     for pmf in ((1.0,), (0.0, 0.0, 1.0)):
         cfg = dataclasses.replace(ProceduralLesionConfig(), volume_quantiles_ml=(150.0, 150.0),

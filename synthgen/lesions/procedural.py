@@ -15,7 +15,8 @@ Beyond the paper (which pastes real ATLAS masks). One lesion is one vascular eve
    irregular and the shape follows the tissue it may occupy): the component is the ``n`` voxels best connected
    to the centre, those whose best path from it (through allowed voxels) has the highest lowest score (a
    grayscale reconstruction of the score from the centre). It is one 26-connected component of ``n`` voxels,
-   or of every allowed voxel of its box connected to the centre when the tissue runs out;
+   or of every allowed voxel of its box connected to the centre (within twice the box's reach) when the tissue
+   runs out;
 4. satellites (the other components) share the remaining volume and sit around the main one (Gaussian
    offset, same hemisphere unless the lesion is bilateral), clear of the components before them.
 
@@ -41,6 +42,7 @@ from .morphology import dilate, fading_coefficients
 
 BOX_REACH = 1.6     # a component's box reaches this many of its ellipsoid's longest semi-axes from its centre
 TRIES = 256         # Gaussian candidate centres, then 4 x as many from a 3 x wider one, then 16 x as many uniform
+LATTICE = 32768     # and last a shuffled lattice of about this many voxels over the whole grid
 
 
 def grid_affine(shape, affine=None) -> np.ndarray:
@@ -117,7 +119,9 @@ def _side(affine: np.ndarray, i, j, k, left) -> torch.Tensor:
 def _candidates(mean_mm: torch.Tensor, chol: np.ndarray, affine: np.ndarray, shape, u: float) -> torch.Tensor:
     """Candidate centres ``(N, 3)`` (int64 voxels on ``mean_mm``'s device) in the order they are tried: ``TRIES``
     Gaussian(mean, chol chol^T) points, then ``4 TRIES`` of a Gaussian 3 x wider (the allowed voxels may sit in
-    its tail), then ``16 TRIES`` uniform over the grid. Drawn on the CPU from ``u``; mapped on the device."""
+    its tail), then ``16 TRIES`` uniform over the grid, then every voxel of a lattice of about ``LATTICE`` voxels
+    spanning the grid, shuffled (only tissue that fits between its points, with every uniform point missing it,
+    goes unfound). Drawn on the CPU from ``u``; mapped on the device."""
     dev = mean_mm.device
     g = torch.Generator().manual_seed(int(u * 2 ** 53))
     z = torch.cat([torch.randn(TRIES, 3, generator=g, dtype=torch.float64),
@@ -128,7 +132,11 @@ def _candidates(mean_mm: torch.Tensor, chol: np.ndarray, affine: np.ndarray, sha
     off = to_device(torch.as_tensor(inv[:3, :3]), dev) @ mean_mm + to_device(torch.as_tensor(inv[:3, 3]), dev)
     gauss = torch.round(to_device(z, dev) @ lin.T + off)
     uniform = torch.floor(torch.rand(16 * TRIES, 3, generator=g, dtype=torch.float64) * torch.tensor(shape))
-    return torch.cat([gauss, to_device(uniform, dev)]).to(torch.int64)
+    stride = max(1, math.ceil((math.prod(shape) / LATTICE) ** (1 / 3)))
+    lattice = torch.cartesian_prod(*[torch.arange(min(stride // 2, n - 1), n, stride, dtype=torch.float64)
+                                     for n in shape]).reshape(-1, 3)
+    lattice = lattice[torch.randperm(len(lattice), generator=g)]
+    return torch.cat([gauss, to_device(torch.cat([uniform, lattice]), dev)]).to(torch.int64)
 
 
 def _pick_centre(allowed: VoxelReader, mean_mm: torch.Tensor, chol: np.ndarray, affine: np.ndarray, u: float,
@@ -174,16 +182,18 @@ def best_connected(score: torch.Tensor, seed, n_voxels: int, steps: int, read_ba
     """The ``n_voxels`` voxels best connected to voxel ``seed`` of ``score`` (``(D, H, W)`` float32, -inf where not
     allowed): 26-connected to it and, among those, the highest by the lowest score along their best path.
 
-    That value is the grayscale reconstruction of ``score`` from ``seed``, grown ``steps`` voxels (paths of at
-    most ``steps`` voxels; on a CPU it stops once nothing changes, with the same result). Its upper level sets
-    are connected and hold the seed; ties are broken by the step at which a voxel reached its value (its
-    predecessor on the path got there earlier), then by voxel order, so any ``n`` first voxels stay connected.
-    Fewer voxels when fewer are connected; none when the seed is not allowed.
+    That value is the grayscale reconstruction of ``score`` from ``seed`` over paths of at most ``steps`` moves
+    (at most 2047). Its upper level sets are connected and hold the seed; ties are broken by the step at which a
+    voxel reached its value (its predecessor on the path got there earlier), then by voxel order, so any ``n``
+    first voxels stay connected. Fewer voxels when fewer are connected within ``steps`` moves; none when the seed
+    is not allowed.
 
     ``read_back`` (default: on a CPU, where it is free) lets the host read the device to work only next to the
     voxels that rose the step before and to stop once none did: the same result, less work. Without it the work
     is the same fixed sequence of operations whatever the data (no host sync).
     """
+    if score.dtype != torch.float32 or score.ndim != 3:
+        raise ValueError(f"`score` must be a (D, H, W) float32 tensor, got {tuple(score.shape)} {score.dtype}")
     dev = score.device
     read_back = dev.type == "cpu" if read_back is None else read_back
     level = torch.full_like(score, -float("inf"))
@@ -225,8 +235,9 @@ def grow_component(allowed: VoxelReader, centre: torch.Tensor, found, n_voxels: 
     connected to the centre runs out).
 
     The box reaches ``BOX_REACH`` times the ellipsoid's longest semi-axis (plus 2 voxels) from the centre, never
-    more than the map along an axis: room for the noise and for spreading along the tissue the component may
-    occupy. Its size is fixed on the host; where it lies is the device's centre.
+    further than the map's size minus one along an axis (from any centre it then spans the map): room for the
+    noise and for spreading along the tissue the component may occupy. Its size is fixed on the host; where it lies
+    is the device's centre. Paths from the centre are followed for up to twice the box's reach.
 
     Args:
         allowed: voxels the component may occupy.
@@ -454,7 +465,8 @@ def procedural_lesion(parenchyma: torch.Tensor, key: int, config: ProceduralLesi
         key, config, affine: as for :func:`lesion_components`.
 
     Returns:
-        ``(D, H, W)`` bool mask on ``parenchyma``'s device (empty if the grid holds no parenchyma).
+        ``(D, H, W)`` bool mask on ``parenchyma``'s device (empty if no candidate centre finds parenchyma: a grid
+        without any, or with only specks that every candidate misses, :func:`_candidates`).
     """
     comps = lesion_components(VoxelReader.of(parenchyma), key, config, affine, parenchyma.device)
     return paste(comps, torch.zeros(parenchyma.shape, dtype=torch.bool, device=parenchyma.device))

@@ -20,7 +20,7 @@ PARENCHYMA = (1, 2, 3)      # GM, WM, GM/WM partial volume
 BRAIN = (1, 2, 3, 4)        # parenchyma and CSF
 
 
-def _wanted(tissue: torch.Tensor, classes, class_of_label):
+def _wanted(classes, class_of_label):
     """Per label (channel), whether its tissue class is one of ``classes``."""
     if class_of_label is None:
         class_of_label = LabelConfig().class_table()
@@ -38,7 +38,7 @@ def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Te
             (:meth:`synthgen.config.LabelConfig.class_table`); None: our convention (labels 0-4 are their own
             class, 5+ non-brain).
     """
-    wanted = _wanted(tissue, classes, class_of_label)
+    wanted = _wanted(classes, class_of_label)
     if tissue.is_floating_point():
         idx = to_device(torch.tensor([k for k in range(min(tissue.shape[1], len(wanted))) if wanted[k]]),
                         tissue.device)
@@ -50,12 +50,13 @@ def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Te
 def tissue_reader(tissue: torch.Tensor, classes, class_of_label=None) -> VoxelReader:
     """Where ``tissue_share(tissue[None], classes) > 0.5`` for one map ``(C, D, H, W)``, read only at the voxels
     asked for (:class:`synthgen.lesions.procedural.VoxelReader`)."""
-    wanted = _wanted(tissue, classes, class_of_label)
+    wanted = _wanted(classes, class_of_label)
     if tissue.is_floating_point():
         idx = to_device(torch.tensor([k for k in range(min(tissue.shape[0], len(wanted))) if wanted[k]]),
                         tissue.device)
-        flat = tissue.index_select(0, idx).reshape(len(idx), -1)
-        return VoxelReader(lambda at: flat[:, at].sum(0).clamp(0, 1) > 0.5, tissue.shape[1:])
+        flat = tissue.reshape(tissue.shape[0], -1)          # a view: only the voxels asked for are read
+        return VoxelReader(lambda at: flat[:, at].index_select(0, idx).sum(0).clamp(0, 1).to(torch.float32) > 0.5,
+                           tissue.shape[1:])
     table = to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
     flat = tissue[0].reshape(-1)
     return VoxelReader(lambda at: table[flat[at].long()], tissue.shape[1:])
@@ -179,10 +180,11 @@ class LesionSource:
                              "MNI affine) to the generator call or to the LesionSource")
         return affine            # a "voxel" bank ignores it (MaskBank.grid_affine); procedural lesions use it
 
-    def _plan(self, tissue, keys, affine, classes):
+    def _plan(self, tissue, keys, affine, classes, regions=None):
         """Per sample: its generator, and its lesion as ``("bank", mask indices, grid box)``, ``("procedural",
-        components, grid box)``, or None (lesion-free). The random draws of a key come in one
-        fixed order, whatever the batch."""
+        components, grid box)``, or None (lesion-free). The random draws of a key come in one fixed order, whatever
+        the batch. A procedural lesion's box is that of its voxels on a CPU; elsewhere, not to read the device
+        back, the sample's own region (``regions[i]``) or the map."""
         cfg = self.config
         shape = tuple(tissue.shape[2:])
         plans, gens = [], []
@@ -206,8 +208,10 @@ class LesionSource:
             comps = []
             for j in range(n):
                 comps += lesion_components(allowed, sub_key + j, cfg.procedural, affine, tissue.device)
-            # the box of its voxels where reading it back is free (a CPU), else the whole map: no host sync
-            box = components_box(comps, shape) if tissue.device.type == "cpu" else ((0, 0, 0), shape)
+            if tissue.device.type == "cpu":     # reading back is free: the box of its voxels
+                box = components_box(comps, shape)
+            else:                                # its crop's reach: the lesion is not seen beyond it
+                box = regions[i] if regions is not None and regions[i] is not None else ((0, 0, 0), shape)
             plans.append(("procedural", comps, box) if box is not None else None)
         return plans, gens
 
@@ -236,7 +240,8 @@ class LesionSource:
             classes: the tissue class of each label (:meth:`synthgen.config.LabelConfig.class_table`; None: our
                 convention): where lesions may grow and what they are clipped to.
             region: ``(lo, hi)``, the voxel box of the map that the batch's crops can reach
-                (:func:`synthgen.ops.reach_box`); None: the whole map. Outside it no weight is made.
+                (:func:`synthgen.ops.reach_box`), or one such box (or None: unseen) per sample; None: the whole
+                map. Outside it no weight is made.
 
         Returns:
             ``(intensity_weight, label_weight, offset)``: each weight ``(B, 1, x, y, z)`` float32 in [0, 1] on
@@ -252,21 +257,21 @@ class LesionSource:
         """
         self._check(tissue, keys)
         affine = self._grid_affine(affine)
-        plans, gens = self._plan(tissue, keys, affine, classes)
-        cfg = self.config
         shape = tuple(tissue.shape[2:])
-        region = ((0, 0, 0), shape) if region is None else region
+        region = _per_sample(region, len(keys), shape)
+        plans, gens = self._plan(tissue, keys, affine, classes, region)
+        cfg = self.config
         pad = cfg.softcp.dilate + 1              # Soft-CP rings reach `dilate` voxels beyond the mask
         reach = cfg.softcp.erode + cfg.softcp.dilate + 1   # mask a Soft-CP weight depends on
         boxes, lesion_boxes = [], []
-        for plan in plans:
+        for plan, reg in zip(plans, region):
             box = whole = None
-            if plan is not None:
+            if plan is not None and reg is not None:
                 # the lesion's Soft-CP box on the grid, and its part within the region
                 whole = (tuple(max(a - pad, 0) for a in plan[2][0]),
                          tuple(min(b + pad, n) for b, n in zip(plan[2][1], shape)))
-                lo = [max(a, r) for a, r in zip(whole[0], region[0])]
-                hi = [min(b, r) for b, r in zip(whole[1], region[1])]
+                lo = [max(a, r) for a, r in zip(whole[0], reg[0])]
+                hi = [min(b, r) for b, r in zip(whole[1], reg[1])]
                 box = (tuple(lo), tuple(hi)) if all(b > a for a, b in zip(lo, hi)) else None
             boxes.append(box)
             lesion_boxes.append(whole)
@@ -305,7 +310,7 @@ class LesionSource:
             into = (i, slice(None), *(slice(a - o, b - o) for a, b, o in zip(*box, out[0])))
             label[into] = lab[0]
             fade = 1.0
-            if faded[i]:          # on the lesion's whole box, whatever the region: a sample's bytes are its own
+            if faded[i]:          # on the lesion's own box, whatever the batch: a sample's bytes are its own
                 whole = lesion_boxes[i]
                 fade = fading_config(to_device(coeffs[i], tissue.device), shape, cfg.fading, tuple(zip(*whole)))
                 fade = fade[(slice(None), slice(None), *(slice(a - o, b - o) for a, b, o in zip(*box, whole[0])))]
@@ -327,6 +332,19 @@ def dense_weights(weights, tissue: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         box = (slice(None), slice(None), *(slice(a, a + n) for a, n in zip(lo, weights[0].shape[2:])))
         full[0][box], full[1][box] = weights[0], weights[1]
     return full[0], full[1]
+
+
+def _per_sample(region, n: int, shape) -> list:
+    """``region`` as one ``(lo, hi)`` box (or None: not seen) per sample: the whole map for None, the same box for
+    each sample when one is given."""
+    if region is None:
+        return [((0, 0, 0), tuple(shape))] * n
+    if len(region) == 2 and region[0] is not None and len(region[0]) == 3 and \
+            all(isinstance(v, (int, np.integer)) for v in region[0]):
+        return [region] * n
+    if len(region) != n:
+        raise ValueError(f"`region` must be one (lo, hi) box or one per sample ({n}), got {len(region)} entries")
+    return list(region)
 
 
 def _union(a, b):
