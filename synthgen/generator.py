@@ -48,7 +48,7 @@ def check_tissue(tissue: torch.Tensor, num_labels: int = DEFAULT_NUM_LABELS) -> 
 
 
 def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture: torch.Tensor, crop,
-                    classes: torch.Tensor, lesion_class: int, threshold: float):
+                    classes: torch.Tensor, lesion_class: int, threshold: float, host_params=None):
     """The warp + sampling + GMM + bias stage of the pipeline, by the reference ops: what one fused kernel does
     on the GPU (:func:`synthgen.fast.warp_args`), and the definition it is tested against.
 
@@ -64,6 +64,7 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
         texture: ``(B, 1, *crop)`` unit-variance texture.
         classes: ``(L,)`` uint8 target class of each label (or channel), ``lesion_class`` the lesion's.
         threshold: label weight above which a voxel is lesion.
+        host_params: a host copy of ``params`` for the lesion's seeing boxes (None: ``params`` read back).
 
     Returns:
         ``(image, target)``: ``(B, 1, *crop)`` float32 and uint8, before flips.
@@ -88,7 +89,8 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
         weights = torch.cat([lesion[0], lesion[1]], 1).float()
         offset = to_device(torch.tensor(lo, dtype=coords.dtype), coords.device)
         mu, sigma = params.gmm_mu[:, -1], params.gmm_sigma[:, -1]
-        for b, box in enumerate(ops.seeing_box(crop, params.matrix, params.center, params.elastic, lo, hi)):
+        hp = params if host_params is None else host_params
+        for b, box in enumerate(ops.seeing_box(crop, hp.matrix, hp.center, hp.elastic, lo, hi)):
             if box is None:
                 continue
             sl = (slice(b, b + 1), slice(None), *(slice(a, z) for a, z in zip(*box)))
@@ -128,8 +130,8 @@ def generate_ref(config: GeneratorConfig, tissue: torch.Tensor, params: SamplePa
     with stage("warp_gmm_bias"):
         if texture is None:
             texture = ops.texture_noise(crop, p.gmm_fwhm, gens, device=dev)
-        image, target = warp_sample_ref(tissue, lesion, p, texture.to(dev), crop, table, lesion_class,
-                                        config.lesion_threshold)
+        image, target = warp_sample_ref(tissue, lesion, p, to_device(texture, dev), crop, table, lesion_class,
+                                        config.lesion_threshold, host_params=params)
         brain = target > 0
         del texture
     with stage("gamma"):

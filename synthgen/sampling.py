@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import DEFAULT_NUM_LABELS, GeneratorConfig
+from .device import to_device
 from .fields import bspline_field_std
 
 _MASK64 = (1 << 64) - 1
@@ -87,7 +88,8 @@ class SampleParams:
         return self.matrix.shape[0]
 
     def to(self, device) -> "SampleParams":
-        return SampleParams(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        """On ``device``: host -> GPU without a host sync (:func:`synthgen.device.to_device`)."""
+        return SampleParams(**{f.name: to_device(getattr(self, f.name), device) for f in dataclasses.fields(self)})
 
     def select(self, i: int) -> "SampleParams":
         return SampleParams(**{f.name: getattr(self, f.name)[i:i + 1] for f in dataclasses.fields(self)})
