@@ -268,8 +268,7 @@ def grow_component(allowed: VoxelReader, centre: torch.Tensor, found, n_voxels: 
     if blocked is not None:
         ok = ok & ~blocked
     # the ellipsoid radius of each voxel's offset d from the centre: |(d R) / axes|, a broadcast sum per axis
-    d = [(torch.arange(n, device=dev, dtype=torch.float32) - h).reshape([-1 if b == a else 1 for b in range(3)])
-         for a, (n, h) in enumerate(zip(size, half))]
+    d = [(x - lo[a] - h).to(torch.float32) for a, (x, h) in enumerate(zip((i, j, k), half))]
     scale = (rot / axes).tolist()                       # R[a, b] / axes[b], host floats
     rho = sum((d[0] * scale[0][b] + d[1] * scale[1][b] + d[2] * scale[2][b]) ** 2 for b in range(3)).sqrt()
     noise = smooth_field(to_device(coeffs, dev), size)[0, 0]

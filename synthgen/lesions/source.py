@@ -20,12 +20,16 @@ PARENCHYMA = (1, 2, 3)      # GM, WM, GM/WM partial volume
 BRAIN = (1, 2, 3, 4)        # parenchyma and CSF
 
 
-def _wanted(classes, class_of_label):
-    """Per label (channel), whether its tissue class is one of ``classes``."""
+def _selector(tissue: torch.Tensor, channels: int, classes, class_of_label) -> torch.Tensor:
+    """On ``tissue``'s device: for probabilities, the indices of the ``channels`` whose label's tissue class is one
+    of ``classes``; for integer labels, a 256-entry bool table of those labels."""
     if class_of_label is None:
         class_of_label = LabelConfig().class_table()
     classes = {int(c) for c in classes}
-    return [int(c) in classes for c in class_of_label]
+    wanted = [int(c) in classes for c in class_of_label]
+    if tissue.is_floating_point():
+        return to_device(torch.tensor([k for k in range(min(channels, len(wanted))) if wanted[k]]), tissue.device)
+    return to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
 
 
 def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Tensor:
@@ -38,28 +42,22 @@ def tissue_share(tissue: torch.Tensor, classes, class_of_label=None) -> torch.Te
             (:meth:`synthgen.config.LabelConfig.class_table`); None: our convention (labels 0-4 are their own
             class, 5+ non-brain).
     """
-    wanted = _wanted(classes, class_of_label)
+    sel = _selector(tissue, tissue.shape[1], classes, class_of_label)
     if tissue.is_floating_point():
-        idx = to_device(torch.tensor([k for k in range(min(tissue.shape[1], len(wanted))) if wanted[k]]),
-                        tissue.device)
-        return tissue.index_select(1, idx).sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
-    table = to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
-    return table[tissue.long()].to(torch.float32)
+        return tissue.index_select(1, sel).sum(1, keepdim=True).clamp(0, 1).to(torch.float32)
+    return sel[tissue.long()].to(torch.float32)
 
 
 def tissue_reader(tissue: torch.Tensor, classes, class_of_label=None) -> VoxelReader:
     """Where ``tissue_share(tissue[None], classes) > 0.5`` for one map ``(C, D, H, W)``, read only at the voxels
     asked for (:class:`synthgen.lesions.procedural.VoxelReader`)."""
-    wanted = _wanted(classes, class_of_label)
+    sel = _selector(tissue, tissue.shape[0], classes, class_of_label)
     if tissue.is_floating_point():
-        idx = to_device(torch.tensor([k for k in range(min(tissue.shape[0], len(wanted))) if wanted[k]]),
-                        tissue.device)
         flat = tissue.reshape(tissue.shape[0], -1)          # a view: only the voxels asked for are read
-        return VoxelReader(lambda at: flat[:, at].index_select(0, idx).sum(0).clamp(0, 1).to(torch.float32) > 0.5,
+        return VoxelReader(lambda at: flat[:, at].index_select(0, sel).sum(0).clamp(0, 1).to(torch.float32) > 0.5,
                            tissue.shape[1:])
-    table = to_device(torch.tensor(wanted + [False] * (256 - len(wanted))), tissue.device)
     flat = tissue[0].reshape(-1)
-    return VoxelReader(lambda at: table[flat[at].long()], tissue.shape[1:])
+    return VoxelReader(lambda at: sel[flat[at].long()], tissue.shape[1:])
 
 
 class LesionSource:
