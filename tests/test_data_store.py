@@ -108,7 +108,7 @@ def test_pack_refuses_bad_data_and_store_errors(tmp_path):
     with pytest.raises(ValueError, match="corrupt store index"):
         open_store(tmp_path / "s")
     (tmp_path / "s" / "index.json").write_text(json.dumps({"version": 99, "sections": {}}))
-    with pytest.raises(ValueError, match="store version must be 1, got 99"):
+    with pytest.raises(ValueError, match=r"store version must be one of \[1, 2\] .*, got 99: pack the data again"):
         open_store(tmp_path / "s")
 
 

@@ -2,7 +2,7 @@
 
 Each mask is binarised with an explicit threshold in its own grid and kept on the host as the uint8 crop of its
 bounding box with the crop's voxel -> world affine (the 1449 SOOP masks take about 0.2 GB; from a packed store
-the crops are views of the memory-mapped files). One bank serves every tissue map and both splits:
+the crops are the boxes' memory-mapped bits, one bit a voxel, decoded when pasted). One bank serves every tissue map and both splits:
 :meth:`MaskBank.paste` places a mask onto a map's grid by the two affines (nearest neighbour through world
 coordinates) on the map's device, touching only the box that the mask covers there, so its cost depends on the
 lesion, not on the map.
@@ -104,7 +104,8 @@ class MaskBank:
     ``space`` is "world" for masks read from files or a store (placed by the tissue map's affine) and "voxel" for
     masks given on the tissue grid itself (:func:`masks_from_tensor` without an affine).
     """
-    crops: list = field(default_factory=list)      # (d, h, w) uint8 arrays (host; memmap views from a store)
+    crops: list = field(default_factory=list)      # (d, h, w) uint8 arrays on the host (from a store: bit-packed
+                                                   # boxes or memmap views, read with np.asarray)
     affines: list = field(default_factory=list)    # 4x4 voxel -> world (mm) of each crop
     names: list = field(default_factory=list)
     volumes_ml: list = field(default_factory=list)
@@ -159,8 +160,8 @@ class MaskBank:
         lo, hi = tuple(max(a, o) for a, o in zip(region[0], origin)), region[1]
         if any(b <= a for a, b in zip(lo, hi)):
             return None
-        crop = self.crops[i]
-        crop = np.array(crop) if not crop.flags.writeable else np.ascontiguousarray(crop)   # a store's memmap view
+        crop = np.asarray(self.crops[i])          # a store's box: its bits decoded, or a read-only memory map
+        crop = np.ascontiguousarray(crop) if crop.flags.writeable else np.array(crop)
         crop = to_device(torch.from_numpy(crop), out.device)
         a, b = [x - o for x, o in zip(lo, origin)], [x - o for x, o in zip(hi, origin)]
         out[a[0]:b[0], a[1]:b[1], a[2]:b[2]] |= nearest_box(crop, self.affines[i], lo, hi, affine) > 0
@@ -218,8 +219,8 @@ def _binary_crop(name, where, load, threshold):
     """``(crop, affine, voxels)`` of one item, or None when it is empty; raises naming ``where``."""
     loaded = load()
     data, affine = loaded[0], loaded[1]
-    if len(loaded) == 3:                    # a store item packed as its crop: binary already
-        return np.asarray(data), np.asarray(affine, np.float64), int(loaded[2])
+    if len(loaded) == 3:                    # a store's box: binary already, kept as it is (bits or a memory map)
+        return data, np.asarray(affine, np.float64), int(loaded[2])
     data = np.asarray(data)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -289,7 +290,7 @@ def mask_bank_from_items(items, threshold: float = 0.5, split=None, holdout_frac
                 continue
             if brain is not None and max_outside_fraction is not None:
                 inside = nearest_box(brain[0], brain[1], (0, 0, 0), crop.shape, affine).numpy()
-                if float((crop.astype(bool) & ~inside).sum()) / voxels > max_outside_fraction:
+                if float((np.asarray(crop, bool) & ~inside).sum()) / voxels > max_outside_fraction:
                     drop["outside_brain"].append(name)
                     continue
             bank.add(crop, affine, name, volume)
@@ -311,8 +312,9 @@ def store_mask_items(store, pattern: str | None = None) -> list:
     ``name`` is the source file's name (as recorded when packing), so a mask falls in the same split, and
     the bank in the same order, as when read from its folder; ``pattern`` (a glob that ignores case, as a folder's
     listing does: :func:`synthgen.data.check.name_matches`) keeps only the masks whose source file name matches.
-    Masks packed with their foreground box (every store written since the box was recorded) load as views of the
-    memory-mapped file, without a copy.
+    Masks packed with their foreground box (every store written since the box was recorded) load as that box,
+    memory-mapped without a copy: its bits (:class:`synthgen.data.store.PackedBox`, decoded where it is pasted), or
+    a view of the uint8 mask in a version-1 store.
 
     Args:
         store: a :class:`synthgen.data.store.PackedStore` or the path of one.
@@ -334,17 +336,12 @@ def store_mask_items(store, pattern: str | None = None) -> list:
             continue
         where = f"{store.root / entry['files']['data']} (packed from {source})"
 
-        def load(i=i, entry=entry):
-            item = section[i]
-            box = entry.get("box")
-            if box is None:                 # stores packed before boxes were recorded: scanned once here
+        def load(i=i):
+            box = section.mask_box(i)
+            if box is None or box[2] == 0:  # no box recorded (older stores) or an empty mask: scanned as from a folder
+                item = section[i]
                 return np.asarray(item.data), item.affine
-            if entry.get("voxels", 0) == 0:
-                return np.zeros((1, 1, 1), np.uint8), item.affine
-            lo, hi = box
-            affine = np.array(item.affine, dtype=np.float64)
-            affine[:3, 3] = affine[:3, :3] @ np.asarray(lo, np.float64) + affine[:3, 3]
-            return item.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], affine, int(entry["voxels"])
+            return box
         items.append((name, where, load))
     # the order of a folder's files: same bank indices, so the same masks drawn per key
     return sorted(items, key=lambda t: t[0])
