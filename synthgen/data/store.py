@@ -11,8 +11,8 @@ Layout of a store folder::
 Every item is RAS (see ``synthgen.data.tissue``): tissue maps and real scans at the ``voxel_size`` they were packed
 at (1 mm by default), lesion masks at their own voxel size; labels are already mapped (the mapping is recorded).
 ``.npy`` files open with ``np.load(mmap_mode="r")``: no decoding, the OS pages in what is read; a lesion mask is
-its foreground box at one bit a voxel (:class:`PackedBox`, 8x smaller than uint8: the 1,449 SOOP masks take 69 MB
-instead of 551 MB), decoded per box where it is pasted. Store version 1 (before boxes were bit-packed) kept masks
+its foreground box at one bit a voxel (:class:`PackedBox`, 8x smaller than uint8: the 1,449 SOOP masks take 72 MB
+instead of 574 MB), decoded per box where it is pasted. Store version 1 (before boxes were bit-packed) kept masks
 as uint8 arrays: such stores are still read as they are, and ``pack`` into one re-encodes its masks.
 Packing is incremental: an item whose source file has the same size and mtime (or, when those changed, the
 same SHA-256) and the same packing options is skipped. Every file is written to a temporary name and
