@@ -168,3 +168,12 @@ def test_missing_source_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="gone.cu is missing"):
         cuda_loader._kernel("synth_warp_kernel")
     cuda_loader._kernel.cache_clear()
+
+
+def test_host_build_flips_each_axis_alone(host_lib):
+    """One sample per flipped axis: the target lands reversed along that axis only, as the reference flips it."""
+    tissue, lesion, params, texture = make_case("labels-lesion", B=3)
+    params.flip = torch.eye(3, dtype=torch.bool)
+    args = prepared_args(tissue, lesion, params, texture)
+    _run_host(host_lib, args)
+    assert torch.equal(args.target, reference_warp(tissue, lesion, params, texture)[1])

@@ -230,3 +230,18 @@ def test_float16_work_volumes_need_the_triton_warp():
 
 
 test_interpreter_child_process = child_process_test(__file__, RUN_HERE)
+
+
+def test_fast_path_flips_each_axis_alone():
+    """One sample per flipped axis, as the reference flips it (no flip pattern that reads the same reversed)."""
+    cfg = _config()
+    params = synthgen.SynthGenerator(cfg).sample_params((1, 1, *MAP), seed=4, batch=3)
+    params.flip = torch.eye(3, dtype=torch.bool)
+    params.skull_strip = torch.tensor([True, False, True])      # the strip reads the target through the flip
+    g = torch.Generator().manual_seed(2)
+    texture = torch.randn(3, 1, *CROP, generator=g)
+    normals = (torch.randn(3, 1, *CROP, generator=g), torch.randn(3, 1, *CROP, generator=g))
+    ref_img, ref_tgt = reference_with_noise(cfg, phantom_labels(MAP), params, texture, normals)
+    img, tgt = fast.generate_fast(cfg, phantom_labels(MAP), params, None, "triton", texture=texture, noise=normals)
+    assert torch.equal(tgt, ref_tgt)
+    torch.testing.assert_close(img, ref_img, atol=2e-5, rtol=1e-5)
