@@ -200,8 +200,9 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
         tissue_maps, lesions, real: folders (or files) as for :func:`synthgen.data.check.check_folders`.
         label_map: mapping for 3D tissue maps with another label set.
         prob_dtype: "uint8" (x255, 1/510 rounding error) or "float16" for probability maps.
-        crop_masks: store lesion masks cropped to their foreground box (a few kB instead of MBs); the
-            affine is shifted so world coordinates are unchanged, ``full_shape`` / ``crop_offset`` are kept.
+        crop_masks: a lesion mask's grid is its foreground box (the affine shifted so world coordinates are
+            unchanged, ``full_shape`` / ``crop_offset`` kept) instead of its file's grid; either way the store keeps
+            only the box, bit-packed.
         check: run ``check_folders`` first and refuse to pack when it finds errors.
         voxel_size: grid (mm, RAS) of the packed tissue maps and real scans: pack at the training voxel size and
             training reads them as they are (memory-mapped); lesion masks keep their own grid (they are placed
@@ -389,7 +390,8 @@ def _real_writer(pair, threshold, voxel_size):
 class StoreItem:
     """One packed item: memory-mapped arrays (read-only) and the RAS 1 mm affine.
 
-    ``data`` is the tissue map / mask (None for real items); real items have ``scan`` and ``mask``.
+    ``data`` is the tissue map / mask (None for real items); real items have ``scan`` and ``mask``. A bit-packed
+    lesion mask's ``data`` is decoded onto its grid (a new array; :meth:`StoreSection.mask_box` reads its box only).
     Multiply ``data`` (uint8 probabilities) or ``scan`` by ``scale`` to get the values back.
     """
     name: str
