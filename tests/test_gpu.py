@@ -179,3 +179,47 @@ def test_procedural_lesions_on_the_device_never_wait_for_it(monkeypatch):
     for a, b in zip(on_gpu.cpu(), on_cpu):         # each sample's lesion, not the map's background
         dice = 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
         assert b.any() and dice > 0.99, dice
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["fast", "torch"])
+def test_training_batches_over_several_maps_never_wait(monkeypatch, backend):
+    """The training data path on the device: a new map on most steps (read ahead, checked on the host copy),
+    procedural lesions, the fast path or the reference on the device: no host sync after the first step."""
+    from synthgen.config import LesionConfig
+    from synthgen.data.sources import TensorTissueMaps
+    from synthgen.data.training import TrainingBatches
+    from synthgen.lesions import LesionSource
+    if backend == "torch":
+        monkeypatch.setenv("SYNTHGEN_BACKEND", "torch")
+    else:
+        monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
+    tissue, affine = default_tissue_map(with_affine=True)
+    maps = TensorTissueMaps([torch.roll(tissue, 3 * i, 2) for i in range(5)], [affine] * 5)
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)))
+    src = LesionSource.procedural(affine, LesionConfig(healthy_probability=0.0))
+    with TrainingBatches(gen, maps, seed=1, batch_size=2, device="cuda", lesions=src) as data:
+        data.start(0, 8)
+        data(0)                                 # compile, the path's one-off self-check
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step in range(1, 8):
+                data(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert sum(data.map_index(s) != data.map_index(s - 1) for s in range(1, 8)) >= 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ahead", ["on", "off"])
+def test_single_gpu_training_reaches_its_last_step(tmp_path, ahead):
+    """``python train/run.py`` on one GPU: an index-less ``cuda`` device, with and without generate-ahead (the
+    read-ahead thread once died on ``set_device(cuda)`` and step 0 waited forever)."""
+    from synthgen.lesions import LesionSource
+    from test_train import tiny
+    from train.loop import train
+    cfg = tiny(tmp_path / "run", steps=3, ckpt_every=0)
+    cfg.device, cfg.generate_ahead = "cuda", ahead
+    lesions = (LesionSource.procedural(config=cfg.data.lesion), LesionSource.procedural(config=cfg.data.lesion))
+    assert train(cfg, lesions=lesions, progress=False)["step"] == 3
