@@ -14,15 +14,22 @@ def texture_noise(shape, fwhm: torch.Tensor, generators: list[torch.Generator], 
     whatever the FWHM: ``sigma`` keeps meaning the within-class standard deviation. ``fwhm`` ``(B,)`` is read on
     the host (give the host copy of device parameters).
     """
+    z = torch.cat([torch.randn(1, 1, *shape, generator=g, device=device) for g in generators])
+    return texture_from_normals(z, fwhm)
+
+
+def texture_from_normals(z: torch.Tensor, fwhm: torch.Tensor) -> torch.Tensor:
+    """The texture of :func:`texture_noise` from given standard normals ``z`` ``(B, 1, *shape)``: blurred with
+    each sample's FWHM (``(B,)``, read on the host) and divided by the kernel's L2 norm cubed."""
     fwhm = torch.as_tensor(fwhm).detach().cpu()
     out = []
-    for b, g in enumerate(generators):
-        z = torch.randn(1, 1, *shape, generator=g, device=device)
+    for b in range(z.shape[0]):
         f = float(fwhm[b])
+        zb = z[b:b + 1]
         if f > 0:
             k = gaussian_kernel1d(f, dtype=torch.float64)
-            z = gaussian_blur(z, fwhm[b:b + 1]) / float(k.pow(2).sum().sqrt() ** 3)
-        out.append(z)
+            zb = gaussian_blur(zb, fwhm[b:b + 1]) / float(k.pow(2).sum().sqrt() ** 3)
+        out.append(zb)
     return torch.cat(out)
 
 
