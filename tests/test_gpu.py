@@ -92,8 +92,15 @@ def test_float16_work_volumes_on_device():
     a, ta = fast.generate_fast(cfg, tissue, params)
     b, tb = fast.generate_fast(dataclasses.replace(cfg, work_dtype="float16"), tissue, params)
     assert torch.equal(ta, tb)
-    diff = (a - b).abs()
-    assert float(diff.max()) < 0.05 and float(diff.mean()) < 4e-3
+    diff = (a - b).abs().flatten(1)
+    # float16 rounds the warped intensity by up to 2^-11 of it; the gamma maps u = (x - lo) / span in [0, 1] to u^g,
+    # Lipschitz (constant g) for g >= 1 but only Hoelder (|a^g - b^g| <= |a - b|^g) for g < 1, so near the image's
+    # minimum one rounding can move a voxel by (2^-11 x / span)^g of the span: no fixed bound on the maximum there.
+    # The bulk is bounded for every gamma, the maximum where g >= 1.
+    assert float(diff.mean()) < 4e-3 and float(torch.quantile(diff[:, ::7].float(), 0.999)) < 0.05
+    steep = params.gamma.to(diff.device) >= 1
+    if bool(steep.any()):
+        assert float(diff[steep].max()) < 0.05
 
 
 @pytest.mark.gpu
@@ -177,8 +184,10 @@ def test_procedural_lesions_on_the_device_never_wait_for_it(monkeypatch):
     on_gpu, _ = src.sample_masks(tissue.expand(2, -1, -1, -1, -1), keys)
     on_cpu, _ = src.sample_masks(tissue.cpu().expand(2, -1, -1, -1, -1), keys)
     for a, b in zip(on_gpu.cpu(), on_cpu):         # each sample's lesion, not the map's background
-        dice = 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
-        assert b.any() and dice > 0.99, dice
+        # a score tie broken otherwise by float rounding swaps one voxel in and one out (2 voxels of a XOR b): two
+        # such ties, or 1 % of the lesion, whichever is more (Dice = 1 - |a XOR b| / (|a| + |b|))
+        size, apart = float(a.sum() + b.sum()), float((a ^ b).sum())
+        assert b.any() and apart <= max(4.0, 0.01 * size), (apart, size)
 
 
 @pytest.mark.gpu
