@@ -43,12 +43,42 @@ def pytest_make_collect_report(collector):
         report.longrepr = (str(collector.path), 0, f"Skipped: optional package {missing.group(1)!r} is missing")
 
 
+@pytest.fixture(scope="session")
+def _gpu_warm_kernels():
+    """Compile the fast path's kernel variants once, before the first GPU test's alarm starts: a cold Triton cache
+    takes 10-50 s a variant. Labels and probabilities, with and without a lesion, at a 96^3 crop (the self-check
+    compiles the same specialisations, so training and the tests reuse them)."""
+    import time
+    from synthgen import fast
+    from synthgen.config import GeneratorConfig
+    from synthgen.data.default_map import default_tissue_map
+    from synthgen.sampling import sample_params
+    if "triton" not in fast.AVAILABLE:
+        return
+    t0 = time.perf_counter()
+    cfg = GeneratorConfig(crop=(96, 96, 96))
+    labels = default_tissue_map(device="cuda")
+    soft = torch.nn.functional.one_hot(labels[:, 0].long(), 6).permute(0, 4, 1, 2, 3).float()
+    try:
+        for tissue in (labels, soft):
+            params = sample_params(cfg, tuple(tissue.shape[2:]), 0, 0, 2)
+            box = torch.zeros(2, 1, 8, 8, 8, device="cuda")
+            for lesion in (None, (box, box, (90, 110, 90))):
+                fast.generate_fast(cfg, tissue, params, lesion, "triton")
+        torch.cuda.synchronize()
+    except Exception as err:        # the tests themselves report it, each in its own right
+        print(f"\nGPU warm-up failed: {type(err).__name__}: {err}", flush=True)
+        return
+    print(f"\nGPU kernels warmed up in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 @pytest.fixture(autouse=True)
 def _gpu_test_timeout(request):
     """A GPU test that runs past ``SYNTHGEN_GPU_TEST_TIMEOUT`` seconds fails (the alarm interrupts a blocked wait)."""
     if "gpu" not in request.keywords or not hasattr(signal, "setitimer"):
         yield
         return
+    request.getfixturevalue("_gpu_warm_kernels")
 
     def expire(signum, frame):
         raise TimeoutError(f"{request.node.nodeid} ran past {GPU_TEST_TIMEOUT_S:g} s (a hang?)")
