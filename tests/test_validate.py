@@ -129,7 +129,7 @@ def _entry(**changes):
 
 @pytest.mark.parametrize("index, match", [
     ([], "must be a JSON object, got list"),
-    ({"version": 2, "sections": {}}, "store version must be 1, got 2"),
+    ({"version": 3, "sections": {}}, r"store version must be one of \[1, 2\] .*, got 3"),
     ({"version": 1}, "'sections' must be an object, got NoneType"),
     ({"version": 1, "sections": {"maps": {}}}, "unknown section 'maps'"),
     ({"version": 1, "sections": {"lesions": []}}, "section 'lesions' must be an object"),
