@@ -56,6 +56,13 @@ def error_line(err: BaseException) -> str:
     return f"error: {type(err).__name__}: {text} (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
 
 
+def close_progress_bars() -> None:
+    """Close the tqdm bars an error left open, so that the error line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def cli_main(fn):
     """Wrap a command line's ``main(argv) -> int``: errors become one line on stderr and an exit status (2 for
     :data:`INPUT_ERRORS`, 1 otherwise, 130 for Ctrl-C); ``--debug`` / ``SYNTHGEN_DEBUG=1`` re-raise instead."""
@@ -74,6 +81,7 @@ def cli_main(fn):
         except Exception as err:   # noqa: BLE001 -- every error gets one line; --debug shows the traceback
             if debugging(args):
                 raise
+            close_progress_bars()
             print(error_line(err), file=sys.stderr)
             return EXIT_INPUT if isinstance(err, INPUT_ERRORS) else EXIT_FAILED
     return main
