@@ -132,4 +132,4 @@ def load_resume_checkpoint(out, map_location="cpu", fits=None) -> tuple[dict, Pa
         return ckpt, path
     if all(r.endswith(": missing") for r in reasons):
         raise FileNotFoundError(f"{out / LAST}: checkpoint not found (nothing to resume)")
-    raise ValueError("no checkpoint to resume from:\n" + "\n".join(reasons))
+    raise ValueError("no checkpoint to resume from: " + "; ".join(reasons))    # one line naming both files
