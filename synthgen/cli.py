@@ -56,11 +56,11 @@ def error_line(err: BaseException) -> str:
     return f"error: {type(err).__name__}: {text} (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
 
 
-def close_progress_bars() -> None:
-    """Close the tqdm bars an error left open, so that the error line starts a line of its own."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
-        bar.close()
+def report(line: str) -> None:
+    """Print a ``warning: ...`` / ``error: ...`` line on stderr on a line of its own, above any progress bar that is
+    running (``tqdm.write`` clears the bar, prints, redraws it), never glued to the bar's line."""
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stderr)
 
 
 def cli_main(fn):
@@ -81,7 +81,6 @@ def cli_main(fn):
         except Exception as err:   # noqa: BLE001 -- every error gets one line; --debug shows the traceback
             if debugging(args):
                 raise
-            close_progress_bars()
             print(error_line(err), file=sys.stderr)
             return EXIT_INPUT if isinstance(err, INPUT_ERRORS) else EXIT_FAILED
     return main

@@ -653,12 +653,17 @@ def test_an_all_background_tissue_tensor_warns_once(kind):
         gen(phantom_labels((12, 12, 12)))
 
 
-def test_an_error_during_training_starts_its_own_line_after_the_progress_bar(tmp_path, capsys):
-    """The bar (stdout) is closed, ending its line, before the error line (stderr): on a terminal the two shared
-    one line."""
-    config = train_config(tmp_path, **{"data.store": str(_store_labels_99(tmp_path))})
-    capsys.readouterr()
-    code = run.main(["--config", str(config)])            # with the progress bar
-    out, err = capsys.readouterr()
-    assert code == 2 and "error: " in err and "labels must be in" in err, err
-    assert "\r" in out and out.endswith("\n"), repr(out[-200:])
+def test_warning_and_error_lines_of_predict_start_their_own_line_above_the_progress_bar(tmp_path, checkpoints,
+                                                                                          capsys):
+    """A case's warning (NaN voxels) and error (truncated data) are printed while the cases' bar runs on stderr: they
+    start after the bar is cleared ("\\r"), never glued to its text."""
+    good = scan(tmp_path / "good.nii.gz")
+    raw = scan(tmp_path / "cut.nii.gz", seed=1).read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])           # found only when its data are read
+    code = predict.main(["--no-tta", "--device", "cpu", "--checkpoint", str(checkpoints["good"]), "--out",
+                         str(tmp_path / "o"), str(_nan_voxels(tmp_path)), str(tmp_path / "cut.nii.gz"), str(good)])
+    err = capsys.readouterr().err
+    assert code == 1 and "segmenting" in err, err
+    said = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if "warning:" in line or "error:" in line]
+    assert any("holes.nii.gz" in line for line in said) and any("cut" in line for line in said), err
+    assert all(line.startswith(("warning: ", "error: ")) for line in said), said

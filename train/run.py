@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):   # `python train/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main, close_progress_bars  # noqa: E402
+from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main  # noqa: E402
 from train.config import PRESETS, TrainConfig, preset  # noqa: E402
 
 # options that may differ from the saved config on --resume (they do not change the recipe)
@@ -203,7 +203,6 @@ def main(argv=None) -> int:
     try:
         metrics = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     except TrainingDiverged as err:
-        close_progress_bars()
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
     if metrics.get("signal"):

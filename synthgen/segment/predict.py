@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import validate
+from ..cli import report
 from ..io import (check_affine, fov_overlap, load_nifti, nifti_stem, remove_stale_temporaries, resample_to_grid,
                   save_nifti, to_ras_1mm)
 from ..config import MAX_VOXEL_MM, MIN_VOXEL_MM
@@ -186,7 +187,7 @@ def _load_scan(path: Path, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
     data, affine = load_nifti(path)
     data, warned = scan_array(data, affine, path, voxel_size, nonfinite="warning")
     for message in warned:
-        print(f"warning: {path}: {message}", file=sys.stderr)
+        report(f"warning: {path}: {message}")      # while the cases' progress bar runs
     return data, affine
 
 
@@ -401,7 +402,7 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
                 save_probabilities(outputs["probs"], out["probabilities"], out["affine"])
         except (OSError, ValueError, RuntimeError, MemoryError) as err:   # one bad scan must not stop the others
             result["status"], result["error"] = "error", f"{type(err).__name__}: {err}"
-            print(f"error: {result['name']}: {result['error']}", file=sys.stderr)
+            report(f"error: {result['name']}: {result['error']}")
             if isinstance(err, (ValueError, FileNotFoundError)):
                 failed.append(err)
     if len(failed) == len(cases):                  # every case was bad input: nothing was done
