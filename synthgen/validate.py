@@ -23,7 +23,8 @@ evaluate, sample, preview) refuses or warns through these functions, so they all
   its step within the schedule, the scheduler at that step, the same class count and architecture.
 - Masks (:func:`mask_coverage_problem`): a lesion mask that sets every voxel of a head-sized grid is no lesion
   (a mask of ones, or a ``--mask-threshold`` below the background value).
-- Tissue tensors (:func:`tissue_is_background`): a map of background only synthesises noise with an empty target.
+- Tissue tensors (:func:`tissue_is_background`): a map of background only synthesises noise with an empty target;
+  hard labels (:func:`label_range_problem`) must be labels the generator has a Gaussian for.
 
 Every function raises ``ValueError`` (or returns problem strings) whose message names the file or argument and
 says what to do.
@@ -337,7 +338,7 @@ def mask_coverage_problem(mask: np.ndarray, threshold=None) -> str | None:
     if min(mask.shape[:3]) < MIN_AXIS_VOXELS or not mask.all():
         return None
     cause = "a mask of ones, or an image saved as a mask?" + (
-        f" or a mask threshold ({threshold:g}) below the background's value?" if threshold is not None else "")
+        f" Or is the threshold {threshold:g} below the background's value?" if threshold is not None else "")
     return f"mask sets every voxel of its {'x'.join(map(str, mask.shape[:3]))} grid: no lesion to paste ({cause})"
 
 
