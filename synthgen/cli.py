@@ -56,6 +56,13 @@ def error_line(err: BaseException) -> str:
     return f"error: {type(err).__name__}: {text} (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
 
 
+def report(line: str) -> None:
+    """Print a ``warning: ...`` / ``error: ...`` line on stderr on a line of its own, above any progress bar that is
+    running (``tqdm.write`` clears the bar, prints, redraws it), never glued to the bar's line."""
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stderr)
+
+
 def cli_main(fn):
     """Wrap a command line's ``main(argv) -> int``: errors become one line on stderr and an exit status (2 for
     :data:`INPUT_ERRORS`, 1 otherwise, 130 for Ctrl-C); ``--debug`` / ``SYNTHGEN_DEBUG=1`` re-raise instead."""

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import calibration as cal
+from .validate import check_config_fields
 
 # Tissue-map classes (input) and target classes (output). Channels 5+ of a tissue map are extra
 # non-brain tissues (scalp, skull, ...): they get their own intensity but are background in the target.
@@ -283,6 +284,7 @@ class GeneratorConfig:
                                     # traffic (math stays float32, stores round to 11 bits: statistics unchanged)
 
     def validate(self) -> "GeneratorConfig":
+        check_config_fields(self)                   # NaN / Inf and wrong types in any field, by its path
         if len(self.crop) != 3 or any(not math.isfinite(c) or int(c) != c or c < 4 for c in self.crop):
             raise ValueError(f"`crop` must be 3 integers >= 4, got {self.crop}")
         if math.prod(int(c) for c in self.crop) > MAX_CROP_VOXELS:
@@ -564,6 +566,7 @@ class LesionConfig:
     procedural: ProceduralLesionConfig = field(default_factory=ProceduralLesionConfig)
 
     def validate(self) -> "LesionConfig":
+        check_config_fields(self, "lesion.")
         if not 0 <= self.mask_threshold < 1:
             raise ValueError(f"`lesion.mask_threshold` must be in [0, 1), got {self.mask_threshold}")
         if not self.max_volume_ml > 0:

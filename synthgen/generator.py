@@ -8,6 +8,7 @@ clip to the 1st/99th percentiles, random skull-strip, flips, z-normalisation.
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ from .backend import forced_backend, select_backend
 from .config import DEFAULT_NUM_LABELS, GeneratorConfig
 from .device import to_device
 from .sampling import SampleParams, generator_for, sample_params
+from .validate import label_range_problem, tissue_is_background
 
 
 def check_tissue(tissue: torch.Tensor, num_labels: int = DEFAULT_NUM_LABELS) -> None:
@@ -39,10 +41,9 @@ def check_tissue(tissue: torch.Tensor, num_labels: int = DEFAULT_NUM_LABELS) -> 
     elif tissue.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64):
         if tissue.shape[1] != 1:
             raise ValueError(f"integer `tissue` labels must have 1 channel, got shape {tuple(tissue.shape)}")
-        lo, hi = int(tissue.min()), int(tissue.max())
-        if lo < 0 or hi >= num_labels:
-            raise ValueError(f"`tissue` labels must be in [0, {num_labels - 1}] (GeneratorConfig.labels: a label "
-                             f"mapping describes larger label sets), got [{lo}, {hi}]")
+        problem = label_range_problem(int(tissue.min()), int(tissue.max()), num_labels)
+        if problem:
+            raise ValueError(f"`tissue` {problem}")
     else:
         raise TypeError(f"`tissue` must be integer labels or float probabilities, got dtype {tissue.dtype}")
 
@@ -222,6 +223,10 @@ class SynthGenerator:
         if ref is not None and ref() is tissue:
             return
         check_tissue(tissue, num_labels)
+        if tissue_is_background(tissue):
+            warnings.warn("`tissue` holds background only (every label 0, or no probability outside channel 0): "
+                          "its samples are noise images with an empty target; pass a tissue map with a brain",
+                          stacklevel=4)
         self.mark_checked(tissue)
 
     def mark_checked(self, tissue: torch.Tensor) -> None:

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         cli.error(f"-n must be >= 1, got {args.n}")
     config = GeneratorConfig(crop=tuple(args.crop), target=args.target).validate()     # before any work
     from .validate import check_output_file, resolve_device
-    check_output_file(args.out, "montage (--out)")
+    check_output_file(args.out, "montage (--out)", example="montage.png")
     device = resolve_device(args.device)
 
     from .data import default_tissue_map

@@ -22,6 +22,7 @@ import torch
 
 from . import ops
 from .config import GeneratorConfig
+from .device import to_device
 from .ops.intensity import interp
 from .sampling import SampleParams, generator_for, sample_key, sample_params
 
@@ -58,19 +59,20 @@ def histogram_shift(x: torch.Tensor, knots: torch.Tensor, apply: torch.Tensor) -
     Args:
         x: ``(B, C, ...)``.
         knots: ``(B, K)`` curve values in [0, 1] (relative to the sample's [min, max]) at K equispaced positions.
-        apply: ``(B,)`` bool; samples where it is False are returned unchanged.
+        apply: ``(B,)`` bool, on the host; samples where it is False are returned unchanged.
     """
     out = x.clone()
+    apply = torch.as_tensor(apply).cpu()
     for b in range(x.shape[0]):
         if not bool(apply[b]):
             continue
         v = x[b].float()
-        lo, hi = float(v.min()), float(v.max())
-        if hi <= lo:
-            continue
-        k = knots[b].to(v.device, torch.float32)
-        ref = torch.linspace(lo, hi, k.numel(), device=v.device, dtype=torch.float32)
-        out[b] = interp(v.reshape(-1), ref, lo + (hi - lo) * k).reshape(v.shape).to(x.dtype)
+        lo, hi = v.amin(), v.amax()                     # on the device: nothing is read back
+        k = to_device(knots[b].to(torch.float32), v.device)
+        span = hi - lo
+        ref = lo + span * torch.linspace(0, 1, k.numel(), device=v.device, dtype=torch.float32)
+        mapped = interp(v.reshape(-1), ref, lo + span * k).reshape(v.shape)
+        out[b] = torch.where(span > 0, mapped, v).to(x.dtype)         # a constant sample stays as it is
     return out
 
 
@@ -168,12 +170,14 @@ class RealAugmenter:
             scan, mask = paste_lesions(scan, mask, self.lesions, [sample_key(seed, index + i, "real-lesion")
                                                                   for i in range(n)], affine, self.lesion_label,
                                        self.config.lesion_threshold)
+        hp = params.geometry.to("cpu")         # host copies decide boxes and flips: no read back
         p = params.geometry.to(dev)
         crop = tuple(int(c) for c in self.config.crop)
         coords = ops.affine_elastic_coords(crop, p.matrix, p.center, p.elastic)
+        reach = ops.reach_box(crop, hp.matrix, hp.center, hp.elastic, scan.shape[2:])
         labels = mask.to(torch.uint8) if mask.dtype == torch.bool else mask
-        image = ops.grid_pull(scan.float(), coords, "linear")
-        target = ops.grid_pull(labels, coords, "nearest")
+        image = ops.grid_pull(scan.float(), coords, "linear", reach)
+        target = ops.grid_pull(labels, coords, "nearest", reach)
         # per-channel intensity steps: fold the channels into the batch, one sample's parameters for each
         per_channel = (lambda t: t.repeat_interleave(channels, 0)) if channels > 1 else (lambda t: t)
         image = image.reshape(n * channels, 1, *crop)
@@ -181,9 +185,9 @@ class RealAugmenter:
         image = histogram_shift(image, per_channel(params.shift_knots), per_channel(params.shift_on))
         image = ops.bias_field(image, per_channel(p.bias))
         image = ops.gamma_transform(image, per_channel(p.gamma))
-        image = ops.flip(image, per_channel(p.flip))
+        image = ops.flip(image, per_channel(hp.flip))
         image = ops.z_normalise(image).reshape(n, channels, *crop)
-        target = ops.flip(target, p.flip)[:, 0]
+        target = ops.flip(target, hp.flip)[:, 0]
         if target.is_floating_point():
             target = target.round().to(torch.int64)
         return (image, target, params) if return_params else (image, target)

@@ -89,7 +89,12 @@ def checkpoints(tmp_path_factory):
         flipped.write_bytes(bytes(raw))
         weight.fill_(float("nan"))
         nan = save_model_checkpoint(folder / "nan.pt", model, kwargs, config)
-    return {"good": good, "nan": nan, "flipped": flipped}
+    good_model = build_unet(**kwargs).eval()
+    fine_voxels = save_model_checkpoint(folder / "fine_voxels.pt", good_model, kwargs,
+                                        {"generator": {"crop": [16, 16, 16], "voxel_size": 0.01}})
+    stride_crop = save_model_checkpoint(folder / "stride_crop.pt", good_model, kwargs,     # stride 2: a 2^3 window
+                                        {"generator": {"crop": [2, 2, 2], "voxel_size": 4.0}})
+    return {"good": good, "nan": nan, "flipped": flipped, "fine_voxels": fine_voxels, "stride_crop": stride_crop}
 
 
 def read_only(monkeypatch, path):
@@ -244,6 +249,72 @@ def _constant_maps(t):
     return str(t / "maps")
 
 
+def _trained_run(t, steps=2):
+    """A finished tiny run in ``t/run`` (last.pt at step ``steps``, prev.pt at ``steps - 1``) and its config."""
+    import train.loop as loop
+    real = loop.training_lesions
+    loop.training_lesions = lambda *a, **k: (BlobLesions(), BlobLesions())
+    try:
+        config = train_config(t, steps=steps, ckpt_every=1)
+        assert run.main(["--no-progress", "--config", str(config)]) == 0
+    finally:
+        loop.training_lesions = real
+    return config
+
+
+def _rewrite_last(t, edit, keep_prev=False):
+    """Replace ``t/run/last.pt`` by ``edit(checkpoint)`` with a valid checksum (a foreign or inconsistent file, not a
+    damaged one); prev.pt is removed unless ``keep_prev``."""
+    from synthgen.segment.model import with_checksum
+    last = t / "run" / "last.pt"
+    torch.save(with_checksum(edit(torch.load(last, weights_only=True))), last)
+    if not keep_prev:
+        (t / "run" / "prev.pt").unlink()
+
+
+def _at_step(step):
+    def edit(ckpt):
+        ckpt["step"] = step
+        ckpt["scheduler"]["last_epoch"] = step
+        return ckpt
+    return edit
+
+
+def _foreign_net(**build):
+    """A checkpoint whose network is another UNet (``build`` changes its build_unet arguments)."""
+    def edit(ckpt):
+        kwargs = {**ckpt["config"]["model"], **build}
+        ckpt["model"] = build_unet(**kwargs).state_dict()
+        ckpt["config"]["model"] = kwargs
+        return ckpt
+    return edit
+
+
+def _resume(edit, keep_prev=False, names=()):
+    def build(t, ck, mp):
+        config = _trained_run(t)
+        _rewrite_last(t, edit, keep_prev)
+        mp.setattr("train.loop.training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
+        return ["--config", str(config), "--out", str(t / "run"), "--resume"], ["last.pt", *names]
+    return build
+
+
+def _store_labels_99(t):
+    """A store of one label map whose packed array was rewritten with label 99 (no Gaussian for it)."""
+    tissue_map(t / "maps" / "m.nii.gz")
+    assert data_main(["pack", "--quiet", "--tissue-maps", str(t / "maps"), "--out", str(t / "store")]) == 0
+    npy = t / "store" / "tissue_maps" / "m.npy"
+    labels = np.load(npy)
+    labels[labels == 2] = 99
+    np.save(npy, labels)
+    return t / "store"
+
+
+def _full_mask(t, values=None):
+    save(t / "l" / "m.nii.gz", np.ones((20, 24, 18), np.uint8) if values is None else values, MNI4)
+    return ["--lesions", str(t / "l")]
+
+
 COARSE = np.diag([50.0, 50.0, 50.0, 1.0])
 SHAPE = (24, 20, 16)
 
@@ -274,6 +345,12 @@ CASES = {
     "predict/4D scan with one volume": Case("predict", _predict(lambda t: save(t / "s4.nii.gz", nib.load(
         _good_scan(t)).get_fdata()[..., None].astype(np.float32))), "works"),
     "predict/.NII.GZ scan": Case("predict", _predict(lambda t: scan(t / "UPPER.NII.GZ")), "works"),
+    "predict/checkpoint with 0.01 mm training voxels": Case("predict", _predict(
+        _good_scan, "fine_voxels", names=["fine_voxels.pt", "voxel size"]), "error"),
+    "predict/checkpoint whose crop is one network stride": Case("predict", _predict(
+        _good_scan, "stride_crop", names=["stride_crop.pt", "crop"]), "error"),
+    "predict/--window of one network stride": Case("predict", _predict(_good_scan, extra=["--window", "2"],
+                                                                       names=["--window", "at least 4"]), "error"),
     "predict/good scan": Case("predict", _predict(_good_scan), "works"),
 
     # evaluate: a bad --out fails before scoring; a label that selects nothing is not silent
@@ -311,6 +388,11 @@ CASES = {
         t, lambda ix: {"version": 1}))], ["index.json", "sections"]), "error"),
     "check/store entry without an affine": Case("check", _check(lambda t: ["--store", str(store_with(
         t, _drop_affine))], ["index.json", "affine"]), "error"),
+    "check/mask of ones (the whole volume)": Case("check", _check(_full_mask, ["m.nii.gz", "every voxel"]), "error"),
+    "check/--mask-threshold below every value": Case("check", _check(lambda t: _full_mask(t, np.full(
+        (20, 24, 18), 0.5, np.float32)) + ["--mask-threshold", "0.2"], ["m.nii.gz", "every voxel", "0.2"]), "error"),
+    "check/store label map with a label the generator refuses": Case("check", _check(lambda t: [
+        "--store", str(_store_labels_99(t))], ["tissue_maps/m", "labels must be in [0, 14]"]), "error"),
     "check/store index not a JSON object": Case("check", _check(lambda t: ["--store", str(store_with(
         t, lambda ix: [ix]))], ["index.json", "JSON object"]), "error"),
 
@@ -335,11 +417,40 @@ CASES = {
     "train/--crop 1000": Case("train", _train(names=["crop"], **{"generator.crop": (1000, 1000, 1000)}), "error"),
     "train/constant tissue map": Case("train", _train(names=["m.nii.gz", "constant"],
                                                       **{"data.tissue_maps": _constant_maps}), "error"),
+    "train/NaN optim.poly_power (was: diverged, blaming --lr)": Case("train", _train(
+        names=["optim.poly_power", "finite"], **{"optim.poly_power": float("nan")}), "error"),
+    "train/NaN optim.weight_decay": Case("train", _train(names=["optim.weight_decay"],
+                                                         **{"optim.weight_decay": float("nan")}), "error"),
+    "train/Inf in optim.betas": Case("train", _train(names=["optim.betas[1]"],
+                                                     **{"optim.betas": (0.9, float("inf"))}), "error"),
+    "train/NaN data.lesion.procedural field": Case("train", _train(
+        names=["data.lesion.procedural.roughness"], **{"data.lesion.procedural.roughness": float("nan")}),
+        "error"),
+    "train/elastic.control_points 8.5": Case("train", _train(names=["generator.elastic.control_points", "int"],
+                                                             **{"generator.elastic.control_points": 8.5}), "error"),
+    "train/--crop of one network stride": Case("train", _train(names=["generator.crop", "at least 8"],
+                                                               **{"generator.crop": (4, 4, 4)}), "error"),
+    "train/store label map with a label the generator refuses": Case("train", _train(
+        names=["m (packed)", "labels must be in"], **{"data.store": lambda t: str(_store_labels_99(t))}), "error"),
+    "train/every lesion mask too large": Case("train", _train(
+        names=["m.nii.gz", "max_volume_ml"], **{"data.lesions": lambda t: str(lesion(t / "l" / "m.nii.gz").parent),
+                                                 "data.lesion.max_volume_ml": 1e-3}), "error"),
+    "train/--resume from a last.pt past the schedule": Case("train", _resume(_at_step(1000), names=[
+        "step 1000", "schedule 0..2"]), "error"),
+    "train/--resume from a last.pt at step -3": Case("train", _resume(_at_step(-3), names=["step -3"]), "error"),
+    "train/--resume from a last.pt whose scheduler is at the end": Case("train", _resume(lambda c: {
+        **c, "step": 1}, names=["scheduler is at step 2"]), "error"),
+    "train/--resume from a last.pt of another architecture (prev.pt intact)": Case("train", _resume(
+        _foreign_net(channels=[4, 8, 16]), keep_prev=True, names=["architecture", "prev.pt (step 1)"]), "warning"),
+    "train/--resume from a last.pt with another class count": Case("train", _resume(
+        _foreign_net(out_channels=2), names=["2 classes, this run 6"]), "error"),
     "train/--lr 1e6 diverges": Case("train", _train(names=["diverged", "--lr"], steps=12, **{"optim.lr": 1e6}),
                                     "diverged"),
 
     # preview and sample
     "preview/--crop 2": Case("preview", _check(lambda t: ["--crop", "2", "2", "2", "-n", "1"], ["crop"]), "error"),
+    "preview/--out is a folder": Case("preview", _check(lambda t: ["--crop", "16", "16", "16", "-n", "1", "--out",
+                                                               str(t)], ["montage.png"]), "error"),
     "preview/--lesions folder that does not exist": Case("preview", _check(lambda t: [
         "--crop", "16", "16", "16", "-n", "1", "--lesions", str(t / "nope")], ["nope"]), "error"),
     "sample/--out is a file": Case("sample", _check(lambda t: ["--out", str(_file(t)), "-n", "1", "--crop", "16", "16",
@@ -522,3 +633,37 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys
     assert found, text
     stopped, kept = map(int, found.groups())
     assert 0 < kept < stopped and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == kept
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities"])
+def test_an_all_background_tissue_tensor_warns_once(kind):
+    """The Python API: a map of background only made noise images with an empty target, silently."""
+    import warnings
+
+    import synthgen
+    from synthgen.config import GeneratorConfig
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(8, 8, 8)))
+    tissue = (torch.zeros(1, 1, 12, 12, 12, dtype=torch.uint8) if kind == "labels"
+              else torch.cat([torch.ones(1, 1, 12, 12, 12), torch.zeros(1, 4, 12, 12, 12)], 1))
+    with pytest.warns(UserWarning, match="`tissue` holds background only"):
+        _, target = gen(tissue)
+    assert int(target.max()) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # a map with a brain: no warning
+        gen(phantom_labels((12, 12, 12)))
+
+
+def test_warning_and_error_lines_of_predict_start_their_own_line_above_the_progress_bar(tmp_path, checkpoints,
+                                                                                          capsys):
+    """A case's warning (NaN voxels) and error (truncated data) are printed while the cases' bar runs on stderr: they
+    start after the bar is cleared ("\\r"), never glued to its text."""
+    good = scan(tmp_path / "good.nii.gz")
+    raw = scan(tmp_path / "cut.nii.gz", seed=1).read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])           # found only when its data are read
+    code = predict.main(["--no-tta", "--device", "cpu", "--checkpoint", str(checkpoints["good"]), "--out",
+                         str(tmp_path / "o"), str(_nan_voxels(tmp_path)), str(tmp_path / "cut.nii.gz"), str(good)])
+    err = capsys.readouterr().err
+    assert code == 1 and "segmenting" in err, err
+    said = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if "warning:" in line or "error:" in line]
+    assert any("holes.nii.gz" in line for line in said) and any("cut" in line for line in said), err
+    assert all(line.startswith(("warning: ", "error: ")) for line in said), said

@@ -276,8 +276,8 @@ def test_read_ahead_survives_a_generate_ahead_thread_and_the_end_of_its_range():
     assert real_only.real_only
 
 
-@pytest.mark.parametrize("lesions", ["procedural", "none"])
-def test_training_steps_over_several_maps_never_read_the_device_back(lesions, monkeypatch):
+@pytest.mark.parametrize("lesions", ["procedural", "none", "real scans"])
+def test_training_steps_over_several_maps_never_read_the_device_back(lesions, monkeypatch, tmp_path):
     """Training batches made on meta tensors, which refuse every read back to the host (.item(), bool(), .cpu()
     and the min/max of a map check): a new map on most steps, the reference pipeline with its blurs, thick
     slices and flips, lesions placed, so nothing on the device path waits for the device."""
@@ -288,13 +288,20 @@ def test_training_steps_over_several_maps_never_read_the_device_back(lesions, mo
     gen = _gen()
     src = LesionSource.procedural(affine=VOX, config=LesionConfig(healthy_probability=0.0)) \
         if lesions == "procedural" else None
-    with TrainingBatches(gen, _maps(5), seed=1, batch_size=2, device="meta", lesions=src, prefetch=2) as data:
+    real = None
+    if lesions == "real scans":             # odd steps real (the paper's 1:1 mixing), augmented on the device
+        from synthgen.data.sources import RealScans
+        from test_train import _real_folder
+        real = RealScans(folder=str(_real_folder(tmp_path / "real")))
+    with TrainingBatches(gen, _maps(5), seed=1, batch_size=2, device="meta", lesions=src, real=real,
+                         prefetch=2) as data:
         data.start(0, 8)
         for step in range(8):
             image, target = data(step)
             assert image.device.type == "meta" and image.shape == (2, 1, 16, 16, 16) and target.shape == (2, 16, 16, 16)
-        changes = sum(data.map_index(s) != data.map_index(s - 1) for s in range(1, 8))
-    assert changes >= 3         # the premise: new maps, so no check result is reused
+        synthetic = [s for s in range(8) if not data.is_real(s)]
+        changes = sum(data.map_index(a) != data.map_index(b) for a, b in zip(synthetic[1:], synthetic))
+    assert real is not None or changes >= 3     # the premise: new maps, so no check result is reused
     with pytest.raises((RuntimeError, NotImplementedError)):     # the premise: meta tensors cannot be read
         bool(image.any())
 

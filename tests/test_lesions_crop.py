@@ -203,13 +203,16 @@ def test_reference_blends_the_lesion_only_where_it_is_seen(soft):
     # the lesion weights of the whole map, pulled at every output voxel (less the box offset the boxed pull
     # subtracts, so both interpolate at the same coordinates)
     lo = torch.tensor(lesion[2], dtype=coords.dtype)
-    w = ops.grid_pull(torch.cat(lesion[:2], 1), coords - lo, "linear")
+    # the map boxes the generator pulls from (the weights' own, the crop's reach): a box's normalised grid
+    # rounds float32 coordinates its own way, a few 1e-6 voxel, which a class edge turns into 1e-4 of intensity
+    w = ops.grid_pull(torch.cat(lesion[:2], 1), coords - lo, "linear", ((0, 0, 0), lesion[0].shape[2:]))
+    reach = ops.reach_box(cfg.crop, p.matrix, p.center, p.elastic, SHAPE)
     if soft:
-        probs = ops.grid_pull(tissue, coords, "linear")
+        probs = ops.grid_pull(tissue, coords, "linear", reach)
         warped = torch.cat([probs[:, :1] + (1 - probs.sum(1, keepdim=True)).clamp(min=0), probs[:, 1:]], 1)
         labels = table[warped.argmax(1, keepdim=True)]
     else:
-        warped = ops.grid_pull(tissue, coords, "nearest")
+        warped = ops.grid_pull(tissue, coords, "nearest", reach)
         labels = table[warped.long()]
     expected = ops.bias_field(ops.gmm_sample(warped, p.gmm_mu, p.gmm_sigma, texture, w[:, :1].clamp(0, 1)), p.bias)
     labels = torch.where(w[:, 1:] > cfg.lesion_threshold, torch.tensor(lesion_class, dtype=torch.uint8), labels)

@@ -224,7 +224,7 @@ def test_errors(tmp_path, ckpt, model):
     lps_scan(tmp_path / "b" / "a.nii.gz")
     with pytest.raises(ValueError, match="would both write outputs named 'a'"):
         S.predict_files(ckpt, [tmp_path / "a.nii.gz", tmp_path / "b" / "a.nii.gz"], out)
-    with pytest.raises(ValueError, match="`window` must be a multiple of the network's total stride 4"):
+    with pytest.raises(ValueError, match=r"`window` \(--window\) must be multiples of the network stride 4"):
         S.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, window=30)
     with pytest.raises(ValueError, match="`name` is only used with `ensemble`"):
         S.predict_files(ckpt, [tmp_path / "a.nii.gz"], out, name="x")

@@ -209,7 +209,9 @@ def test_store_problems_and_a_store_folder_in_the_way(tmp_path):
     assert store_mod.check_store(tmp_path / "s") == []
     (tmp_path / "s" / "lesions" / "a.npy").unlink()
     (problem,) = store_mod.check_store(tmp_path / "s")
-    assert problem.path.endswith("lesions/a") and "a.npy: cannot be read from the store" in problem.message
+    # the item's file, said once (not "lesions/a: .../lesions/a.npy: cannot be read")
+    assert problem.path.endswith("lesions/a.npy") and problem.message.startswith("cannot be read from the store")
+    assert str(problem).count("a.npy") == 2                       # the path, and the OS error quoting it
     (problem,) = store_mod.check_store(tmp_path / "nostore")
     assert "not a packed store" in problem.message
     (tmp_path / "t").mkdir()

@@ -9,7 +9,8 @@ of ``(seed + rank, step * batch_size + i)``.
 
 A run folder holds ``last.pt`` and ``prev.pt`` (the checkpoint before it): writing a new one renames ``last.pt`` to
 ``prev.pt`` only once the new file is complete. :func:`load_resume_checkpoint` takes ``last.pt`` and falls back to
-``prev.pt``, with a warning, when ``last.pt`` is missing, corrupt (checksum) or holds non-finite weights.
+``prev.pt``, with a warning, when ``last.pt`` is missing, corrupt (checksum), holds non-finite weights or contradicts
+the run (its step outside the schedule, another architecture or class count).
 """
 from __future__ import annotations
 
@@ -100,9 +101,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_resume_checkpoint(out, map_location="cpu") -> tuple[dict, Path]:
+def load_resume_checkpoint(out, map_location="cpu", fits=None) -> tuple[dict, Path]:
     """The checkpoint a run in folder ``out`` resumes from: ``last.pt``, or ``prev.pt`` (with a warning on stderr)
-    when ``last.pt`` is missing or damaged.
+    when ``last.pt`` is missing or damaged, or when ``fits(ckpt, path)`` refuses it (raises ``ValueError``: a
+    checkpoint that contradicts the run, :func:`synthgen.validate.check_resume_fits`).
 
     Returns:
         ``(checkpoint, path)``.
@@ -120,6 +122,8 @@ def load_resume_checkpoint(out, map_location="cpu") -> tuple[dict, Path]:
             continue
         try:
             ckpt = load_checkpoint(path, map_location)
+            if fits is not None:
+                fits(ckpt, path)
         except ValueError as err:
             reasons.append(str(err))
             continue
@@ -128,4 +132,4 @@ def load_resume_checkpoint(out, map_location="cpu") -> tuple[dict, Path]:
         return ckpt, path
     if all(r.endswith(": missing") for r in reasons):
         raise FileNotFoundError(f"{out / LAST}: checkpoint not found (nothing to resume)")
-    raise ValueError("no checkpoint to resume from:\n" + "\n".join(reasons))
+    raise ValueError("no checkpoint to resume from: " + "; ".join(reasons))    # one line naming both files

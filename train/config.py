@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from synthgen import validate
 from synthgen.config import GeneratorConfig, GMMConfig, LesionConfig, ProceduralLesionConfig, dataclass_from_dict
 
 PRESETS = ("paper", "quick")
@@ -118,6 +119,7 @@ class TrainConfig:
         Raises:
             ValueError: a field out of range, or a crop that the network cannot take.
         """
+        validate.check_config_fields(self)         # NaN / Inf and wrong types in any field, by its path
         if self.preset not in PRESETS:
             raise ValueError(f"`preset` must be one of {PRESETS}, got {self.preset!r}")
         for name in ("steps", "batch_size", "iters_per_epoch", "log_every"):
@@ -158,14 +160,8 @@ class TrainConfig:
             raise ValueError("`baseline` trains on real scans only: it needs `data.real` (--real DIR) or "
                              "`data.store` (--store STORE), got None")
         self.generator.validate()
-        n_down = len(self.model.channels) - 1
-        strides = self.model.strides or (2,) * n_down
-        stride = 1
-        for s in strides:
-            stride *= int(s)
-        if any(int(c) % stride for c in self.generator.crop):
-            raise ValueError(f"`generator.crop` must be multiples of the network stride {stride}, "
-                             f"got {tuple(self.generator.crop)}")
+        from synthgen.segment.model import total_stride
+        validate.check_network_input(self.generator.crop, total_stride(vars(self.model)), "`generator.crop`")
         return self
 
     def to_dict(self) -> dict:

@@ -37,6 +37,7 @@ from synthgen.data.sources import real_scans, tissue_maps
 from synthgen.data.training import TrainingBatches, training_lesions, validation_set
 from synthgen import validate
 from synthgen.io import atomic_path, remove_stale_temporaries
+from synthgen.validate import check_resume_fits
 from train import plots
 from train.checkpoint import LAST, PREV, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import TrainConfig
@@ -358,7 +359,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     step = 0
     resumed_from = ckpt_path
     if resume:
-        ckpt, resumed_from = load_resume_checkpoint(out, map_location="cpu")   # RNG states must stay CPU tensors
+        fits = functools.partial(check_resume_fits, steps=cfg.steps, model_kwargs=model_kwargs,
+                                 state=model.state_dict())
+        ckpt, resumed_from = load_resume_checkpoint(out, map_location="cpu", fits=fits)   # RNG states stay on the CPU
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

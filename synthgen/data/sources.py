@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from synthgen import io
+from synthgen import io, validate
 
 
 @dataclass
@@ -135,6 +135,7 @@ class StoreTissueMaps(TissueMaps):
         self.reads += 1
         if item.kind == "labels":
             data = item.data
+            check_store_labels(data, self.labels, f"{self.store.root}/{item.name} (packed)")
         else:   # probabilities may be packed as uint8 x scale
             data = item.data.astype(np.float32) * np.float32(item.scale)
         if on_training_grid(item.affine, self.voxel_size):
@@ -147,6 +148,20 @@ class StoreTissueMaps(TissueMaps):
         if on_training_grid(self.section.affine(i), self.voxel_size):
             return self._read(i)                 # memory-mapped: nothing to keep
         return self._cache.get(i, lambda: self._read(i))
+
+
+def check_store_labels(data, labels, where) -> None:
+    """Refuse a packed label map with labels the generator has no Gaussian for (``labels``: the store's
+    :class:`synthgen.config.LabelConfig`, None: our convention), naming the item ``where``.
+
+    Raises:
+        ValueError: naming ``where``, the label range and what to do.
+    """
+    from synthgen.config import DEFAULT_NUM_LABELS
+    problem = validate.label_range_problem(int(data.min()), int(data.max()),
+                                           labels.num_labels if labels is not None else DEFAULT_NUM_LABELS)
+    if problem:
+        raise ValueError(f"{where}: {problem}; pack it again (with the --label-map that describes its labels)")
 
 
 def store_labels(store):

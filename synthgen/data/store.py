@@ -171,22 +171,37 @@ def _check_packed_entry(entry: dict, where: str) -> None:
                          f"{entry['shape']}, got {entry.get('box')!r}; pack again")
 
 
+def _item_problem(message: str, root, where: Path):
+    """A store item's error as a :class:`synthgen.data.check.Problem` of the file its message starts with (a file of
+    the store), else of ``where``: each path said once."""
+    file, sep, rest = message.partition(": ")
+    if sep and file.startswith(str(root)):
+        return check_mod.Problem(file, rest)
+    return check_mod.Problem(str(where), message)
+
+
 def check_store(path) -> list:
     """Every problem of a packed store, as :class:`synthgen.data.check.Problem` (``check --store``): its index, then
-    each item's arrays (present, readable, the shape the index says) and affine."""
+    each item's arrays (present, readable, the shape the index says), affine and, for label maps, labels the
+    generator takes (the rule training reads them with, :func:`synthgen.data.sources.check_store_labels`)."""
+    from synthgen.data.sources import check_store_labels, store_labels
     from synthgen.io import check_affine
     problems = []
     try:
         store = open_store(path)
+        labels = store_labels(store)
     except (FileNotFoundError, ValueError) as err:
-        return [check_mod.Problem(str(path), str(err))]
+        return [check_mod.Problem(str(path), check_mod._strip_path(str(err), path))]
     for section in SECTIONS:
         for i, name in enumerate(store[section].names):
+            where = Path(path) / section / name
             try:
                 item = store[section][i]
-                check_affine(item.affine, f"{section}/{name}")
+                check_affine(item.affine, where)
+                if section == "tissue_maps" and item.kind == "labels":
+                    check_store_labels(item.data, labels, where)
             except ValueError as err:
-                problems.append(check_mod.Problem(str(Path(path) / section / name), str(err)))
+                problems.append(_item_problem(str(err), path, where))
     return problems
 
 

@@ -475,7 +475,8 @@ def mask_array(data: np.ndarray, affine: np.ndarray, path, threshold: float | No
                voxel_size: float = 1.0) -> np.ndarray:
     """Validate a binary mask as its file holds it (the rule of ``check`` and reading) and return it as uint8
     {0, 1}: 3D (or 4D with one volume), voxels no coarser than :data:`synthgen.validate.MAX_VOXEL_MM`, finite,
-    values {0, 1} (or any, binarised as ``value > threshold``), within the memory limit at ``voxel_size`` mm.
+    values {0, 1} (or any, binarised as ``value > threshold``), within the memory limit at ``voxel_size`` mm, not
+    set everywhere (:func:`synthgen.validate.mask_coverage_problem`).
 
     Raises:
         ValueError: naming ``path`` and the problem.
@@ -493,8 +494,13 @@ def mask_array(data: np.ndarray, affine: np.ndarray, path, threshold: float | No
         if not np.all(np.isin(values, (0, 1))):
             raise ValueError(f"{path}: mask must be binary {{0, 1}}, got values {_short_list(values.tolist())} "
                              "(--mask-threshold T binarises value > T)")
-        return data.astype(np.uint8)
-    return (data > threshold).astype(np.uint8)
+        mask = data.astype(np.uint8)
+    else:
+        mask = (data > threshold).astype(np.uint8)
+    problem = validate.mask_coverage_problem(mask, threshold)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    return mask
 
 
 def read_mask(path, threshold: float | None = None, voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import torch
 
 from ..device import to_device
 from ..io import load_nifti
-from ..validate import check_grid
+from ..validate import check_grid, mask_coverage_problem
 
 SPLITS = (None, "train", "holdout")
 
@@ -232,10 +232,29 @@ def _binary_crop(name, where, load, threshold):
     lo, hi = float(data.min()), float(data.max())
     if lo < 0 or hi > 1:
         raise ValueError(f"{where}: lesion mask values must lie in [0, 1] (binary), got range [{lo}, {hi}]")
+    problem = mask_coverage_problem(data > threshold, threshold)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     cropped = crop_to_foreground(data > threshold, affine)
     if cropped is None:
         return None
     return cropped[0], cropped[1], int(cropped[0].sum())
+
+
+_DROP_ADVICE = {"split": "in the other split: change lesion.holdout_fraction or the split",
+                "empty": "no voxel set", "too_large": "above lesion.max_volume_ml {max_ml:g} mL: raise it",
+                "outside_brain": "outside the brain mask: raise lesion.max_outside_fraction"}
+
+
+def _dropped_summary(drop: dict, where: dict, max_volume_ml) -> str:
+    """Each reason masks were dropped for, with their count, what to change and the first files (by ``where``)."""
+    parts = []
+    for reason, names in drop.items():
+        if names:
+            shown = ", ".join(str(where.get(n, n)) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            advice = _DROP_ADVICE[reason].format(max_ml=max_volume_ml or 0)
+            parts.append(f"{reason}: {len(names)} ({advice}; {shown})")
+    return "; ".join(parts)
 
 
 def mask_bank_from_items(items, threshold: float = 0.5, split=None, holdout_fraction: float = 0.2,
@@ -301,8 +320,8 @@ def mask_bank_from_items(items, threshold: float = 0.5, split=None, holdout_frac
         warnings.warn(f"{len(drop['empty'])} lesion masks left out (empty): {drop['empty'][:5]}"
                       + (" ..." if len(drop["empty"]) > 5 else ""), stacklevel=3)
     if len(bank) == 0:
-        counts = {k: len(v) for k, v in drop.items() if v}
-        raise ValueError(f"no lesion mask left out of {len(items)} files after filtering: {counts}")
+        raise ValueError(f"no lesion mask left out of {len(items)} files after filtering: "
+                         + _dropped_summary(drop, {name: where for name, where, _ in items}, max_volume_ml))
     return bank
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..device import to_device
 from ..fields import smooth_field
 from .blur import gaussian_blur, gaussian_kernel1d
 
@@ -100,22 +101,27 @@ def histogram_normalise(x: torch.Tensor, percentiles=LANDMARK_PERCENTILES) -> to
     x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
     pc = torch.tensor([float(p) for p in percentiles], dtype=torch.float64)
     scale = ((pc - pc[0]) / (pc[-1] - pc[0])).to(x.device, torch.float32)
+    pc = to_device(pc, x.device)
+    steps = torch.arange(pc.numel(), device=x.device, dtype=torch.float64)
     out = torch.zeros_like(x)
     for b in range(x.shape[0]):
         for c in range(x.shape[1]):
-            v = x[b, c]
-            fg = v[v > v.min()]
-            if fg.numel() < 2:
-                continue
-            fg = torch.sort(fg.double()).values
-            pos = pc.to(fg.device) / 100.0 * (fg.numel() - 1)          # numpy's "linear" percentile
-            lo = pos.floor().long().clamp(max=fg.numel() - 1)
-            hi = (lo + 1).clamp(max=fg.numel() - 1)
-            marks = fg[lo] + (pos - lo.double()) * (fg[hi] - fg[lo])
+            # the foreground's percentiles from the sorted volume (the minimum sorts first): its size stays on
+            # the device, so nothing is read back
+            v = x[b, c].reshape(-1)
+            s = torch.sort(v).values
+            n_fg = (v > s[0]).sum()
+            first = v.numel() - n_fg
+            pos = pc / 100.0 * (n_fg - 1).clamp(min=0)                 # numpy's "linear" percentile
+            lo = pos.floor().long()
+            idx = (first + lo).clamp(max=v.numel() - 1)
+            frac = pos - lo.double()
+            low, high = s[idx].double(), s[(idx + 1).clamp(max=v.numel() - 1)].double()
+            marks = low + frac * (high - low)
             # ties (a saturated or quantised scan) would make the map non-invertible: force them apart
-            marks = marks + torch.arange(marks.numel(), device=marks.device, dtype=marks.dtype) * max(
-                1e-6 * float(marks[-1] - marks[0]), 1e-12)
-            out[b, c] = interp(v.reshape(-1), marks.float(), scale).reshape(v.shape)
+            marks = marks + steps * (1e-6 * (marks[-1] - marks[0])).clamp(min=1e-12)
+            mapped = interp(v, marks.float(), scale)
+            out[b, c] = torch.where(n_fg >= 2, mapped, torch.zeros_like(mapped)).reshape(x.shape[2:])
     return out
 
 

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from .. import validate
+from ..cli import report
 from ..io import (check_affine, fov_overlap, load_nifti, nifti_stem, remove_stale_temporaries, resample_to_grid,
                   save_nifti, to_ras_1mm)
+from ..config import MAX_VOXEL_MM, MIN_VOXEL_MM
 from .model import load_checkpoint_model, total_stride
 
 from synthgen.ops import LANDMARK_PERCENTILES  # noqa: E402  (re-exported: the landmarks' home is the op)
@@ -185,7 +187,7 @@ def _load_scan(path: Path, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
     data, affine = load_nifti(path)
     data, warned = scan_array(data, affine, path, voxel_size, nonfinite="warning")
     for message in warned:
-        print(f"warning: {path}: {message}", file=sys.stderr)
+        report(f"warning: {path}: {message}")      # while the cases' progress bar runs
     return data, affine
 
 
@@ -196,18 +198,30 @@ def _output_paths(out_dir: Path, name: str, probabilities: bool) -> dict[str, Pa
     return paths
 
 
+def _stored_window(crop, source: str) -> tuple[int, int, int]:
+    """The sliding window a checkpoint's training crop gives, refused naming the checkpoint when it is no size."""
+    try:
+        return _window(crop)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source}: its training crop {crop!r} is no window size (give --window)") from err
+
+
 def _resolve(checkpoint, window, device) -> tuple[torch.nn.Module, tuple, float, torch.device]:
     """``(model on device, window, voxel size, device)`` from a checkpoint path or a ``(model, config)`` pair."""
     if isinstance(checkpoint, (tuple, list)):
         model, cfg = checkpoint
     else:
         model, cfg = load_checkpoint_model(checkpoint, map_location="cpu")
+    source = "the checkpoint" if isinstance(checkpoint, (tuple, list)) else str(checkpoint)
     generator = cfg.get("generator") or {}
-    win = _window(window if window is not None else generator.get("crop", 192))
-    voxel_size = float(generator.get("voxel_size", 1.0))
+    win = _window(window) if window is not None else _stored_window(generator.get("crop", 192), source)
+    voxel_size = generator.get("voxel_size", 1.0)
+    if not (isinstance(voxel_size, (int, float)) and MIN_VOXEL_MM <= voxel_size <= MAX_VOXEL_MM):
+        raise ValueError(f"{source}: its training voxel size must be in [{MIN_VOXEL_MM:g}, {MAX_VOXEL_MM:g}] mm, got "
+                         f"{voxel_size!r}: a damaged or hand-edited config? (retrain, or fix its config)")
     stride = total_stride(cfg.get("model") or {})
-    if any(w % stride for w in win):
-        raise ValueError(f"`window` must be a multiple of the network's total stride {stride}, got {win}")
+    validate.check_network_input(win, stride, "`window` (--window)" if window is not None
+                                 else f"{source}: its training crop, the default window (or give --window),")
     device = validate.resolve_device(device)
     return model.to(device).eval(), win, voxel_size, device
 
@@ -388,7 +402,7 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
                 save_probabilities(outputs["probs"], out["probabilities"], out["affine"])
         except (OSError, ValueError, RuntimeError, MemoryError) as err:   # one bad scan must not stop the others
             result["status"], result["error"] = "error", f"{type(err).__name__}: {err}"
-            print(f"error: {result['name']}: {result['error']}", file=sys.stderr)
+            report(f"error: {result['name']}: {result['error']}")
             if isinstance(err, (ValueError, FileNotFoundError)):
                 failed.append(err)
     if len(failed) == len(cases):                  # every case was bad input: nothing was done
