@@ -48,14 +48,16 @@ def test_packed_box_round_trips_any_size(shape, fill):
 
 
 def _mask_folder(tmp_path, shape=(13, 11, 9)):
-    """Masks whose boxes have odd voxel counts, one full grid, one single voxel and an empty one."""
+    """Masks whose boxes have odd voxel counts, one full box, one single voxel and an empty one."""
     rng = np.random.default_rng(1)
     masks = {}
     m = np.zeros(shape, np.uint8)
     m[2:7, 3:6, 1:8] = rng.random((5, 3, 7)) > 0.4      # 5 x 3 x 7 = 105 bits
     m[2, 3, 1] = m[6, 5, 7] = 1                         # the box corners, so the box is what was written
     masks["a_lesion"] = m
-    masks["b_lesion"] = np.ones(shape, np.uint8)
+    full = np.zeros(shape, np.uint8)
+    full[1:12, 2:9, 0:5] = 1                            # a full box of 385 bits (a mask of all ones is refused)
+    masks["b_lesion"] = full
     one = np.zeros(shape, np.uint8)
     one[12, 0, 8] = 1
     masks["c_lesion"] = one
