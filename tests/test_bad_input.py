@@ -27,7 +27,9 @@ import torch
 from synthgen import preview, sample
 from synthgen.data.__main__ import main as data_main
 from synthgen.segment import build_unet, save_model_checkpoint
-from train import evaluate, predict, run
+from synthgen.metrics import cli as evaluate
+from synthgen.segment import cli as predict
+from synthgen.train import run
 
 from conftest import phantom_labels
 from test_train import BlobLesions, tiny
@@ -415,7 +417,7 @@ def test_a_3_mask_lesion_folder_trains_for_2_steps(tmp_path, capsys):
     with pytest.warns(UserWarning, match="all 3 lesion masks fall in the hold-out"):
         code, text = answer("train", ["--config", str(config)], capsys)
     assert code == 0 and "done: step 2" in text, text
-    from train.checkpoint import load_checkpoint
+    from synthgen.train.checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
 
 
@@ -429,12 +431,12 @@ def test_sigterm_stops_after_the_checkpoint_with_status_143_and_resumes(tmp_path
                 os.kill(os.getpid(), signal.SIGTERM)
             return super().sample(tissue, keys)
 
-    import train.loop as loop
+    import synthgen.train.loop as loop
     monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (Terminating(), BlobLesions()))
     config = train_config(tmp_path, steps=4)
     code, text = answer("train", ["--config", str(config)], capsys)
     assert code == 128 + signal.SIGTERM and "stopped by signal 15 after step 2" in text, text
-    from train.checkpoint import load_checkpoint
+    from synthgen.train.checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
     code, text = answer("train", ["--config", str(config), "--out", str(tmp_path / "run"), "--resume"], capsys)
     assert code == 0 and "done: step 4" in text, text
@@ -452,8 +454,8 @@ def _tamper(path, nan=False):
 
 @pytest.mark.parametrize("damage", ["checksum", "nan", "missing"])
 def test_resume_falls_back_to_prev_pt_when_last_pt_is_damaged(tmp_path, monkeypatch, capsys, damage):
-    import train.loop as loop
-    from train.checkpoint import load_checkpoint
+    import synthgen.train.loop as loop
+    from synthgen.train.checkpoint import load_checkpoint
     monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
     config = train_config(tmp_path, steps=3, ckpt_every=1)
     code, _ = answer("train", ["--config", str(config)], capsys)
@@ -512,8 +514,8 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys
     behind is the last finite one (it loads, checksum and weights verified), never a NaN one."""
     import re
 
-    import train.loop as loop
-    from train.checkpoint import load_checkpoint
+    import synthgen.train.loop as loop
+    from synthgen.train.checkpoint import load_checkpoint
     monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
     config = train_config(tmp_path, steps=12, ckpt_every=1, **{"optim.lr": 1e6})
     code, text = answer("train", ["--config", str(config)], capsys)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from synthgen import metrics as M
-from train import evaluate as E
+from synthgen.metrics import cli as E
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (17, 24, 31)

@@ -19,7 +19,7 @@ def _worker(rank: int, world: int, port: int, out: str, result: str):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
-    from train.loop import train
+    from synthgen.train.loop import train
     try:
         cfg = tiny(out, steps=2, val_every=2, ckpt_every=1)
         cfg.device = "cpu"

@@ -22,11 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):   # `python train/run.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main  # noqa: E402
-from train.config import PRESETS, TrainConfig, preset  # noqa: E402
+from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main
+from synthgen.train.config import PRESETS, TrainConfig, preset
 
 # options that may differ from the saved config on --resume (they do not change the recipe)
 RESUMABLE = {"device", "log_every", "val_every", "ckpt_every", "plot_samples", "generate_ahead", "data.prefetch"}
@@ -199,7 +196,7 @@ def _normal(v):
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cfg = resolve_config(args)
-    from train.loop import TrainingDiverged, train
+    from synthgen.train.loop import TrainingDiverged, train
     try:
         metrics = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     except TrainingDiverged as err:

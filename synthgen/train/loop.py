@@ -36,12 +36,12 @@ from synthgen.data.sources import real_scans, tissue_maps
 from synthgen.data.training import TrainingBatches, training_lesions, validation_set
 from synthgen import validate
 from synthgen.io import atomic_path, remove_stale_temporaries
-from train import plots
-from train.checkpoint import LAST, PREV, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import TrainConfig
-from train.losses import DiceCE
-from train.model import build_unet, n_params
-from train.validate import REAL_CLASSES, evaluate
+from synthgen.train import plots
+from synthgen.train.checkpoint import LAST, PREV, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from synthgen.train.config import TrainConfig
+from synthgen.train.losses import DiceCE
+from synthgen.train.model import build_unet, n_params
+from synthgen.train.validate import REAL_CLASSES, evaluate
 
 # ----------------------------------------------------------------------------------------------- devices
 

@@ -17,11 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):                     # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main  # noqa: E402
-from synthgen.metrics import evaluate_dirs, format_summary  # noqa: E402
+from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main
+from synthgen.metrics import evaluate_dirs, format_summary
 
 
 def _label_arg(text: str):
