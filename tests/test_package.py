@@ -1,5 +1,5 @@
 """The package's shape: no import circle inside synthgen (the reference pipeline imports neither the generator nor
-the fast path)."""
+the fast path); every config dataclass in synthgen/config.py (the training recipe's in synthgen/train/config.py)."""
 import ast
 from pathlib import Path
 
@@ -75,3 +75,18 @@ def test_reference_pipeline_imports_neither_generator_nor_fast_path():
             seen.add(v)
             todo.append(v)
     assert not seen & {"synthgen.generator", "synthgen.fast"}
+
+
+def test_every_config_lives_in_config_py():
+    homes = {"synthgen.config", "synthgen.train.config"}
+    strays = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Config") and _module_name(path) not in homes:
+                strays.append(f"{_module_name(path)}.{node.name}")
+    assert not strays
+
+
+def test_histogram_config_still_importable_from_real():
+    from synthgen import config, real
+    assert real.HistogramConfig is config.HistogramConfig
