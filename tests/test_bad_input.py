@@ -36,8 +36,8 @@ from test_train import BlobLesions, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MAINS = {"check": lambda argv: data_main(["check", "--quiet"] + argv),
-         "pack": lambda argv: data_main(["pack", "--quiet"] + argv),
+MAINS = {"check": lambda argv: data_main(["check", "--no-progress"] + argv),
+         "pack": lambda argv: data_main(["pack", "--no-progress"] + argv),
          "train": lambda argv: run.main(["--no-progress"] + argv),
          "predict": lambda argv: predict.main(["--no-tta", "--device", "cpu"] + argv),
          "evaluate": evaluate.main, "preview": preview.main, "sample": sample.main}
@@ -118,7 +118,7 @@ def store_with(tmp, edit) -> Path:
     """A packed store of two lesion masks whose index.json ``edit(index)`` has damaged (returns the new JSON)."""
     for i in range(2):
         lesion(tmp / "les" / f"m{i}.nii.gz", i)
-    assert data_main(["pack", "--quiet", "--lesions", str(tmp / "les"), "--out", str(tmp / "store")]) == 0
+    assert data_main(["pack", "--no-progress", "--lesions", str(tmp / "les"), "--out", str(tmp / "store")]) == 0
     index = json.loads((tmp / "store" / "index.json").read_text())
     (tmp / "store" / "index.json").write_text(json.dumps(edit(index)))
     return tmp / "store"
@@ -308,7 +308,7 @@ CASES = {
         ["--label-map", "freesurfer"]), "error"),
     "check/constant real scan": Case("check", _check(_constant_real, ["c_T1w.nii.gz", "constant"]), "error"),
     "check/.NII.GZ lesion masks": Case("check", _check(lambda t: ["--lesions", str(lesion(
-        t / "l" / "A_LESION.NII.GZ").parent), "--glob", "*_lesion.nii.gz"]), "works"),
+        t / "l" / "A_LESION.NII.GZ").parent), "--lesion-pattern", "*_lesion.nii.gz"]), "works"),
     "check/store index without sections": Case("check", _check(lambda t: ["--store", str(store_with(
         t, lambda ix: {"version": 1}))], ["index.json", "sections"]), "error"),
     "check/store entry without an affine": Case("check", _check(lambda t: ["--store", str(store_with(

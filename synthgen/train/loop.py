@@ -101,12 +101,18 @@ def check_data(cfg: TrainConfig) -> None:
         return
     from synthgen.data import check
     vox = cfg.generator.voxel_size
-    problems = check.check_folders(tissue_maps=d.tissue_maps, real=d.real, label_map=d.label_map, progress=False,
-                                   voxel_size=vox)
-    if d.lesions:
-        problems += check.check_folders(lesions=d.lesions, pattern=d.lesion.mask_pattern, progress=False)
-    if d.real_val:
-        problems += check.check_folders(real=d.real_val, progress=False, voxel_size=vox)
+    # every folder listed before any file is read: a missing folder or a pattern that matches nothing is said at once
+    listed = check.list_folders(d.tissue_maps, d.lesions, d.real,
+                                check.folder_patterns(lesion_pattern=d.lesion.mask_pattern))[2]
+    listed += check.list_folders(real=d.real_val)[2]
+    problems = check.folder_errors(listed, (d.tissue_maps, d.lesions, d.real, d.real_val))
+    if not problems:
+        problems = check.check_folders(tissue_maps=d.tissue_maps, real=d.real, label_map=d.label_map,
+                                       progress=False, voxel_size=vox)
+        if d.lesions:
+            problems += check.check_folders(lesions=d.lesions, lesion_pattern=d.lesion.mask_pattern, progress=False)
+        if d.real_val:
+            problems += check.check_folders(real=d.real_val, progress=False, voxel_size=vox)
     if check.has_errors(problems):
         raise ValueError("training data have problems:\n" + check.format_problems(problems))
     for p in problems:

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main
+from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_crop, add_debug, cli_main
 from synthgen.train.config import PRESETS, TrainConfig, preset
 
 # options that may differ from the saved config on --resume (they do not change the recipe)
@@ -38,15 +38,6 @@ OPTION_PATHS = {"steps": "steps", "out": "out", "seed": "seed", "device": "devic
                 "lr": "optim.lr", "amp": "optim.amp", "crop": "generator.crop", "generate_ahead": "generate_ahead",
                 "work_dtype": "generator.work_dtype", "target": "generator.target", "prefetch": "data.prefetch",
                 "channels": "generator.channels"}
-
-
-def _crop(text: str) -> tuple:
-    parts = [int(p) for p in text.replace("x", ",").split(",") if p]
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"--crop must be N or D,H,W, got {text!r}")
-    return tuple(parts)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="base seed (rank r uses seed + r)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, help="samples per step per rank")
-    p.add_argument("--crop", type=_crop, help="training crop, N or D,H,W voxels (multiples of the net stride)")
+    add_crop(p, "training crop in voxels (multiples of the net stride)")
     p.add_argument("--voxel-size", type=float, help="training grid in mm")
     p.add_argument("--lr", type=float, help="AdamW learning rate")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision (auto: bf16 on CUDA)")
