@@ -1,11 +1,89 @@
-"""The package's shape: no import circle inside synthgen (the reference pipeline imports neither the generator nor
-the fast path); every config dataclass in synthgen/config.py (the training recipe's in synthgen/train/config.py)."""
+"""The package's shape: the wheel ships the CUDA sources, the bundled data and the mappings, and only ``synthgen`` at
+the top level; no import circle inside synthgen (the reference pipeline imports neither the generator nor the fast
+path); every config dataclass in synthgen/config.py (the training recipe's in synthgen/train/config.py)."""
 import ast
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import synthgen
+from conftest import SOURCE_TREE
 
 PACKAGE = Path(synthgen.__file__).resolve().parent
+
+
+# what an installed synthgen needs beside its modules (paths inside the wheel)
+SHIPPED = ("synthgen/kernels/csrc/synth_warp.cu", "synthgen/kernels/csrc/host_shim.cpp",
+           "synthgen/kernels/csrc/host_shim.h", "synthgen/data/default/mni152_2009a_tissue_labels.nii.gz",
+           "synthgen/data/default/LICENSE.txt", "synthgen/data/mappings/freesurfer.json")
+
+
+def _build_wheel(out: Path) -> Path:
+    """A wheel of the checkout, built from a copy of it (the checkout stays clean; a stray package would come too)."""
+    src = out / "src"
+    shutil.copytree(SOURCE_TREE, src, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.pyc", "*.so", "build", "dist", "*.egg-info", ".venv", "runs", ".device", ".hypothesis",
+        ".pytest_cache"))
+    shutil.rmtree(src / "synthgen" / "kernels" / "csrc", ignore_errors=True)     # a copy an in-place build left
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(out / "dist"), str(src)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (wheel,) = (out / "dist").glob("synthgen-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel_files(tmp_path_factory) -> dict:
+    """``{path inside the wheel: text or None}`` of synthgen's wheel: a wheel built from the checkout, or, when the
+    suite runs outside it, the installed distribution's own files (its RECORD)."""
+    if SOURCE_TREE is None:
+        dist = metadata.distribution("synthgen")
+        return {str(f): None for f in dist.files if not str(f).startswith("..")} | \
+            {f"{dist.name}.dist-info/{n}": dist.read_text(n) for n in ("top_level.txt", "entry_points.txt")}
+    with zipfile.ZipFile(_build_wheel(tmp_path_factory.mktemp("wheel"))) as z:
+        return {n: (z.read(n).decode() if n.endswith(".txt") else None) for n in z.namelist()}
+
+
+def _dist_info(files: dict, name: str) -> str:
+    (text,) = [v for k, v in files.items() if k.endswith(f".dist-info/{name}")]
+    return text
+
+
+def test_wheel_ships_cuda_sources_data_and_mappings(wheel_files):
+    missing = [f for f in SHIPPED if f not in wheel_files]
+    if SOURCE_TREE is not None:      # every CUDA source and bundled file of the checkout, not only today's
+        missing += [f"synthgen/kernels/csrc/{p.name}" for p in (SOURCE_TREE / "csrc").iterdir()
+                    if f"synthgen/kernels/csrc/{p.name}" not in wheel_files]
+        for folder in ("default", "mappings"):
+            missing += [f"synthgen/data/{folder}/{p.name}" for p in (SOURCE_TREE / "synthgen" / "data" / folder).iterdir()
+                        if f"synthgen/data/{folder}/{p.name}" not in wheel_files]
+    assert not missing
+
+
+def test_wheel_has_only_synthgen_at_the_top_level(wheel_files):
+    top = {f.split("/")[0] for f in wheel_files if ".dist-info/" not in f and not f.startswith(".")}
+    assert top == {"synthgen"}
+    assert _dist_info(wheel_files, "top_level.txt").split() == ["synthgen"]
+
+
+def test_console_scripts_point_into_synthgen(wheel_files):
+    text = _dist_info(wheel_files, "entry_points.txt")
+    targets = dict(line.replace(" ", "").split("=", 1) for line in text.splitlines() if "=" in line)
+    assert {"synthgen-train", "synthgen-predict", "synthgen-evaluate", "synthgen-sample", "synthgen-preview"} <= \
+        set(targets)
+    assert all(t.startswith("synthgen.") for t in targets.values()), targets
+
+
+def test_the_cuda_loader_finds_its_source():
+    from synthgen.kernels import cuda_loader
+    assert cuda_loader.WARP_SOURCE.is_file()
+    if SOURCE_TREE is None:          # installed: the copy inside the package, not a checkout's csrc/
+        assert cuda_loader.WARP_SOURCE.parent == Path(cuda_loader.__file__).resolve().parent / "csrc"
 
 
 def _module_name(path: Path) -> str:
