@@ -91,3 +91,19 @@ def test_batch_size_zero_is_refused():
     tissue = torch.ones(1, 1, 8, 8, 8, dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"`batch_size` must be a positive int or None .* got 0"):
         gen(tissue, batch_size=0)
+
+
+def test_lesion_config_keeps_how_masks_are_read_apart_from_how_lesions_are_made():
+    from synthgen.config import LesionConfig, LesionMaskConfig
+    reading = ["mask_dir", "mask_pattern", "mask_threshold", "max_volume_ml", "max_outside_fraction",
+               "holdout_fraction"]
+    assert [f.name for f in dataclasses.fields(LesionMaskConfig)] == reading
+    assert [f.name for f in dataclasses.fields(LesionConfig)][:len(reading)] == reading   # same order as before
+    assert not set(reading) & {"count", "healthy_probability", "clip_to", "target", "fading", "softcp", "procedural"}
+    # the old spelling: a LesionConfig still takes every field, and is a mask-reading config too
+    cfg = LesionConfig(mask_pattern="*_lesion.nii.gz", holdout_fraction=0.3, count=(2, 3))
+    assert isinstance(cfg, LesionMaskConfig) and (cfg.mask_pattern, cfg.count) == ("*_lesion.nii.gz", (2, 3))
+    with pytest.raises(ValueError, match=r"`lesion.mask_threshold` must be in \[0, 1\), got 1.5"):
+        LesionMaskConfig(mask_threshold=1.5).validate()
+    with pytest.raises(ValueError, match=r"`lesion.holdout_fraction`"):
+        LesionConfig(holdout_fraction=2.0).validate()
