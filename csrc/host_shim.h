@@ -3,6 +3,14 @@
 // written with #ifdef SG_HOST as plain read-modify-writes).
 #pragma once
 #include <math.h>
+#include <string.h>
+
+// the device's bit casts and integer atomics (threads run one after the other: a read-modify-write is atomic)
+static inline int __float_as_int(float v) { int i; memcpy(&i, &v, sizeof i); return i; }
+static inline unsigned __float_as_uint(float v) { unsigned u; memcpy(&u, &v, sizeof u); return u; }
+static inline float __int_as_float(int i) { float v; memcpy(&v, &i, sizeof v); return v; }
+template <class T> static inline T atomicMin(T* a, T v) { T old = *a; if (v < old) *a = v; return old; }
+template <class T> static inline T atomicMax(T* a, T v) { T old = *a; if (v > old) *a = v; return old; }
 
 struct sg_dim3 { unsigned x, y, z; };
 static thread_local sg_dim3 blockIdx, threadIdx, blockDim, gridDim;

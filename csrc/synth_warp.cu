@@ -85,23 +85,20 @@ __device__ __forceinline__ float sg_lerp3(const float* v, const sg_corners* q) {
 #define SG_INF __int_as_float(0x7f800000)
 #endif
 
-// float atomics through the integer order of IEEE floats (non-negative: as int; negative: reversed, as unsigned)
+// float atomics through the integer order of IEEE floats (non-negative: as int; negative: reversed, as unsigned).
+// -0.0 takes the non-negative branch (-0.0 >= 0) but its bits are INT_MIN as an int, below every non-negative
+// and every negative float there: it is made +0.0 first. The host build runs the same code (host_shim.h's
+// atomics are plain read-modify-writes of one thread at a time).
 __device__ __forceinline__ void sg_atomic_min(float* a, float v) {
-#ifdef SG_HOST
-    if (v < *a) *a = v;                                  // the host build runs threads one after the other
-#else
+    if (v == 0.0f) v = 0.0f;
     if (v >= 0.0f) atomicMin((int*)a, __float_as_int(v));
     else atomicMax((unsigned int*)a, __float_as_uint(v));
-#endif
 }
 
 __device__ __forceinline__ void sg_atomic_max(float* a, float v) {
-#ifdef SG_HOST
-    if (v > *a) *a = v;
-#else
+    if (v == 0.0f) v = 0.0f;
     if (v >= 0.0f) atomicMax((int*)a, __float_as_int(v));
     else atomicMin((unsigned int*)a, __float_as_uint(v));
-#endif
 }
 
 // this block's min/max of v into its partial slots (pre-filled with +inf / -inf): a warp reduction, then one

@@ -44,6 +44,11 @@ def check_tissue(tissue: torch.Tensor, num_labels: int = DEFAULT_NUM_LABELS) -> 
         raise TypeError(f"`tissue` must be integer labels or float probabilities, got dtype {tissue.dtype}")
 
 
+def _tensor_key(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's contents without reading them: storage, in-place version, view and place."""
+    return t.data_ptr(), t._version, tuple(t.shape), tuple(t.stride()), t.dtype, t.device
+
+
 class SynthGenerator:
     """Synthetic MR images with segmentation targets from tissue maps (SynthSeg-style, with stroke lesions).
 
@@ -101,15 +106,19 @@ class SynthGenerator:
         num_labels = self.config.labels.num_labels
         if not isinstance(tissue, torch.Tensor):
             check_tissue(tissue, num_labels)    # raises the clear error
-        key = (tissue.data_ptr(), tissue._version, tuple(tissue.shape), tuple(tissue.stride()), tissue.dtype,
-               tissue.device)
-        ref = self._checked.get(key)
+        ref = self._checked.get(_tensor_key(tissue))
         if ref is not None and ref() is tissue:
             return
         check_tissue(tissue, num_labels)
+        self.mark_checked(tissue)
+
+    def mark_checked(self, tissue: torch.Tensor) -> None:
+        """Take ``tissue`` as checked (until it changes in place): for a device copy of a map whose host copy
+        passed :func:`check_tissue` (a training loop checks each map where it reads it, so that a new map per
+        step never reads the device back)."""
         if len(self._checked) >= 64:
             self._checked.clear()
-        self._checked[key] = weakref.ref(tissue)
+        self._checked[_tensor_key(tissue)] = weakref.ref(tissue)
 
     def sample_params(self, tissue_shape, seed: int = 0, index: int = 0, batch: int = 1) -> SampleParams:
         """Parameters of samples ``index .. index + batch - 1`` of stream ``seed`` for a map of spatial shape."""

@@ -53,16 +53,18 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
         ``(image, target)``: ``(B, 1, *crop)`` float32 and uint8, before flips.
     """
     coords = ops.affine_elastic_coords(crop, params.matrix, params.center, params.elastic)
+    hp = params if host_params is None else host_params
+    reach = ops.reach_box(crop, hp.matrix, hp.center, hp.elastic, tissue.shape[2:])     # on the host: no sync
     if tissue.is_floating_point():
-        probs = ops.grid_pull(tissue.float(), coords, "linear")
+        probs = ops.grid_pull(tissue.float(), coords, "linear", reach)
         outside = (1 - probs.sum(1, keepdim=True)).clamp(min=0)
         warped = torch.cat([probs[:, :1] + outside, probs[:, 1:]], 1)   # outside the map is background
         label = warped.argmax(1, keepdim=True)
     else:
-        warped = ops.grid_pull(tissue, coords, "nearest")
+        warped = ops.grid_pull(tissue, coords, "nearest", reach)
         label = warped.long()
     target = classes[label]                                                  # (B, 1, *crop) uint8
-    image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture)
+    image = ops.gmm_sample(warped, params.gmm_mu, params.gmm_sigma, texture, check_labels=False)  # maps checked
     if lesion is not None:
         # only the output voxels that can see the lesion's box pull its weights and blend it in (elsewhere its
         # weight is 0, which leaves the voxel as it is: the lesion's cost follows its box, not the crop); the blend
@@ -72,13 +74,13 @@ def warp_sample_ref(tissue: torch.Tensor, lesion, params: SampleParams, texture:
         weights = torch.cat([lesion[0], lesion[1]], 1).float()
         offset = to_device(torch.tensor(lo, dtype=coords.dtype), coords.device)
         mu, sigma = params.gmm_mu[:, -1], params.gmm_sigma[:, -1]
-        hp = params if host_params is None else host_params
+        whole = ((0, 0, 0), tuple(weights.shape[2:]))          # the weights' own box, already float
         for b, box in enumerate(ops.seeing_box(crop, hp.matrix, hp.center, hp.elastic, lo, hi)):
             if box is None:
                 continue
             sl = (slice(b, b + 1), slice(None), *(slice(a, z) for a, z in zip(*box)))
             w = ops.grid_pull(weights[b:b + 1] if weights.shape[0] > 1 else weights, coords[sl[:1] + sl[2:]] - offset,
-                              "linear")
+                              "linear", whole)
             w_int, w_lab = w[:, :1].clamp(0, 1), w[:, 1:]
             target[sl] = torch.where(w_lab > threshold, torch.full_like(target[sl], lesion_class), target[sl])
             image[sl] = image[sl] * (1 - w_int) + (mu[b] + sigma[b] * texture[sl]) * w_int
@@ -107,28 +109,28 @@ def generate_ref(config: GeneratorConfig, tissue: torch.Tensor, params: SamplePa
     dev = tissue.device
     crop = tuple(int(c) for c in config.crop)
     table, lesion_class = tables
-    p = params.to(dev)
-    gens = [generator_for(int(k), dev) for k in params.noise_key] if texture is None or noise is None else None
+    p, hp = params.to(dev), params.to("cpu")     # device copies for the maths, host copies for kernels and loops
+    gens = [generator_for(int(k), dev) for k in hp.noise_key] if texture is None or noise is None else None
     with stage("warp_gmm_bias"):
         if texture is None:
-            texture = ops.texture_noise(crop, p.gmm_fwhm, gens, device=dev)
+            texture = ops.texture_noise(crop, hp.gmm_fwhm, gens, device=dev)
         image, target = warp_sample_ref(tissue, lesion, p, to_device(texture, dev), crop, table, lesion_class,
-                                        config.lesion_threshold, host_params=params)
+                                        config.lesion_threshold, host_params=hp)
         brain = target > 0
         del texture
     with stage("gamma"):
         image = ops.gamma_transform(image, p.gamma)
     with stage("blur"):
-        image = ops.thick_slices(image, p.spacing, p.motion_fwhm)     # motion blur + slice profile
+        image = ops.thick_slices(image, hp.spacing, hp.motion_fwhm)     # motion blur + slice profile
     with stage("noise"):
         image = ops.add_noise(image, p.noise_std, None if noise is not None else gens, config.noise.kind,
                               normals=noise)
-        image = ops.gaussian_blur(image, p.smooth_fwhm)
+        image = ops.gaussian_blur(image, hp.smooth_fwhm)
     with stage("normalise"):
         image = ops.percentile_clip(image, *config.clip)
         image = ops.skull_strip(image, brain, p.skull_strip)
-        image = ops.flip(image, p.flip)
-        target = ops.flip(target, p.flip)
+        image = ops.flip(image, hp.flip)
+        target = ops.flip(target, hp.flip)
         image = ops.z_normalise(image).to(getattr(torch, config.image_dtype))
     target = target[:, 0]
     if config.target == "lesion":

@@ -121,22 +121,22 @@ def test_host_build_matches_reference(host_lib, kind):
     torch.testing.assert_close(pmax, blocks.nan_to_num(float("-inf")).amax(2))
 
 
-def test_float_atomics_by_integer_order():
-    """The order sg_atomic_min / sg_atomic_max rely on on the device (the host build compares floats): a
-    non-negative float is ordered as its int32 bits, a negative one reversed as its uint32 bits."""
+@pytest.mark.parametrize("case", ["random", "negative-zero", "zeros-only", "infinities"])
+def test_float_atomics_by_integer_order(host_lib, case):
+    """sg_atomic_min / sg_atomic_max order floats by their int32 / uint32 bits, as the device's integer atomics do
+    (the host build runs that code): equal to numpy's min / max, -0.0 included (its bits are INT_MIN as an int)."""
     import numpy as np
-    vals = np.random.default_rng(0).standard_normal(2000).astype(np.float32) * 100
-    vals[::97] = 0.0
-    as_int, as_uint = (lambda v: int(np.float32(v).view(np.int32))), (lambda v: int(np.float32(v).view(np.uint32)))
-    lo, hi = np.float32(np.inf), np.float32(-np.inf)
-    for v in vals:
-        if v >= 0:
-            lo = np.int32(min(as_int(lo), as_int(v))).view(np.float32)
-            hi = np.int32(max(as_int(hi), as_int(v))).view(np.float32)
-        else:
-            lo = np.uint32(max(as_uint(lo), as_uint(v))).view(np.float32)
-            hi = np.uint32(min(as_uint(hi), as_uint(v))).view(np.float32)
-    assert lo == vals.min() and hi == vals.max()
+    rng = np.random.default_rng(0)
+    vals = {"random": rng.standard_normal(2000).astype(np.float32) * 100,
+            "negative-zero": np.array([-3.5, -0.0, -1e-30, -2.0], np.float32),
+            "zeros-only": np.array([-0.0, -0.0, 0.0, -0.0], np.float32),
+            "infinities": np.array([-np.inf, -0.0, np.inf, 7.0], np.float32)}[case]
+    if case == "random":
+        vals[::97] = -0.0
+    lo, hi = ctypes.c_float(float("inf")), ctypes.c_float(float("-inf"))
+    host_lib.sg_minmax_host(vals.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(len(vals)), ctypes.byref(lo),
+                            ctypes.byref(hi))
+    assert lo.value == vals.min() and hi.value == vals.max(), (lo.value, hi.value)
 
 
 def test_nvcc_compiles_the_kernel(tmp_path):

@@ -88,3 +88,74 @@ def test_cuda_copies_arrive_on_device_in_order():
         assert pf.pin_memory
         out = [float(x[0, 0, 0]) for x in pf]
     assert out == [float(i) for i in range(6)]
+
+
+def _within(seconds, fn):
+    """``fn()``'s result or exception, or a failure if it has not answered after ``seconds`` (a hang)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:     # handed back to the test's thread
+            box["error"] = err
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"no answer after {seconds} s: the consumer hangs"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class _FakeStream:
+    def wait_event(self, event):
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Just enough of torch.cuda for the prefetcher's CUDA path on a CPU; ``set_device`` refuses an index-less
+    device as torch does ("Expected a torch.device with a specified index")."""
+    def set_device(device):
+        if isinstance(device, torch.device) and device.index is None:
+            raise ValueError("Expected a torch.device with a specified index or an integer, but got:cuda")
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "Event", lambda *a, **k: type("E", (), {"record": lambda self, s=None: None})())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_index_less_cuda_device_gets_the_current_index_and_items_arrive(fake_cuda):
+    # torch.device("cuda") is what resolve_device gives a single-GPU run: the worker's set_device needs an index
+    pf = Prefetcher(lambda i: i * 10, range(3), depth=1, device="cuda")
+    assert pf.device == torch.device("cuda", 0)
+    assert _within(10, lambda: list(pf)) == [0, 10, 20]
+
+
+def test_worker_set_up_failure_is_an_error_not_a_hang(fake_cuda, monkeypatch):
+    def broken(device=None):
+        raise RuntimeError("CUDA error: out of streams")
+    monkeypatch.setattr(torch.cuda, "Stream", broken)
+    pf = Prefetcher(lambda i: i, range(3), depth=1, device="cuda:0")
+    with pytest.raises(PrefetchError, match=r"'<stream set-up>' failed: RuntimeError: CUDA error: out of streams"):
+        _within(10, lambda: next(pf))
+    assert not pf._thread.is_alive()
+
+
+def test_a_worker_that_dies_silently_is_noticed():
+    class Mute(Prefetcher):      # a worker that loses its error instead of handing it over
+        def _put(self, entry):
+            return entry[0] != "error" and super()._put(entry)
+
+    def load(i):
+        if i == 1:
+            raise OSError("lost")
+        return i
+    pf = Mute(load, range(3), depth=1)
+    assert next(pf) == 0
+    with pytest.raises(PrefetchError, match="the prefetch thread stopped without a result"):
+        _within(10, lambda: next(pf))

@@ -274,3 +274,35 @@ def test_read_ahead_survives_a_generate_ahead_thread_and_the_end_of_its_range():
     assert torch.equal(extra[0], inline(5)[0])
     real_only = TrainingBatches(_gen(), None, seed=0, batch_size=1, device="cpu", real=object())
     assert real_only.real_only
+
+
+@pytest.mark.parametrize("lesions", ["procedural", "none"])
+def test_training_steps_over_several_maps_never_read_the_device_back(lesions, monkeypatch):
+    """Training batches made on meta tensors, which refuse every read back to the host (.item(), bool(), .cpu()
+    and the min/max of a map check): a new map on most steps, the reference pipeline with its blurs, thick
+    slices and flips, lesions placed, so nothing on the device path waits for the device."""
+    import synthgen.reference as generator_mod    # the reference pipeline draws its generators there
+    from synthgen.lesions import LesionSource
+    real = generator_mod.generator_for      # meta tensors take no torch.Generator: draw unseeded there
+    monkeypatch.setattr(generator_mod, "generator_for", lambda k, d="cpu": None if str(d) == "meta" else real(k, d))
+    gen = _gen()
+    src = LesionSource.procedural(affine=VOX, config=LesionConfig(healthy_probability=0.0)) \
+        if lesions == "procedural" else None
+    with TrainingBatches(gen, _maps(5), seed=1, batch_size=2, device="meta", lesions=src, prefetch=2) as data:
+        data.start(0, 8)
+        for step in range(8):
+            image, target = data(step)
+            assert image.device.type == "meta" and image.shape == (2, 1, 16, 16, 16) and target.shape == (2, 16, 16, 16)
+        changes = sum(data.map_index(s) != data.map_index(s - 1) for s in range(1, 8))
+    assert changes >= 3         # the premise: new maps, so no check result is reused
+    with pytest.raises((RuntimeError, NotImplementedError)):     # the premise: meta tensors cannot be read
+        bool(image.any())
+
+
+def test_a_bad_map_is_refused_where_it_is_read():
+    maps = _maps(2)
+    maps.maps[1] = maps.maps[1].clone().fill_(200)        # a label the generator does not know
+    with TrainingBatches(_gen(), maps, seed=0, batch_size=1, device="cpu") as data:
+        bad = next(s for s in range(50) if data.map_index(s) == 1)
+        with pytest.raises(ValueError, match=r"labels must be in \[0, \d+\]"):
+            data(bad)

@@ -230,3 +230,56 @@ def test_float16_work_volumes_need_the_triton_warp():
 
 
 test_interpreter_child_process = child_process_test(__file__, RUN_HERE)
+
+
+def test_self_check_crop_keeps_each_sizes_divisibility_by_16():
+    # Triton specialises integer arguments on divisibility by 16: the check's crop must give the config's kernels
+    for n in range(1, 400):
+        m = fast.self_check_size(n, 32)
+        assert m % 16 == n % 16 and m <= 47 and (m == n or n > 47)
+    cfg = GeneratorConfig(crop=(192, 97, 100))
+    assert fast._self_check_config(cfg).crop == (32, 33, 36)
+    # products keep their remainders too: the strides and voxel counts the kernels get
+    assert (192 * 97 * 100) % 16 == (32 * 33 * 36) % 16 and (97 * 100) % 16 == (33 * 36) % 16
+
+
+def test_self_check_compares_the_kernels_own_noise(monkeypatch):
+    """The check runs the fast path's Philox texture and noise (what training runs), not injected volumes: a
+    texture drawn from the wrong counter, or acquisition noise from the wrong seed, fails it."""
+    from synthgen.kernels import triton_blur, triton_noise
+    cfg, tissue = _config(), phantom_labels(MAP)
+    ok, found = fast.self_check(cfg, tissue, None, "triton")
+    assert ok, found
+    real_randn = triton_noise.randn
+    monkeypatch.setattr(triton_noise, "randn", lambda out, seeds, stream: real_randn(out, seeds, stream + 3))
+    ok, found = fast.self_check(cfg, tissue, None, "triton")
+    assert not ok and "max |image - reference|" in found
+    monkeypatch.setattr(triton_noise, "randn", real_randn)
+    real_epilogue = triton_blur.Epilogue
+
+    def other_seed(std=None, seeds=None, *a, **k):
+        return real_epilogue(std, None if seeds is None else seeds + 1, *a, **k)
+    monkeypatch.setattr(triton_blur, "Epilogue", other_seed)
+    ok, found = fast.self_check(cfg, tissue, None, "triton")
+    assert not ok and "max |image - reference|" in found
+
+
+def test_self_check_rule_excuses_only_what_a_changed_class_reaches():
+    """One voxel of another class: the image may differ there and where the blurs carry it, nowhere else."""
+    B, crop = 1, (9, 10, 11)
+    params = _params(_config(), B=2).select(1)          # slice profile on axis 1, smoothing off
+    params.motion_fwhm = torch.zeros(1, 3)
+    params.spacing = torch.ones(1, 3)
+    params.smooth_fwhm = torch.tensor([0.8])
+    params.flip = torch.tensor([[False, False, False]])
+    ref_img, ref_tgt = torch.zeros(B, 1, *crop), torch.ones(B, *crop, dtype=torch.uint8)
+    tgt = ref_tgt.clone()
+    tgt[0, 4, 5, 5] = 2                                 # one voxel changed class
+    img = ref_img.clone()
+    img[0, 0, 4, 5, 5] = 2.0                            # its class contrast
+    img[0, 0, 4, 5, 6] = 0.3                            # what the smoothing (FWHM 0.8: taps ~0.06) carries next door
+    diff, agree = fast._compare(img, ref_img, tgt, ref_tgt, params)
+    assert diff == 0.0 and agree == pytest.approx(1 - 1 / (9 * 10 * 11))
+    img[0, 0, 0, 0, 0] = 0.01                           # a voxel no blur reaches from there
+    diff, _ = fast._compare(img, ref_img, tgt, ref_tgt, params)
+    assert diff == pytest.approx(0.01)

@@ -92,8 +92,15 @@ def test_float16_work_volumes_on_device():
     a, ta = fast.generate_fast(cfg, tissue, params)
     b, tb = fast.generate_fast(dataclasses.replace(cfg, work_dtype="float16"), tissue, params)
     assert torch.equal(ta, tb)
-    diff = (a - b).abs()
-    assert float(diff.max()) < 0.05 and float(diff.mean()) < 4e-3
+    diff = (a - b).abs().flatten(1)
+    # float16 rounds the warped intensity by up to 2^-11 of it; the gamma maps u = (x - lo) / span in [0, 1] to u^g,
+    # Lipschitz (constant g) for g >= 1 but only Hoelder (|a^g - b^g| <= |a - b|^g) for g < 1, so near the image's
+    # minimum one rounding can move a voxel by (2^-11 x / span)^g of the span: no fixed bound on the maximum there.
+    # The bulk is bounded for every gamma, the maximum where g >= 1.
+    assert float(diff.mean()) < 4e-3 and float(torch.quantile(diff[:, ::7].float(), 0.999)) < 0.05
+    steep = params.gamma.to(diff.device) >= 1
+    if bool(steep.any()):
+        assert float(diff[steep].max()) < 0.05
 
 
 @pytest.mark.gpu
@@ -177,5 +184,65 @@ def test_procedural_lesions_on_the_device_never_wait_for_it(monkeypatch):
     on_gpu, _ = src.sample_masks(tissue.expand(2, -1, -1, -1, -1), keys)
     on_cpu, _ = src.sample_masks(tissue.cpu().expand(2, -1, -1, -1, -1), keys)
     for a, b in zip(on_gpu.cpu(), on_cpu):         # each sample's lesion, not the map's background
-        dice = 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
-        assert b.any() and dice > 0.99, dice
+        # a score tie broken otherwise by float rounding swaps one voxel in and one out (2 voxels of a XOR b): two
+        # such ties, or 1 % of the lesion, whichever is more (Dice = 1 - |a XOR b| / (|a| + |b|))
+        size, apart = float(a.sum() + b.sum()), float((a ^ b).sum())
+        assert b.any() and apart <= max(4.0, 0.01 * size), (apart, size)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["fast", "torch"])
+def test_training_batches_over_several_maps_never_wait(monkeypatch, backend):
+    """The training data path on the device: a new map on most steps (read ahead, checked on the host copy),
+    procedural lesions, the fast path or the reference on the device: no host sync after the first step."""
+    from synthgen.config import LesionConfig
+    from synthgen.data.sources import TensorTissueMaps
+    from synthgen.data.training import TrainingBatches
+    from synthgen.lesions import LesionSource
+    if backend == "torch":
+        monkeypatch.setenv("SYNTHGEN_BACKEND", "torch")
+    else:
+        monkeypatch.delenv("SYNTHGEN_BACKEND", raising=False)
+    tissue, affine = default_tissue_map(with_affine=True)
+    maps = TensorTissueMaps([torch.roll(tissue, 3 * i, 2) for i in range(5)], [affine] * 5)
+    gen = synthgen.SynthGenerator(GeneratorConfig(crop=(96, 96, 96)))
+    src = LesionSource.procedural(affine, LesionConfig(healthy_probability=0.0))
+    with TrainingBatches(gen, maps, seed=1, batch_size=2, device="cuda", lesions=src) as data:
+        data.start(0, 8)
+        data(0)                                 # compile, the path's one-off self-check
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step in range(1, 8):
+                data(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert sum(data.map_index(s) != data.map_index(s - 1) for s in range(1, 8)) >= 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ahead", ["on", "off"])
+def test_single_gpu_training_reaches_its_last_step(tmp_path, ahead):
+    """``python train/run.py`` on one GPU: an index-less ``cuda`` device, with and without generate-ahead (the
+    read-ahead thread once died on ``set_device(cuda)`` and step 0 waited forever)."""
+    from synthgen.lesions import LesionSource
+    from test_train import tiny
+    from synthgen.train.loop import train
+    cfg = tiny(tmp_path / "run", steps=3, ckpt_every=0)
+    cfg.device, cfg.generate_ahead = "cuda", ahead
+    lesions = (LesionSource.procedural(config=cfg.data.lesion), LesionSource.procedural(config=cfg.data.lesion))
+    assert train(cfg, lesions=lesions, progress=False)["step"] == 3
+
+
+@pytest.mark.gpu
+def test_device_philox_noise_is_the_reference_draw():
+    """The compiled Philox kernel on the GPU draws synthgen.ops.philox's normals (every stream, 64-bit seeds),
+    and the normals are standard: mean 0, variance 1, within 5 standard errors over 2 x 96^3 draws."""
+    from synthgen.kernels import triton_noise
+    from synthgen.ops import philox
+    seeds = torch.tensor([5, 2 ** 62 + 11], device="cuda")
+    for stream in (0, 1, 2):
+        out = triton_noise.randn(torch.empty(2, 96, 96, 96, device="cuda"), seeds, stream).reshape(2, -1)
+        torch.testing.assert_close(out, philox.randn(seeds, out.shape[1], stream), atol=1e-5, rtol=1e-5)
+        n = out.numel()
+        assert abs(float(out.mean())) < 5 / n ** 0.5 and abs(float(out.var()) - 1) < 5 * (2 / n) ** 0.5

@@ -42,9 +42,8 @@ def wheel_files(tmp_path_factory) -> dict:
     """``{path inside the wheel: text or None}`` of synthgen's wheel: a wheel built from the checkout, or, when the
     suite runs outside it, the installed distribution's own files (its RECORD)."""
     if SOURCE_TREE is None:
-        dist = metadata.distribution("synthgen")
-        return {str(f): None for f in dist.files if not str(f).startswith("..")} | \
-            {f"{dist.name}.dist-info/{n}": dist.read_text(n) for n in ("top_level.txt", "entry_points.txt")}
+        files = metadata.distribution("synthgen").files
+        return {str(f): (f.read_text() if f.suffix == ".txt" else None) for f in files if not str(f).startswith("..")}
     with zipfile.ZipFile(_build_wheel(tmp_path_factory.mktemp("wheel"))) as z:
         return {n: (z.read(n).decode() if n.endswith(".txt") else None) for n in z.namelist()}
 

@@ -133,6 +133,9 @@ def test_training_batches_streams_and_real_alternation(tmp_path):
         def __call__(self, t, seed, index, batch_size, affine=None):
             calls.append(("syn", seed, index))
 
+        def mark_checked(self, t):      # TrainingBatches checks maps where it reads them (SynthGenerator's API)
+            pass
+
     class Augment:
         def __call__(self, scan, mask, seed, index):
             calls.append(("real", seed, index))

@@ -287,3 +287,14 @@ def test_generate_fast_rejects_bad_arguments():
 
 
 test_interpreter_child_process = child_process_test(__file__, RUN_HERE)
+
+
+def test_philox_reference_is_the_kernels_noise():
+    """synthgen.ops.philox (plain torch, what the self-check compares the device's noise with) draws the
+    kernels' tl.randn normals: every stream, 64-bit seeds, odd sizes."""
+    from synthgen.ops import philox
+    seeds = torch.tensor([123, 2 ** 61 + 7, 2 ** 32 - 1])
+    for stream in (0, 1, 2):
+        out = triton_noise.randn(torch.empty(3, *SHAPE), seeds, stream).reshape(3, -1)
+        ref = philox.randn(seeds, out.shape[1], stream)
+        torch.testing.assert_close(ref, out, atol=2e-6, rtol=2e-6)

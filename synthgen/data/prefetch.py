@@ -51,6 +51,13 @@ def _map_tensors(value, fn):
     return value
 
 
+def _with_index(device: torch.device) -> torch.device:
+    """A CUDA device with its index (``torch.cuda.set_device`` refuses an index-less ``cuda``): the current one."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class Prefetcher:
     """Iterate ``load(item)`` for ``item`` in ``items``, in order, loaded ahead on a background thread.
 
@@ -73,7 +80,7 @@ class Prefetcher:
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"`depth` must be an int >= 1, got {depth!r}")
         self.load, self.depth = load, depth
-        self.device = torch.device(device) if device is not None else None
+        self.device = _with_index(torch.device(device)) if device is not None else None
         cuda = self.device is not None and self.device.type == "cuda"
         self.pin_memory = cuda if pin_memory is None else bool(pin_memory and torch.cuda.is_available())
         self._cuda = cuda
@@ -105,12 +112,19 @@ class Prefetcher:
             value = _map_tensors(value, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
         return value
 
+    def _side_stream(self):
+        """The worker's CUDA stream, after everything the consumer queued before the prefetcher started."""
+        torch.cuda.set_device(self.device)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_event(self._ready)
+        return stream
+
     def _work(self, items):
-        stream = None
-        if self._cuda:
-            torch.cuda.set_device(self.device)
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_event(self._ready)
+        try:
+            stream = self._side_stream() if self._cuda else None
+        except BaseException as err:    # a dead worker must answer the consumer, never leave it waiting
+            self._put(("error", "<stream set-up>", err))
+            return
         while not self._stop.is_set():
             item = "<next item>"
             try:
@@ -143,7 +157,7 @@ class Prefetcher:
     def __next__(self):
         if self._finished:
             raise StopIteration
-        kind, item, payload = self._queue.get()
+        kind, item, payload = self._get()
         if kind == "done":
             self._finished = True
             self._thread.join()
@@ -162,6 +176,15 @@ class Prefetcher:
             # the caching allocator must not reuse these blocks until the consumer's stream is done with them
             _map_tensors(value, lambda t: t.record_stream(current) if t.is_cuda else None)
         return value
+
+    def _get(self):
+        """The next entry; a worker that died without saying why (it always should) is an error, not a hang."""
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    return ("error", "<next item>", RuntimeError("the prefetch thread stopped without a result"))
 
     def close(self) -> None:
         """Stop the thread and drop queued items; safe to call twice, and after the end."""

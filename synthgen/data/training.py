@@ -19,6 +19,7 @@ import torch
 
 from synthgen.data.prefetch import Prefetcher
 from synthgen.data.sources import TissueMaps
+from synthgen.generator import check_tissue
 from synthgen.sampling import sample_key
 
 
@@ -130,7 +131,9 @@ class TrainingBatches:
         if worker:
             self._worker_map = which
         item = self.maps.load(which)
-        return ("map", which, item.tensor(), item.affine)
+        tensor = item.tensor()
+        check_tissue(tensor, self.generator.config.labels.num_labels)   # on the host copy: the device is not read
+        return ("map", which, tensor, item.affine)
 
     def start(self, first: int, end: int) -> "TrainingBatches":
         """Read the inputs of steps ``first .. end - 1`` ahead, in order, on a background thread. Call it before
@@ -183,6 +186,7 @@ class TrainingBatches:
         if inputs[0] == "map":
             _, which, host, affine = inputs
             tensor = host.to(self.device, non_blocking=host.is_pinned())
+            self.generator.mark_checked(tensor)        # its host copy was checked where it was read
             self._resident = (which, tensor, affine)
         _, tissue, affine = self._resident
         return self.generator(tissue, seed=self.seed, index=self.sample_index(step), batch_size=self.batch,
@@ -216,7 +220,10 @@ def validation_set(generator, maps: TissueMaps, seed: int, n: int, device, lesio
     out = []
     for i in range(n):
         item = maps.load(i % len(maps))
-        tissue = item.tensor().to(device)
+        host = item.tensor()
+        check_tissue(host, generator.config.labels.num_labels)
+        tissue = host.to(device)
+        generator.mark_checked(tissue)
         out.append(generator(tissue, seed=seed, index=i, batch_size=1, affine=item.affine))
         del tissue
     return out

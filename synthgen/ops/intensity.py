@@ -11,21 +11,30 @@ def texture_noise(shape, fwhm: torch.Tensor, generators: list[torch.Generator], 
     """Unit-variance Gaussian noise ``(B, 1, *shape)`` smoothed isotropically with a per-sample FWHM.
 
     The smoothed field is divided by the kernel's L2 norm (cubed: three axes) so that its variance stays 1
-    whatever the FWHM: ``sigma`` keeps meaning the within-class standard deviation.
+    whatever the FWHM: ``sigma`` keeps meaning the within-class standard deviation. ``fwhm`` ``(B,)`` is read on
+    the host (give the host copy of device parameters).
     """
+    z = torch.cat([torch.randn(1, 1, *shape, generator=g, device=device) for g in generators])
+    return texture_from_normals(z, fwhm)
+
+
+def texture_from_normals(z: torch.Tensor, fwhm: torch.Tensor) -> torch.Tensor:
+    """The texture of :func:`texture_noise` from given standard normals ``z`` ``(B, 1, *shape)``: blurred with
+    each sample's FWHM (``(B,)``, read on the host) and divided by the kernel's L2 norm cubed."""
+    fwhm = torch.as_tensor(fwhm).detach().cpu()
     out = []
-    for b, g in enumerate(generators):
-        z = torch.randn(1, 1, *shape, generator=g, device=device)
+    for b in range(z.shape[0]):
         f = float(fwhm[b])
+        zb = z[b:b + 1]
         if f > 0:
             k = gaussian_kernel1d(f, dtype=torch.float64)
-            z = gaussian_blur(z, fwhm[b:b + 1].to(z.device)) / float(k.pow(2).sum().sqrt() ** 3)
-        out.append(z)
+            zb = gaussian_blur(zb, fwhm[b:b + 1]) / float(k.pow(2).sum().sqrt() ** 3)
+        out.append(zb)
     return torch.cat(out)
 
 
 def gmm_sample(tissue: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, texture: torch.Tensor,
-               lesion_weight: torch.Tensor | None = None) -> torch.Tensor:
+               lesion_weight: torch.Tensor | None = None, check_labels: bool = True) -> torch.Tensor:
     """Intensity of a Gaussian mixture with known class membership.
 
     ``I = sum_k p_k (mu_k + sigma_k t)`` with ``t`` the (spatially smoothed) unit noise ``texture``, where ``p``
@@ -38,6 +47,8 @@ def gmm_sample(tissue: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, text
         mu, sigma: ``(B, L)`` class means and stds, ``L > K`` (or > max label); entry ``L - 1`` is the lesion.
         texture: ``(B, 1, D, H, W)`` unit-variance noise.
         lesion_weight: ``(B, 1, D, H, W)`` lesion fraction in [0, 1], or None.
+        check_labels: refuse labels outside ``[0, L - 1)`` (reads the labels' range back from the device; the
+            generator checked its maps already and passes False).
 
     Returns:
         ``(B, 1, D, H, W)`` float32 image.
@@ -53,7 +64,7 @@ def gmm_sample(tissue: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, text
         std = torch.einsum("bk...,bk->b...", tissue, sigma[:, :tissue.shape[1]]).unsqueeze(1)
     else:
         labels = tissue.long()
-        if int(labels.max()) >= n_cls or int(labels.min()) < 0:
+        if check_labels and (int(labels.max()) >= n_cls or int(labels.min()) < 0):
             raise ValueError(f"tissue labels must be in [0, {n_cls - 1}], got [{int(labels.min())}, {int(labels.max())}]")
         mean = torch.gather(mu, 1, labels.reshape(B, -1)).reshape(labels.shape)
         std = torch.gather(sigma, 1, labels.reshape(B, -1)).reshape(labels.shape)

@@ -150,11 +150,14 @@ def seeing_box(out_shape, matrix: torch.Tensor, center: torch.Tensor, elastic: t
     return out
 
 
-def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") -> torch.Tensor:
+def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear", reach="read") -> torch.Tensor:
     """Sample ``volume`` ``(B, C, X, Y, Z)`` at voxel coordinates ``coords`` ``(B, ..., 3)``; zero outside.
 
     Args:
         mode: "linear" (trilinear; probabilities, images) or "nearest" (labels, returned in the input dtype).
+        reach: the input box ``(lo, hi)`` the coordinates can reach, known on the host (:func:`reach_box`), or
+            None when they reach nothing; "read" (the default when omitted) finds it from ``coords``, which
+            reads the device back.
 
     Returns:
         ``(B, C, ...)`` with the spatial shape of ``coords``.
@@ -167,11 +170,17 @@ def grid_pull(volume: torch.Tensor, coords: torch.Tensor, mode: str = "linear") 
         raise ValueError(f"`coords` must be ({volume.shape[0]}, ..., 3), got shape {tuple(coords.shape)}")
     src_dtype = volume.dtype
     # only the box the coordinates reach is converted and sampled (a crop reads a fraction of the map)
-    cmin, cmax = torch.aminmax(coords.reshape(-1, 3), dim=0)
-    lo = cmin.floor().long() - 1
-    hi = cmax.ceil().long() + 2
-    lo = [max(int(v), 0) for v in lo]
-    hi = [min(int(v), n) for v, n in zip(hi, volume.shape[2:])]
+    if isinstance(reach, str) and reach == "read":
+        cmin, cmax = torch.aminmax(coords.reshape(-1, 3), dim=0)
+        lo = cmin.floor().long() - 1
+        hi = cmax.ceil().long() + 2
+        lo = [max(int(v), 0) for v in lo]
+        hi = [min(int(v), n) for v, n in zip(hi, volume.shape[2:])]
+    elif reach is None:
+        lo, hi = [0] * 3, [0] * 3
+    else:
+        lo = [max(int(v), 0) for v in reach[0]]
+        hi = [min(int(v), n) for v, n in zip(reach[1], volume.shape[2:])]
     if any(h <= l for l, h in zip(lo, hi)):          # every point is outside the map
         shape = (*volume.shape[:2], *coords.shape[1:-1])
         keep = mode == "nearest" or volume.is_floating_point()

@@ -16,6 +16,7 @@ it (``train/run.py`` exits 128 + N). Temporary files of a killed writer are remo
 from __future__ import annotations
 
 import csv
+import collections
 import functools
 import io as _io
 import json
@@ -581,6 +582,7 @@ def run_steps(run: Run, data, end: int) -> None:
         # step n + 1's batch is made on a side stream (and thread) while step n trains; batches depend only on
         # (seed, step), so the run is the same as without
         ahead = Prefetcher(timed, range(run.step, end), depth=1, device=run.device if cuda else None)
+    agree_stop = StopAgreement(run.world, run.device)
     run.model.train()
     window = Window()
     with StopFlag() as stop, data, ahead if ahead is not None else nullcontext():
@@ -593,7 +595,7 @@ def run_steps(run: Run, data, end: int) -> None:
                 window = Window()
             if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
                 run.validate(step)
-            stopping = _agree(stop.set, run.world, run.device)
+            stopping = agree_stop(stop.set)
             if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or stopping:
                 run.checkpoint()
             if stopping:
@@ -606,10 +608,51 @@ def run_steps(run: Run, data, end: int) -> None:
 
 
 def _agree(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every rank when any rank was signalled (so all ranks stop after the same step)."""
+    """True on every rank when ``flag`` is true on any rank, now (a host read-back: for log and checkpoint steps,
+    which wait for the device anyway)."""
     if world == 1:
         return flag
     import torch.distributed as dist
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+class StopAgreement:
+    """Whether any rank was signalled, agreed by every rank ``lag`` steps later, without a host wait per step.
+
+    Each call reduces this step's flag over the ranks on the device and copies the result into pinned host memory
+    behind an event; it answers with the result of ``lag`` calls ago, whose copy finished long since, so the
+    host keeps queueing work ahead of the device. Every rank calls it once per step, so all ranks read the same
+    answer at the same step and stop together. One rank: the flag itself, at once.
+    """
+
+    def __init__(self, world: int, device: torch.device, lag: int = 2, reduce=None):
+        self.world, self.device, self.lag = world, device, lag
+        self._reduce = reduce or self._all_reduce_max
+        self._pending: collections.deque = collections.deque()
+
+    @staticmethod
+    def _all_reduce_max(t: torch.Tensor) -> None:
+        import torch.distributed as dist
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+    def __call__(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.full((1,), float(flag), device=self.device)      # a fill kernel: no host-to-device copy
+        self._reduce(t)
+        event = None
+        if t.is_cuda:
+            host = torch.empty(1, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            t = host
+        self._pending.append((t, event))
+        if len(self._pending) <= self.lag:
+            return False
+        t, event = self._pending.popleft()
+        if event is not None:
+            event.synchronize()        # recorded `lag` steps ago: done unless the host is that far ahead
+        return bool(t[0])
