@@ -1,7 +1,12 @@
 """synthgen: GPU-native on-the-fly synthesis of brain MRI with stroke lesions."""
+import re
 import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
+
+# the version lives in synthgen/__init__.py only (read as text: the build must not import torch)
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("synthgen/__init__.py").read_text(), re.M).group(1)
 
 install_requires = [
     "torch>=2.1",
@@ -18,14 +23,18 @@ if sys.platform.startswith("linux"):
 
 setup(
     name="synthgen",
-    version="0.1.0",
+    version=VERSION,
     description="GPU-native on-the-fly synthesis of brain MRI with stroke lesions (SynthStroke-style)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # train/ is installed too: the synthgen-train / -predict / -evaluate console scripts are its CLIs
-    packages=find_packages(include=["synthgen", "synthgen.*", "train"]),
-    package_data={"synthgen": ["data/default/*", "data/mappings/*.json"]},
+    # only synthgen at the top level: train/*.py are thin scripts over synthgen.train / .segment / .metrics
+    # csrc/ stays the one copy of the CUDA sources at the top of the repo; the wheel maps it to synthgen/kernels/csrc
+    # (synthgen.kernels.cuda_loader reads that copy when installed, csrc/ in a checkout)
+    packages=find_packages(include=["synthgen", "synthgen.*"]) + ["synthgen.kernels.csrc"],
+    package_dir={"synthgen.kernels.csrc": "csrc"},
+    package_data={"synthgen": ["data/default/*", "data/mappings/*.json"],
+                  "synthgen.kernels.csrc": ["*.cu", "*.cpp", "*.h"]},
     include_package_data=True,
     install_requires=install_requires,
     extras_require={
@@ -38,9 +47,9 @@ setup(
         "cuda": ["cupy-cuda12x"],
     },
     entry_points={"console_scripts": [
-        "synthgen-train=train.run:main",
-        "synthgen-predict=train.predict:main",
-        "synthgen-evaluate=train.evaluate:main",
+        "synthgen-train=synthgen.train.run:main",
+        "synthgen-predict=synthgen.segment.cli:main",
+        "synthgen-evaluate=synthgen.metrics.cli:main",
         "synthgen-sample=synthgen.sample:main",
         "synthgen-preview=synthgen.preview:main",
     ]},

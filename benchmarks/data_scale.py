@@ -102,9 +102,9 @@ def _measure(store: str, steps: int, voxel_size: float, crop: int) -> dict:
     from synthgen.data.sources import tissue_maps
     from synthgen.data.store import open_store
     from synthgen.data.training import TrainingBatches, data_labels, training_lesions
-    from train.config import quick_preset
-    from train.losses import DiceCE
-    from train.model import build_unet
+    from synthgen.train.config import quick_preset
+    from synthgen.train.losses import DiceCE
+    from synthgen.train.model import build_unet
     device = torch.device("cpu")
     t0 = time.perf_counter()
     opened = open_store(store)

@@ -31,11 +31,11 @@ import synthgen  # noqa: E402
 from synthgen.data.prefetch import Prefetcher  # noqa: E402
 from synthgen.io import atomic_path  # noqa: E402
 from synthgen.segment import build_unet  # noqa: E402
-from train.config import preset  # noqa: E402
+from synthgen.train.config import preset  # noqa: E402
 from synthgen.data.sources import tissue_maps  # noqa: E402
 from synthgen.data.training import training_lesions  # noqa: E402
-from train.loop import amp_dtype, resolve_device  # noqa: E402
-from train.losses import DiceCE  # noqa: E402
+from synthgen.train.loop import amp_dtype, resolve_device  # noqa: E402
+from synthgen.train.losses import DiceCE  # noqa: E402
 
 
 def _sync(device):

@@ -40,6 +40,61 @@ def add_debug(parser: argparse.ArgumentParser) -> None:
                         help=f"show the Python traceback of an error (also: {DEBUG_ENV}=1)")
 
 
+def crop_size(values) -> tuple:
+    """A crop ``(D, H, W)`` from ``N``, ``D,H,W`` (or ``DxHxW``) or three separate values, as every command line that
+    has a ``--crop`` takes it.
+
+    Raises:
+        ValueError: not one or three positive ints.
+    """
+    values = [values] if isinstance(values, str) else list(values)
+    try:
+        sizes = [int(v) for text in values for v in str(text).replace("x", ",").split(",") if v]
+    except ValueError:
+        sizes = []
+    if len(sizes) == 1:
+        sizes *= 3
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise ValueError(f"must be N, D,H,W or D H W (positive ints), got {' '.join(map(str, values))!r}")
+    return tuple(sizes)
+
+
+class _CropAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, crop_size(values))
+        except ValueError as err:
+            parser.error(f"{option_string} {err}")
+
+
+def add_crop(parser: argparse.ArgumentParser, help: str, default=None) -> None:
+    """The ``--crop`` option: N, D,H,W or D H W voxels (:func:`crop_size`)."""
+    parser.add_argument("--crop", nargs="+", action=_CropAction, default=default, metavar="N|D,H,W", help=help)
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option, kept for one release: it still works and says what replaces it."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and will be removed in the next release: use "
+              f"{self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_deprecated(parser: argparse.ArgumentParser, option: str, replacement: str, dest: str,
+                   flag: bool = False, **kwargs) -> None:
+    """Accept ``option``, the old spelling of ``replacement``, for one release: it sets ``dest`` (to True for a
+    ``flag``) and prints a warning line naming ``replacement``."""
+    if flag:
+        kwargs.update(nargs=0, const=True)
+    parser.add_argument(option, action=_Deprecated, replacement=replacement, dest=dest,
+                        help=f"deprecated, use {replacement}", **kwargs)
+
+
 def debugging(argv) -> bool:
     """``--debug`` among the arguments or ``SYNTHGEN_DEBUG`` set to anything but "" / "0"."""
     return "--debug" in (argv or ()) or os.environ.get(DEBUG_ENV, "") not in ("", "0")

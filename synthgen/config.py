@@ -344,6 +344,21 @@ class GeneratorConfig:
         return dataclass_from_dict(cls, d)
 
 
+@dataclass
+class HistogramConfig:
+    """Real-scan branch (:mod:`synthgen.real`): random histogram shift (MONAI ``RandHistogramShift``); the normalisation before it is
+    :func:`synthgen.ops.histogram_normalise`, the one inference uses too."""
+    shift_probability: float = 0.5    # no source in the paper; MONAI's default is 0.1
+    shift_control_points: int = 10    # knots of the random monotone intensity curve; MONAI default 10
+
+    def validate(self) -> "HistogramConfig":
+        if not 0.0 <= self.shift_probability <= 1.0:
+            raise ValueError(f"`histogram.shift_probability` must be in [0, 1], got {self.shift_probability}")
+        if self.shift_control_points < 3:
+            raise ValueError(f"`histogram.shift_control_points` must be >= 3, got {self.shift_control_points}")
+        return self
+
+
 def dataclass_from_dict(cls, d):
     """Rebuild a (nested) dataclass from ``asdict`` output; unknown keys are an error."""
     names = {f.name: f for f in dataclasses.fields(cls)}
@@ -542,8 +557,9 @@ class ProceduralLesionConfig:
 
 
 @dataclass
-class LesionConfig:
-    """Where lesions come from and how they are blended (paper section 2; synthgen.lesions.LesionSource)."""
+class LesionMaskConfig:
+    """How lesion masks are read into the bank (synthgen.lesions.load_mask_bank): which files, binarised how, which
+    dropped, which held out. :class:`LesionConfig` adds how lesions are synthesised from them."""
     mask_dir: str = ""              # folder of binary lesion masks in MNI space; "" -> procedural lesions
     mask_pattern: str = "*.nii*"    # file name pattern inside mask_dir (SOOP: "*_lesion.nii.gz")
     mask_threshold: float = 0.5     # a stored value above it is lesion (binarisation before resampling)
@@ -551,6 +567,21 @@ class LesionConfig:
     max_outside_fraction: float = 0.2  # masks with a larger share of voxels outside the brain are dropped
                                     # (when a brain mask is given); no source, the lesion is clipped anyway
     holdout_fraction: float = 0.2   # share of mask files (by name hash) in the "holdout" split
+
+    def validate(self) -> "LesionMaskConfig":
+        if not 0 <= self.mask_threshold < 1:
+            raise ValueError(f"`lesion.mask_threshold` must be in [0, 1), got {self.mask_threshold}")
+        if not self.max_volume_ml > 0:
+            raise ValueError(f"`lesion.max_volume_ml` must be > 0, got {self.max_volume_ml}")
+        _check_prob("lesion.max_outside_fraction", self.max_outside_fraction)
+        _check_prob("lesion.holdout_fraction", self.holdout_fraction)
+        return self
+
+
+@dataclass
+class LesionConfig(LesionMaskConfig):
+    """Where lesions come from (the mask-reading fields of :class:`LesionMaskConfig`, first, as before) and how they are
+    synthesised and blended (paper section 2; synthgen.lesions.LesionSource)."""
     count: tuple = (1, 1)           # lesions per lesioned sample ~ U{lo..hi}; paper pastes one
     healthy_probability: float = 0.1   # lesion-free samples. Paper: 0 (always pastes). 10 % shows the network
                                     # healthy brains (no false positives to learn) at little cost in lesion
@@ -567,12 +598,7 @@ class LesionConfig:
 
     def validate(self) -> "LesionConfig":
         check_config_fields(self, "lesion.")
-        if not 0 <= self.mask_threshold < 1:
-            raise ValueError(f"`lesion.mask_threshold` must be in [0, 1), got {self.mask_threshold}")
-        if not self.max_volume_ml > 0:
-            raise ValueError(f"`lesion.max_volume_ml` must be > 0, got {self.max_volume_ml}")
-        _check_prob("lesion.max_outside_fraction", self.max_outside_fraction)
-        _check_prob("lesion.holdout_fraction", self.holdout_fraction)
+        super().validate()
         if len(self.count) != 2 or any(int(c) != c for c in self.count) or not 0 <= self.count[0] <= self.count[1]:
             raise ValueError(f"`lesion.count` must be integers (lo, hi) with 0 <= lo <= hi, got {self.count}")
         _check_prob("lesion.healthy_probability", self.healthy_probability)

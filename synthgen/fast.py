@@ -1,4 +1,4 @@
-"""Fused, batched generation on the GPU: the reference pipeline of :mod:`synthgen.generator` in few passes.
+"""Fused, batched generation on the GPU: the reference pipeline of :mod:`synthgen.reference` in few passes.
 
 Passes over the batch (each a kernel with the batch in its launch grid, per-sample parameters from small device
 tensors): [texture: Philox normals + 3 blur passes] -> fused warp/sample/GMM/bias/target (+ image min/max) -> per
@@ -26,6 +26,7 @@ import torch
 from .config import GeneratorConfig
 from .device import to_device
 from .ops.blur import gaussian_kernel_table
+from .reference import generate_ref, label_tables, lesion_offset
 from .sampling import SampleParams
 
 # "cuda" swaps in the CUDA C++ warp (csrc/synth_warp.cu); the other passes are Triton in both backends
@@ -215,17 +216,6 @@ def warp_args(tissue, lesion, params: SampleParams, texture, tex_scale, image, t
                     up(pc.matrix.reshape(B, 9)), up(pc.center), up(pc.elastic), up(pc.bias), up(pc.gmm_mu),
                     up(pc.gmm_sigma), texture, tex_scale, up(pc.flip, torch.uint8),
                     tuple(int(c) for c in image.shape[1:]), image, target, tables[0], int(tables[1]))
-
-
-def lesion_offset(lesion) -> tuple:
-    """The map voxel where a lesion's weight volumes start: ``lesion[2]`` when given, else the map's origin."""
-    return tuple(lesion[2]) if len(lesion) > 2 and lesion[2] is not None else (0, 0, 0)
-
-
-def label_tables(config: GeneratorConfig, device) -> tuple[torch.Tensor, int]:
-    """``config.target_table()`` as a uint8 device tensor, and the lesion class."""
-    table, lesion = config.target_table()
-    return to_device(torch.tensor(table, dtype=torch.uint8), device), lesion
 
 
 def _check(config, tissue, params, lesion, backend, texture, noise, clip_levels):
@@ -425,7 +415,6 @@ def self_check(config: GeneratorConfig, tissue: torch.Tensor, lesion, backend: s
     config's crop and map) and the reference with the same normals drawn by :mod:`synthgen.ops.philox`, on a
     small piece of ``tissue`` with every per-sample switch exercised, and compare: ``(ok, what was found)``.
     Exceptions are part of the answer."""
-    from .generator import generate_ref
     from .ops import philox, texture_from_normals
     from .sampling import sample_params
     cfg = _self_check_config(config)

@@ -101,7 +101,7 @@ class RandRealAugmentd(Randomizable, MapTransform):
         keys: ``(scan key, label key)``: the scan ``(C, X, Y, Z)`` float (C contrasts on one grid) and its label map
             ``(1, X, Y, Z)`` (binary or multi-class; labels are kept) on the same grid.
         config: :class:`synthgen.GeneratorConfig` (crop and geometry, bias, gamma, flip ranges).
-        histogram: :class:`synthgen.real.HistogramConfig`.
+        histogram: :class:`synthgen.config.HistogramConfig`.
         lesions: a :class:`synthgen.lesions.LesionSource` (e.g. ``LesionSource.from_folder(masks)``) pasting stroke
             lesions into the scans first (:func:`synthgen.real.paste_lesions`, placed by the scan's affine), with
             label ``lesion_label``; None: the scans as they are.

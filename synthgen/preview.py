@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import HelpFormatter, add_debug, cli_main
+from .cli import HelpFormatter, add_crop, add_debug, cli_main
 from .config import GeneratorConfig
 from .generator import SynthGenerator
 from .io import save_png
@@ -84,8 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="PNG to write")
     p.add_argument("-n", type=int, default=8, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample stream (sample i is (seed, i))")
-    p.add_argument("--crop", type=int, nargs=3, default=(192, 192, 192), metavar=("X", "Y", "Z"),
-                   help="output size in voxels")
+    add_crop(p, "output size in voxels", default=(192, 192, 192))
     p.add_argument("--lesions", default="procedural",
                    help="'procedural', 'none', or a folder of binary lesion masks in MNI space")
     p.add_argument("--lesion-pattern", default=None,

@@ -21,25 +21,10 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .config import GeneratorConfig
+from .config import GeneratorConfig, HistogramConfig   # HistogramConfig also importable from here, its old home
 from .device import to_device
 from .ops.intensity import interp
 from .sampling import SampleParams, generator_for, sample_key, sample_params
-
-
-@dataclass
-class HistogramConfig:
-    """Random histogram shift (MONAI ``RandHistogramShift``); the normalisation before it is
-    :func:`synthgen.ops.histogram_normalise`, the one inference uses too."""
-    shift_probability: float = 0.5    # no source in the paper; MONAI's default is 0.1
-    shift_control_points: int = 10    # knots of the random monotone intensity curve; MONAI default 10
-
-    def validate(self) -> "HistogramConfig":
-        if not 0.0 <= self.shift_probability <= 1.0:
-            raise ValueError(f"`histogram.shift_probability` must be in [0, 1], got {self.shift_probability}")
-        if self.shift_control_points < 3:
-            raise ValueError(f"`histogram.shift_control_points` must be >= 3, got {self.shift_control_points}")
-        return self
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import HelpFormatter, add_debug, cli_main
+from .cli import HelpFormatter, add_crop, add_debug, cli_main
 from .config import GeneratorConfig
 from .generator import SynthGenerator
 from .io import atomic_path, remove_stale_temporaries, save_nifti
@@ -112,8 +112,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=16, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample stream (sample i is (seed, i))")
     p.add_argument("--start", type=int, default=0, help="first sample index")
-    p.add_argument("--crop", type=int, nargs=3, default=(192, 192, 192), metavar=("X", "Y", "Z"),
-                   help="output size in voxels")
+    add_crop(p, "output size in voxels", default=(192, 192, 192))
     p.add_argument("--tissue-map", type=Path, default=None,
                    help="NIfTI tissue map: 3D labels 0 bg, 1 GM, 2 WM, 3 PV, 4 CSF, 5-14 other (or any label set "
                         "with --label-map), or 4D probabilities (default: the bundled MNI152 map)")

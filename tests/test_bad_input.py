@@ -27,15 +27,17 @@ import torch
 from synthgen import preview, sample
 from synthgen.data.__main__ import main as data_main
 from synthgen.segment import build_unet, save_model_checkpoint
-from train import evaluate, predict, run
+from synthgen.metrics import cli as evaluate
+from synthgen.segment import cli as predict
+from synthgen.train import run
 
 from conftest import phantom_labels
 from test_train import BlobLesions, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MAINS = {"check": lambda argv: data_main(["check", "--quiet"] + argv),
-         "pack": lambda argv: data_main(["pack", "--quiet"] + argv),
+MAINS = {"check": lambda argv: data_main(["check", "--no-progress"] + argv),
+         "pack": lambda argv: data_main(["pack", "--no-progress"] + argv),
          "train": lambda argv: run.main(["--no-progress"] + argv),
          "predict": lambda argv: predict.main(["--no-tta", "--device", "cpu"] + argv),
          "evaluate": evaluate.main, "preview": preview.main, "sample": sample.main}
@@ -121,7 +123,7 @@ def store_with(tmp, edit) -> Path:
     """A packed store of two lesion masks whose index.json ``edit(index)`` has damaged (returns the new JSON)."""
     for i in range(2):
         lesion(tmp / "les" / f"m{i}.nii.gz", i)
-    assert data_main(["pack", "--quiet", "--lesions", str(tmp / "les"), "--out", str(tmp / "store")]) == 0
+    assert data_main(["pack", "--no-progress", "--lesions", str(tmp / "les"), "--out", str(tmp / "store")]) == 0
     index = json.loads((tmp / "store" / "index.json").read_text())
     (tmp / "store" / "index.json").write_text(json.dumps(edit(index)))
     return tmp / "store"
@@ -251,7 +253,7 @@ def _constant_maps(t):
 
 def _trained_run(t, steps=2):
     """A finished tiny run in ``t/run`` (last.pt at step ``steps``, prev.pt at ``steps - 1``) and its config."""
-    import train.loop as loop
+    import synthgen.train.loop as loop
     real = loop.training_lesions
     loop.training_lesions = lambda *a, **k: (BlobLesions(), BlobLesions())
     try:
@@ -383,7 +385,7 @@ CASES = {
         ["--label-map", "freesurfer"]), "error"),
     "check/constant real scan": Case("check", _check(_constant_real, ["c_T1w.nii.gz", "constant"]), "error"),
     "check/.NII.GZ lesion masks": Case("check", _check(lambda t: ["--lesions", str(lesion(
-        t / "l" / "A_LESION.NII.GZ").parent), "--glob", "*_lesion.nii.gz"]), "works"),
+        t / "l" / "A_LESION.NII.GZ").parent), "--lesion-pattern", "*_lesion.nii.gz"]), "works"),
     "check/store index without sections": Case("check", _check(lambda t: ["--store", str(store_with(
         t, lambda ix: {"version": 1}))], ["index.json", "sections"]), "error"),
     "check/store entry without an affine": Case("check", _check(lambda t: ["--store", str(store_with(
@@ -526,7 +528,7 @@ def test_a_3_mask_lesion_folder_trains_for_2_steps(tmp_path, capsys):
     with pytest.warns(UserWarning, match="all 3 lesion masks fall in the hold-out"):
         code, text = answer("train", ["--config", str(config)], capsys)
     assert code == 0 and "done: step 2" in text, text
-    from train.checkpoint import load_checkpoint
+    from synthgen.train.checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
 
 
@@ -540,12 +542,12 @@ def test_sigterm_stops_after_the_checkpoint_with_status_143_and_resumes(tmp_path
                 os.kill(os.getpid(), signal.SIGTERM)
             return super().sample(tissue, keys)
 
-    import train.loop as loop
+    import synthgen.train.loop as loop
     monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (Terminating(), BlobLesions()))
     config = train_config(tmp_path, steps=4)
     code, text = answer("train", ["--config", str(config)], capsys)
     assert code == 128 + signal.SIGTERM and "stopped by signal 15 after step 2" in text, text
-    from train.checkpoint import load_checkpoint
+    from synthgen.train.checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
     code, text = answer("train", ["--config", str(config), "--out", str(tmp_path / "run"), "--resume"], capsys)
     assert code == 0 and "done: step 4" in text, text
@@ -563,8 +565,8 @@ def _tamper(path, nan=False):
 
 @pytest.mark.parametrize("damage", ["checksum", "nan", "missing"])
 def test_resume_falls_back_to_prev_pt_when_last_pt_is_damaged(tmp_path, monkeypatch, capsys, damage):
-    import train.loop as loop
-    from train.checkpoint import load_checkpoint
+    import synthgen.train.loop as loop
+    from synthgen.train.checkpoint import load_checkpoint
     monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
     config = train_config(tmp_path, steps=3, ckpt_every=1)
     code, _ = answer("train", ["--config", str(config)], capsys)
@@ -623,8 +625,8 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys
     behind is the last finite one (it loads, checksum and weights verified), never a NaN one."""
     import re
 
-    import train.loop as loop
-    from train.checkpoint import load_checkpoint
+    import synthgen.train.loop as loop
+    from synthgen.train.checkpoint import load_checkpoint
     monkeypatch.setattr(loop, "training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
     config = train_config(tmp_path, steps=12, ckpt_every=1, **{"optim.lr": 1e6})
     code, text = answer("train", ["--config", str(config)], capsys)

@@ -6,7 +6,9 @@ from pathlib import Path
 import synthgen
 from synthgen.config import GeneratorConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from conftest import source_file  # noqa: E402
+
+sys.path.insert(0, str(source_file("benchmarks")))
 
 import roofline  # noqa: E402
 import throughput  # noqa: E402

@@ -8,7 +8,9 @@ from importlib import metadata
 import pytest
 
 from synthgen import preview, sample
-from train import evaluate, predict, run
+from synthgen.metrics import cli as evaluate
+from synthgen.segment import cli as predict
+from synthgen.train import run
 
 PARSERS = {"train/run.py": run.parser, "train/predict.py": predict.parser, "train/evaluate.py": evaluate.parser,
            "synthgen.preview": preview.parser, "synthgen.sample": sample.parser}

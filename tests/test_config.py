@@ -108,7 +108,7 @@ def _number_paths(obj, prefix=""):
 
 
 def _quick():
-    from train.config import quick_preset
+    from synthgen.train.config import quick_preset
     return quick_preset()
 
 
@@ -141,3 +141,19 @@ def test_the_generator_and_lesion_configs_apply_the_rule_alone():
         GeneratorConfig(elastic=ElasticConfig(control_points=8.5)).validate()
     with pytest.raises(ValueError, match=r"`voxel_size` must be a number, got '3' \(str\)"):
         GeneratorConfig(voxel_size="3").validate()
+
+
+def test_lesion_config_keeps_how_masks_are_read_apart_from_how_lesions_are_made():
+    from synthgen.config import LesionConfig, LesionMaskConfig
+    reading = ["mask_dir", "mask_pattern", "mask_threshold", "max_volume_ml", "max_outside_fraction",
+               "holdout_fraction"]
+    assert [f.name for f in dataclasses.fields(LesionMaskConfig)] == reading
+    assert [f.name for f in dataclasses.fields(LesionConfig)][:len(reading)] == reading   # same order as before
+    assert not set(reading) & {"count", "healthy_probability", "clip_to", "target", "fading", "softcp", "procedural"}
+    # the old spelling: a LesionConfig still takes every field, and is a mask-reading config too
+    cfg = LesionConfig(mask_pattern="*_lesion.nii.gz", holdout_fraction=0.3, count=(2, 3))
+    assert isinstance(cfg, LesionMaskConfig) and (cfg.mask_pattern, cfg.count) == ("*_lesion.nii.gz", (2, 3))
+    with pytest.raises(ValueError, match=r"`lesion.mask_threshold` must be in \[0, 1\), got 1.5"):
+        LesionMaskConfig(mask_threshold=1.5).validate()
+    with pytest.raises(ValueError, match=r"`lesion.holdout_fraction`"):
+        LesionConfig(holdout_fraction=2.0).validate()

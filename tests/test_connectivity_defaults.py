@@ -58,7 +58,7 @@ def test_scoring_folders_defaults_to_26_connectivity(tmp_path):
 
 
 def test_the_evaluate_cli_defaults_to_26_connectivity(tmp_path):
-    from train.evaluate import main
+    from synthgen.metrics.cli import main
     pred, truth = _folders(tmp_path)
     assert main(["--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "scores.csv")]) == 0
     with open(tmp_path / "scores.csv") as f:

@@ -8,7 +8,7 @@ import torch
 
 from synthgen import fast, ops
 from synthgen.config import GeneratorConfig
-from synthgen.generator import warp_sample_ref
+from synthgen.reference import label_tables, warp_sample_ref
 from synthgen.kernels import cuda_loader
 from synthgen.sampling import sample_params
 
@@ -39,11 +39,11 @@ def make_case(kind: str, B: int = 2, seed: int = 0):
 
 
 def tables(config=None):
-    return fast.label_tables(config or GeneratorConfig(crop=CROP), "cpu")
+    return label_tables(config or GeneratorConfig(crop=CROP), "cpu")
 
 
 def reference_warp(tissue, lesion, params, texture, threshold=0.5, config=None):
-    """The generator's reference warp stage (:func:`synthgen.generator.warp_sample_ref`), target flipped as
+    """The generator's reference warp stage (:func:`synthgen.reference.warp_sample_ref`), target flipped as
     the kernels write it."""
     B = len(params)
     image, target = warp_sample_ref(tissue.expand(B, *tissue.shape[1:]), lesion, params, texture, CROP,

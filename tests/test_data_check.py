@@ -194,12 +194,12 @@ def test_world_box_and_problem_str():
 
 def test_cli_check_exit_status(tmp_path, capsys):
     _save(tmp_path / "l" / "ok.nii.gz", _lesion())
-    assert main(["check", "--lesions", str(tmp_path / "l"), "--quiet"]) == 0
+    assert main(["check", "--lesions", str(tmp_path / "l"), "--no-progress"]) == 0
     _save(tmp_path / "l" / "soft.nii.gz", _lesion() * 0.5)
-    assert main(["check", "--lesions", str(tmp_path / "l"), "--quiet"]) == 2   # input errors: exit 2
+    assert main(["check", "--lesions", str(tmp_path / "l"), "--no-progress"]) == 2   # input errors: exit 2
     out = capsys.readouterr().out
     assert "soft.nii.gz: mask must be binary" in out and "1 error(s)" in out
-    assert main(["check", "--lesions", str(tmp_path / "l"), "--mask-threshold", "0.2", "--quiet"]) == 0
+    assert main(["check", "--lesions", str(tmp_path / "l"), "--mask-threshold", "0.2", "--no-progress"]) == 0
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["ok.nii.gz", "soft.nii.gz"]   # nothing written
     with pytest.raises(SystemExit):
         main(["check"])

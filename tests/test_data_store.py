@@ -133,9 +133,9 @@ def test_store_item_errors(tmp_path):
 
 def test_cli_pack(tmp_path, capsys):
     _, les, _ = _folders(tmp_path)
-    assert main(["pack", "--lesions", str(les), "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert main(["pack", "--lesions", str(les), "--out", str(tmp_path / "s"), "--no-progress"]) == 0
     assert "3 packed" in capsys.readouterr().out
     assert len(open_store(tmp_path / "s").lesions) == 3
     _save(les / "bad.nii.gz", np.full((3, 3, 3), 0.5, np.float32))
-    assert main(["pack", "--lesions", str(les), "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    assert main(["pack", "--lesions", str(les), "--out", str(tmp_path / "s"), "--no-progress"]) == 2
     assert len(open_store(tmp_path / "s").lesions) == 3   # untouched

@@ -62,7 +62,7 @@ def test_run_on_30_maps_and_40_masks_reads_each_mask_once(tmp_path, monkeypatch)
                         lambda p, *a, **k: (map_reads.append(p), load_map(p, *a, **k))[1])
     cfg = tiny(tmp_path / "run", steps=3, val_every=3)
     cfg.data.tissue_maps, cfg.data.lesions = str(tmp_path / "maps"), str(tmp_path / "masks")
-    from train.loop import train
+    from synthgen.train.loop import train
     out = train(cfg, progress=False)
     assert out["step"] == 3 and np.isfinite(out["loss"])
     masks = sorted((tmp_path / "masks").glob("*.nii.gz"))
@@ -151,8 +151,8 @@ def test_a_freesurfer_label_map_trains(tmp_path, target, classes):
     _save(tmp_path / "maps" / "seg.nii.gz", _freesurfer_map())
     cfg = tiny(tmp_path / "run", steps=2, val_every=2)
     cfg.data.tissue_maps, cfg.data.label_map, cfg.generator.target = str(tmp_path / "maps"), "freesurfer", target
-    from train.loop import train
-    from train.model import load_checkpoint_model
+    from synthgen.train.loop import train
+    from synthgen.train.model import load_checkpoint_model
     out = train(cfg, progress=False)
     assert out["step"] == 2 and np.isfinite(out["loss"])
     _, saved = load_checkpoint_model(tmp_path / "run" / "last.pt")
@@ -174,7 +174,7 @@ def test_synthseg_training_map_trains_with_a_parcellation_target(shared_data, tm
     assert not check.has_errors(check.check_folders(tissue_maps=folder, label_map="freesurfer", progress=False))
     cfg = tiny(tmp_path / "run", steps=2)
     cfg.data.tissue_maps, cfg.data.label_map, cfg.generator.target = str(folder), "freesurfer", "labels"
-    from train.loop import train
+    from synthgen.train.loop import train
     assert train(cfg, progress=False)["step"] == 2
 
 
@@ -281,7 +281,7 @@ def test_training_steps_over_several_maps_never_read_the_device_back(lesions, mo
     """Training batches made on meta tensors, which refuse every read back to the host (.item(), bool(), .cpu()
     and the min/max of a map check): a new map on most steps, the reference pipeline with its blurs, thick
     slices and flips, lesions placed, so nothing on the device path waits for the device."""
-    import synthgen.generator as generator_mod
+    import synthgen.reference as generator_mod    # the reference pipeline draws its generators there
     from synthgen.lesions import LesionSource
     real = generator_mod.generator_for      # meta tensors take no torch.Generator: draw unseeded there
     monkeypatch.setattr(generator_mod, "generator_for", lambda k, d="cpu": None if str(d) == "meta" else real(k, d))

@@ -1,7 +1,6 @@
 """Tests of the bundled MNI152 2009a tissue map and the script that derives it."""
 
 import importlib.util
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,8 +13,8 @@ from synthgen.data.default_map import (
     default_tissue_map,
     default_tissue_map_path,
 )
+from conftest import source_file
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPE = (197, 233, 189)
 MNI_2009_AFFINE = np.array(
     [[1.0, 0, 0, -98], [0, 1, 0, -134], [0, 0, 1, -72], [0, 0, 0, 1]], dtype=np.float64
@@ -24,7 +23,7 @@ MNI_2009_AFFINE = np.array(
 
 def _script():
     spec = importlib.util.spec_from_file_location(
-        "derive_default_tissue_map", REPO / "scripts" / "derive_default_tissue_map.py"
+        "derive_default_tissue_map", source_file("scripts", "derive_default_tissue_map.py")
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -3,16 +3,15 @@ import csv
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from synthgen import metrics as M
-from train import evaluate as E
+from synthgen.metrics import cli as E
+from conftest import SHARED_DATA, source_file
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (17, 24, 31)
 AFF = np.diag([1.0, 1.0, 2.0, 1.0])
 
@@ -153,14 +152,14 @@ def test_errors(tmp_path):
 def test_cli_script_runs(tmp_path):
     save(tmp_path / "t" / "a.nii.gz", blob())
     save(tmp_path / "p" / "a.nii.gz", blob(lo=(5, 5, 6)))
-    res = subprocess.run([sys.executable, str(ROOT / "train" / "evaluate.py"), "--pred", str(tmp_path / "p"),
+    res = subprocess.run([sys.executable, str(source_file("train", "evaluate.py")), "--pred", str(tmp_path / "p"),
                           "--truth", str(tmp_path / "t"), "--out", str(tmp_path / "o.csv")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "lesion_f1" in res.stdout and (tmp_path / "o_boxplots.png").exists()
 
 
-DATA = ROOT.parent / "shared" / "data" / "lesions_soop_mni"
+DATA = SHARED_DATA / "lesions_soop_mni"
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="shared real data not available")

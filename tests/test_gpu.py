@@ -227,7 +227,7 @@ def test_single_gpu_training_reaches_its_last_step(tmp_path, ahead):
     read-ahead thread once died on ``set_device(cuda)`` and step 0 waited forever)."""
     from synthgen.lesions import LesionSource
     from test_train import tiny
-    from train.loop import train
+    from synthgen.train.loop import train
     cfg = tiny(tmp_path / "run", steps=3, ckpt_every=0)
     cfg.device, cfg.generate_ahead = "cuda", ahead
     lesions = (LesionSource.procedural(config=cfg.data.lesion), LesionSource.procedural(config=cfg.data.lesion))

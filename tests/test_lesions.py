@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,6 +12,7 @@ from scipy import ndimage
 from synthgen.config import FadingConfig, LesionConfig, ProceduralLesionConfig, SoftCPConfig
 from synthgen.lesions import (LesionSource, dilate, erode, fading_coefficients, fading_field, holdout_bucket,
                               list_mask_files, load_mask_bank, masks_from_tensor, soft_cp)
+from conftest import SHARED_DATA
 
 CUBE = np.ones((3, 3, 3), dtype=bool)
 
@@ -463,7 +463,7 @@ def test_lesion_config_nested_validate_and_defaults_valid():
 
 
 # ---- real data (skipped without ../shared/data) -----------------------------------------------------------
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @pytest.mark.skipif(not (DATA / "lesions_soop_mni").is_dir(), reason="shared data absent")

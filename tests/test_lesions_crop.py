@@ -183,8 +183,7 @@ def test_procedural_weights_do_not_depend_on_their_box(monkeypatch):
 def test_reference_blends_the_lesion_only_where_it_is_seen(soft):
     """The reference warp pulls and blends a lesion only where output voxels see its box: the image and target of
     gmm_sample's blend of the weights pulled over the whole crop (an independent full-grid computation)."""
-    from synthgen import fast
-    from synthgen.generator import warp_sample_ref
+    from synthgen.reference import label_tables, warp_sample_ref
     from synthgen.lesions.source import dense_weights
     tissue = phantom_labels(SHAPE).expand(2, -1, -1, -1, -1)
     cfg = GeneratorConfig(crop=(16, 18, 14))
@@ -197,7 +196,7 @@ def test_reference_blends_the_lesion_only_where_it_is_seen(soft):
     if soft:
         tissue = torch.nn.functional.one_hot(tissue[:, 0].long(), 6).permute(0, 4, 1, 2, 3).float()
     texture = torch.randn(2, 1, *cfg.crop, generator=torch.Generator().manual_seed(0))
-    table, lesion_class = fast.label_tables(cfg, "cpu")
+    table, lesion_class = label_tables(cfg, "cpu")
     image, target = warp_sample_ref(tissue, lesion, p, texture, cfg.crop, table, lesion_class, cfg.lesion_threshold)
     coords = ops.affine_elastic_coords(cfg.crop, p.matrix, p.center, p.elastic)
     # the lesion weights of the whole map, pulled at every output voxel (less the box offset the boxed pull

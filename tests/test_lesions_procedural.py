@@ -11,6 +11,7 @@ from scipy import ndimage
 from synthgen.config import LesionConfig, ProceduralLesionConfig
 from synthgen.lesions import LesionSource, procedural_lesion
 from synthgen.lesions.procedural import draw_lesion_plan
+from conftest import source_file
 
 CUBE = np.ones((3, 3, 3), dtype=bool)
 
@@ -333,11 +334,10 @@ def test_procedural_lesions_lie_in_their_drawn_territory(shared_data):
     measured in the deep territory of the atlas, not spilling into MCA as a Gaussian around the territory's
     centroid put them (62 % before, measured by benchmarks/lesion_stats.py over 1000 draws; 80 % now)."""
     import importlib.util
-    from pathlib import Path
 
     from synthgen.data.default_map import default_tissue_map
     from synthgen.io import load_nifti, resample_to_grid
-    spec = importlib.util.spec_from_file_location("cal", Path(__file__).parents[1] / "scripts" / "calibrate_lesions.py")
+    spec = importlib.util.spec_from_file_location("cal", source_file("scripts", "calibrate_lesions.py"))
     cal = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cal)
     labels, affine = default_tissue_map(with_affine=True)

@@ -7,7 +7,7 @@ from monai.inferers import sliding_window_inference
 
 from synthgen import segment as S
 from synthgen.segment import build_unet, save_model_checkpoint
-from train import predict as P
+from synthgen.segment import cli as P
 
 SMALL = {"out_channels": 3, "channels": (4, 8, 16), "dropout": 0.0}
 WIN = 32

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthgen.config import GeneratorConfig
-from synthgen.real import (AlternatingSampler, HistogramConfig, RealAugmenter, histogram_shift, interp, mixed_source,
+from synthgen.config import GeneratorConfig, HistogramConfig
+from synthgen.real import (AlternatingSampler, RealAugmenter, histogram_shift, interp, mixed_source,
                            real_item)
 
 CROP = (9, 11, 13)

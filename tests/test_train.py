@@ -10,14 +10,14 @@ import torch
 
 import synthgen
 
-from train import checkpoint as ckpt_mod
-from train import run
-from train.checkpoint import load_checkpoint
-from train.config import TrainConfig, paper_preset, preset, quick_preset
+from synthgen.train import checkpoint as ckpt_mod
+from synthgen.train import run
+from synthgen.train.checkpoint import load_checkpoint
+from synthgen.train.config import TrainConfig, paper_preset, preset, quick_preset
 from synthgen.data.sources import RealScans, TensorTissueMaps
 from synthgen.data.training import TrainingBatches, training_lesions
-from train.loop import amp_dtype, resolve_device, train
-from train.losses import DiceCE
+from synthgen.train.loop import amp_dtype, resolve_device, train
+from synthgen.train.losses import DiceCE
 from synthgen.segment import load_checkpoint_model
 
 
@@ -188,7 +188,7 @@ def test_dice_ce_loss_exact_value_on_a_known_input(background, batch):
         loss(logits, target[:, :, :, :1])
 
 
-# The paper's recipe (section 2), written out independently of train/config.py: every field of the model and
+# The paper's recipe (section 2), written out independently of synthgen/train/config.py: every field of the model and
 # optimiser, the schedule, crop, batch and iterations.
 PAPER_RECIPE = {
     "steps": 600_000, "iters_per_epoch": 500, "batch_size": 1, "baseline": False,
@@ -327,7 +327,7 @@ def test_real_scans_mixed_and_baseline(tmp_path, baseline):
 
 
 def test_lesion_vs_rest_marginalises_tissue_classes():
-    from train.loop import lesion_vs_rest
+    from synthgen.train.loop import lesion_vs_rest
     logits = torch.randn(2, 6, 3, 3, 3)
     p = logits.softmax(1)
     q = lesion_vs_rest(logits).softmax(1)
@@ -401,7 +401,7 @@ def test_cli_resume_keeps_recipe(tmp_path):
 
 
 def test_real_validation_scores_lesion_vs_rest():
-    from train.validate import REAL_CLASSES, evaluate
+    from synthgen.train.validate import REAL_CLASSES, evaluate
 
     class Fixed(torch.nn.Module):      # predicts GM everywhere and lesion in the first half of the volume
         def forward(self, x):

@@ -19,7 +19,7 @@ def _worker(rank: int, world: int, port: int, out: str, result: str):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
-    from train.loop import train
+    from synthgen.train.loop import train
     try:
         cfg = tiny(out, steps=2, val_every=2, ckpt_every=1)
         cfg.device = "cpu"
@@ -47,3 +47,42 @@ def test_ddp_two_cpu_ranks(tmp_path):
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert sorted(p for p in os.listdir(out) if not p.startswith(".")) == \
         ["config.json", "curves.png", "last.pt", "metrics.csv", "prev.pt", "val_samples.png"]
+
+
+def _resume_worker(rank: int, world: int, port: int, tmp: str):
+    """Rank ``rank`` of: a run to step 2 without a stop, and the same run stopped after step 1 and resumed; it saves
+    both end weights and the torch random state the resumed run starts its steps with."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from synthgen.train import loop
+    lesions = (BlobLesions(), BlobLesions())
+    try:
+        loop.train(tiny(os.path.join(tmp, "whole"), steps=2, device="cpu"), lesions=lesions, progress=False)
+        cut = tiny(os.path.join(tmp, "cut"), steps=2, device="cpu")
+        loop.train(cut, lesions=lesions, progress=False, stop_at=1)
+        dist.barrier()              # rank 0 has written the checkpoint before any rank looks for it
+        torch.manual_seed(999)      # whatever this process's state is now, the resume must replace it
+        started = {}
+        real_steps = loop.run_steps
+        loop.run_steps = lambda run, data, end: (started.update(torch=torch.get_rng_state()),
+                                                 real_steps(run, data, end))[1]
+        loop.train(cut, lesions=lesions, progress=False, resume=True)
+        torch.save(started, os.path.join(tmp, f"started.{rank}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_resume_restores_each_ranks_own_random_state(tmp_path):
+    tmp = str(tmp_path)
+    mp.spawn(_resume_worker, args=(2, _free_port(), tmp), nprocs=2, join=True)
+    ckpt = torch.load(tmp_path / "cut" / "prev.pt", weights_only=True)       # the step-1 checkpoint resumed from
+    assert ckpt["step"] == 1 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    for rank in range(2):
+        started = torch.load(tmp_path / f"started.{rank}", weights_only=True)
+        assert torch.equal(started["torch"], ckpt["rng"][rank]["torch"]), rank
+    # rank 1's dropout masks feed the averaged gradients: only its own stream gives the uninterrupted run's weights
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

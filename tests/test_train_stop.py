@@ -3,7 +3,7 @@ import threading
 
 import torch
 
-from train.loop import StopAgreement
+from synthgen.train.loop import StopAgreement
 
 
 class _Ranks:

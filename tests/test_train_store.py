@@ -6,11 +6,11 @@ import torch
 
 import synthgen
 from synthgen.data import open_store, pack
-from train import run
-from train.config import TrainConfig
+from synthgen.train import run
+from synthgen.train.config import TrainConfig
 from synthgen.data.sources import RealScans, real_scans, tissue_maps
 from synthgen.data.training import TrainingBatches, training_lesions
-from train.loop import train
+from synthgen.train.loop import train
 
 from test_train import tiny
 

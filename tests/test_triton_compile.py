@@ -16,11 +16,14 @@ CHILD = "SYNTHGEN_COMPILE_CHILD"
 HERE = os.environ.get(CHILD) == "1" or os.environ.get("TRITON_INTERPRET") != "1"
 
 pytest.importorskip("triton")
+from conftest import source_file  # noqa: E402
+
+BENCHMARKS = str(source_file("benchmarks"))      # the tools beside the benchmarks, not in the package
 
 
 def _aot():
     """benchmarks/triton_aot.py (a tool beside the benchmarks, not in the package)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    sys.path.insert(0, BENCHMARKS)
     import triton_aot
     return triton_aot
 
@@ -46,7 +49,7 @@ def test_every_launched_variant_compiles_for_gpus_without_spills():
 @pytest.mark.skipif(not HERE, reason="compiled in a child process (this one runs the interpreter)")
 def test_kernel_resources_table(tmp_path, capsys):
     import json
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    sys.path.insert(0, BENCHMARKS)
     import kernel_resources
     kernel_resources.main(["--arch", "90", "--json", str(tmp_path / "k.json")])
     rows = json.loads((tmp_path / "k.json").read_text())

@@ -169,7 +169,7 @@ def test_cli_answers(capsys, monkeypatch):
 
 
 def test_a_finished_run_and_a_folder_in_the_way(tmp_path):
-    from train.loop import check_run_folder
+    from synthgen.train.loop import check_run_folder
     (tmp_path / "last.pt").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"already holds a run \(last.pt\): pass --resume .* --overwrite"):
         check_run_folder(tmp_path, resume=False, overwrite=False)
@@ -221,9 +221,9 @@ def test_store_problems_and_a_store_folder_in_the_way(tmp_path):
 
 
 def test_training_config_files_and_packed_grids(tmp_path):
-    from train import run
-    from train.config import quick_preset
-    from train.loop import check_grids
+    from synthgen.train import run
+    from synthgen.train.config import quick_preset
+    from synthgen.train.loop import check_grids
     args = run.parser().parse_args(["--config", str(tmp_path / "none.json")])
     with pytest.raises(FileNotFoundError, match="none.json: no such config file"):
         run.resolve_config(args)

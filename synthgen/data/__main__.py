@@ -3,17 +3,20 @@
     python -m synthgen.data check --tissue-maps DIR --lesions DIR [--real DIR] [--label-map freesurfer]
     python -m synthgen.data check --store STORE
     python -m synthgen.data pack  --tissue-maps DIR --lesions DIR --out STORE
+    python -m synthgen.data pack  --tissue-maps synthseg/ --lesions soop/ --lesion-pattern '*_lesion.nii.gz' --out STORE
 
 ``check`` lists every problem of every file (or of a packed store) and exits 0 only when the data are usable
 (warnings allowed), 2 when they are not; it writes nothing. ``pack`` checks its output folder and the data first,
 then writes the store (incremental: run it again after adding files, only new or changed files are decoded).
+Every folder is listed before any file is read: a missing folder or one without a matching file is answered at once.
+``--glob`` (one pattern for every folder) and ``--quiet`` still work for one release, with a warning line.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from synthgen.cli import EXIT_INPUT, add_debug, cli_main
+from synthgen.cli import EXIT_INPUT, add_debug, add_deprecated, cli_main
 from synthgen.data import check as check_mod
 from synthgen.data import store as store_mod
 
@@ -29,10 +32,21 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
                                                                       "(default: masks must be {0, 1})")
     p.add_argument("--background-channel", choices=("auto", "yes", "no"), default="auto",
                    help="4D tissue maps: is channel 0 background? auto: yes when channels sum to 1")
-    p.add_argument("--glob", default="*", metavar="PATTERN", help="file-name pattern inside the folders "
-                                                                  "(e.g. '*_lesion.nii.gz')")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tissue-pattern", metavar="PATTERN", help="file names to take in --tissue-maps (default '*')")
+    p.add_argument("--lesion-pattern", metavar="PATTERN", help="file names to take in --lesions (default '*'; "
+                                                                "SOOP: '*_lesion.nii.gz')")
+    p.add_argument("--real-pattern", metavar="PATTERN", help="file names to take in --real (default '*')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_deprecated(p, "--glob", "--tissue-pattern / --lesion-pattern / --real-pattern (one per folder)", "glob",
+                   metavar="PATTERN")
+    add_deprecated(p, "--quiet", "--no-progress", "no_progress", flag=True)
     add_debug(p)
+
+
+def _patterns(args) -> dict:
+    """Each folder's pattern: its own option, else the deprecated --glob, else every file."""
+    return {"pattern": args.glob or "*", "tissue_pattern": args.tissue_pattern,
+            "lesion_pattern": args.lesion_pattern, "real_pattern": args.real_pattern}
 
 
 @cli_main
@@ -66,15 +80,16 @@ def main(argv=None) -> int:
     if args.tissue_maps or args.lesions or args.real:
         problems += check_mod.check_folders(args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
                                             mask_threshold=args.mask_threshold, background_channel=background,
-                                            pattern=args.glob, progress=not args.quiet, voxel_size=args.voxel_size)
+                                            progress=not args.no_progress, voxel_size=args.voxel_size,
+                                            **_patterns(args))
     print(check_mod.format_problems(problems))
     if check_mod.has_errors(problems):
         return EXIT_INPUT
     if args.command == "pack":
         counts = store_mod.pack(args.out, args.tissue_maps, args.lesions, args.real, label_map=args.label_map,
                                 mask_threshold=args.mask_threshold, background_channel=background,
-                                prob_dtype=args.prob_dtype, crop_masks=args.crop_masks, pattern=args.glob, progress=not args.quiet,
-                                check=False, voxel_size=args.voxel_size)
+                                prob_dtype=args.prob_dtype, crop_masks=args.crop_masks, progress=not args.no_progress,
+                                check=False, voxel_size=args.voxel_size, **_patterns(args))
         print(f"{args.out}: {counts['packed']} packed, {counts['skipped']} unchanged, {counts['removed']} removed")
     return 0
 

@@ -340,42 +340,72 @@ def _run(fn, items, progress: bool, desc: str, workers: int | None):
     return out
 
 
+def folder_patterns(pattern: str = "*", tissue_pattern: str | None = None, lesion_pattern: str | None = None,
+                    real_pattern: str | None = None) -> dict:
+    """The file-name pattern of each kind of folder: its own when given, else ``pattern`` (every folder's)."""
+    own = {"tissue_maps": tissue_pattern, "lesions": lesion_pattern, "real": real_pattern}
+    return {kind: pattern if p is None else p for kind, p in own.items()}
+
+
+def list_folders(tissue_maps=None, lesions=None, real=None, patterns: dict | None = None):
+    """List the given folders, reading no file: ``(files, pairs, problems)`` with ``files[kind]`` the NIfTI files of
+    each given kind (``patterns`` as :func:`folder_patterns`), ``pairs`` the real scans paired with their masks, and
+    the problems of the listing (a missing folder, no matching file, non-NIfTI files, unpaired real files)."""
+    patterns = patterns or folder_patterns()
+    files, pairs, problems = {}, [], []
+    for kind, folder in (("tissue_maps", tissue_maps), ("lesions", lesions), ("real", real)):
+        if folder is not None:
+            files[kind], found = list_nifti(folder, patterns[kind])
+            problems += found
+    if real is not None:
+        pairs, found = pair_real_files(files["real"])
+        problems += found
+    return files, pairs, problems
+
+
+def folder_errors(problems, folders) -> list[Problem]:
+    """The errors of ``problems`` about one of ``folders`` itself (missing, or no file matching its pattern): the
+    command is wrong, so nothing is worth reading."""
+    names = {str(Path(f)) for f in folders if f is not None}
+    return [p for p in problems if p.severity == "error" and p.path in names]
+
+
 def check_folders(tissue_maps=None, lesions=None, real=None, label_map=None, mask_threshold: float | None = None,
                   background_channel=None, pattern: str = "*", progress: bool = True,
-                  workers: int | None = None, voxel_size: float = 1.0) -> list[Problem]:
+                  workers: int | None = None, voxel_size: float = 1.0, tissue_pattern: str | None = None,
+                  lesion_pattern: str | None = None, real_pattern: str | None = None) -> list[Problem]:
     """Check every file of the given folders; return all problems (errors and warnings), sorted by file.
+
+    The folders are listed first: a missing folder or one without a file matching its pattern comes back at once,
+    with the other listing problems, before any file is read.
 
     Args:
         tissue_maps, lesions, real: folders (searched recursively) or single files; None skips that kind.
         label_map: mapping for 3D tissue maps with another label set (see ``tissue.resolve_mapping``).
         mask_threshold: binarise masks with ``value > threshold`` instead of requiring {0, 1}.
         background_channel: 4D tissue maps: True/False/None (detect), see ``tissue.soft_channels``.
-        pattern: glob for file names inside the folders (case does not matter).
+        pattern: glob for file names inside every folder (case does not matter).
+        tissue_pattern, lesion_pattern, real_pattern: the glob of one kind of folder instead of ``pattern``.
         voxel_size: the training grid (mm): tissue maps and scans must reslice to it within the memory limit.
 
     Returns:
         List of :class:`Problem`; the data are usable when none has severity "error".
     """
-    problems: list[Problem] = []
     try:
         mapping = tissue_mod.resolve_mapping(label_map)
     except (ValueError, FileNotFoundError) as err:
         return [Problem(str(label_map), str(err))]
+    files, pairs, problems = list_folders(tissue_maps, lesions, real,
+                                          folder_patterns(pattern, tissue_pattern, lesion_pattern, real_pattern))
+    if folder_errors(problems, (tissue_maps, lesions, real)):
+        return _sorted(problems)
     tissue_reports, lesion_reports = [], []
     if tissue_maps is not None:
-        files, found = list_nifti(tissue_maps, pattern)
-        problems += found
         tissue_reports = _run(lambda p: check_tissue_map(p, mapping, background_channel, voxel_size=voxel_size),
-                              files, progress, "tissue maps", workers)
+                              files["tissue_maps"], progress, "tissue maps", workers)
     if lesions is not None:
-        files, found = list_nifti(lesions, pattern)
-        problems += found
-        lesion_reports = _run(lambda p: check_mask(p, mask_threshold), files, progress, "lesions", workers)
+        lesion_reports = _run(lambda p: check_mask(p, mask_threshold), files["lesions"], progress, "lesions", workers)
     if real is not None:
-        files, found = list_nifti(real, pattern)
-        problems += found
-        pairs, found = pair_real_files(files)
-        problems += found
         kinds = {p.scan: "scan" for p in pairs} | {p.mask: "mask" for p in pairs}
         reports = _run(lambda p: check_scan(p, voxel_size) if kinds[p] == "scan" else check_mask(p, mask_threshold,
                                                                                               voxel_size),
@@ -393,6 +423,10 @@ def check_folders(tissue_maps=None, lesions=None, real=None, label_map=None, mas
     if tissue_maps is None and lesion_reports:
         tissue_box = _default_map_box()
     problems += check_space(usable_tissue, usable_lesions, tissue_box)
+    return _sorted(problems)
+
+
+def _sorted(problems) -> list[Problem]:
     return sorted(set(problems), key=lambda p: (p.path, p.severity, p.message))
 
 

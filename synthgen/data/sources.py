@@ -239,7 +239,7 @@ class DefaultTissueMap(TissueMaps):
     def load(self, i: int) -> MapItem:
         self._index(i)
         if self._item is None:
-            from synthgen.data import default_tissue_map
+            from synthgen.data.default_map import default_tissue_map
             labels, affine = default_tissue_map(with_affine=True)
             self.reads += 1
             self._item = on_grid(labels[0, 0].numpy(), affine, "labels", self.voxel_size,

@@ -207,7 +207,8 @@ def check_store(path) -> list:
 
 def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_threshold: float | None = None,
          background_channel=None, prob_dtype: str = "uint8", crop_masks: bool = False, pattern: str = "*",
-         progress: bool = True, check: bool = True, voxel_size: float = 1.0) -> dict:
+         progress: bool = True, check: bool = True, voxel_size: float = 1.0, tissue_pattern: str | None = None,
+         lesion_pattern: str | None = None, real_pattern: str | None = None) -> dict:
     """Pack NIfTI folders into the store ``out`` (created if needed); incremental and atomic.
 
     Args:
@@ -218,6 +219,8 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
         crop_masks: a lesion mask's grid is its foreground box (the affine shifted so world coordinates are
             unchanged, ``full_shape`` / ``crop_offset`` kept) instead of its file's grid; either way the store keeps
             only the box, bit-packed.
+        pattern, tissue_pattern, lesion_pattern, real_pattern: file-name globs, of every folder or of one kind
+            (:func:`synthgen.data.check.folder_patterns`).
         check: run ``check_folders`` first and refuse to pack when it finds errors.
         voxel_size: grid (mm, RAS) of the packed tissue maps and real scans: pack at the training voxel size and
             training reads them as they are (memory-mapped); lesion masks keep their own grid (they are placed
@@ -239,7 +242,9 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
     if check:
         problems = check_mod.check_folders(tissue_maps, lesions, real, label_map=label_map,
                                            mask_threshold=mask_threshold, background_channel=background_channel,
-                                           pattern=pattern, progress=progress, voxel_size=voxel_size)
+                                           pattern=pattern, progress=progress, voxel_size=voxel_size,
+                                           tissue_pattern=tissue_pattern, lesion_pattern=lesion_pattern,
+                                           real_pattern=real_pattern)
         if check_mod.has_errors(problems):
             raise ValueError("cannot pack, the data have problems:\n" + check_mod.format_problems(problems))
     out.mkdir(parents=True, exist_ok=True)
@@ -247,10 +252,11 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
     for folder in [out] + [out / s for s in SECTIONS]:
         remove_stale_temporaries(folder)          # what a killed pack left
     mapping = tissue_mod.resolve_mapping(label_map)
+    patterns = check_mod.folder_patterns(pattern, tissue_pattern, lesion_pattern, real_pattern)
     jobs = []   # (section, name, sources, options, writer)
     if tissue_maps is not None:
         root = Path(tissue_maps)
-        files, _ = check_mod.list_nifti(root, pattern)
+        files, _ = check_mod.list_nifti(root, patterns["tissue_maps"])
         opts = {"label_map": mapping.to_dict() if mapping else None, "prob_dtype": prob_dtype,
                 "background_channel": background_channel, "voxel_size": float(voxel_size)}
         for f in files:
@@ -258,13 +264,13 @@ def pack(out, tissue_maps=None, lesions=None, real=None, label_map=None, mask_th
                                                                                       prob_dtype, voxel_size)))
     if lesions is not None:
         root = Path(lesions)
-        files, _ = check_mod.list_nifti(root, pattern)
+        files, _ = check_mod.list_nifti(root, patterns["lesions"])
         opts = {"mask_threshold": mask_threshold, "crop": bool(crop_masks), "encoding": MASK_ENCODING}
         for f in files:
             jobs.append(("lesions", _item_name(f, root), [f], opts, _mask_writer(f, mask_threshold, crop_masks)))
     if real is not None:
         root = Path(real)
-        files, _ = check_mod.list_nifti(root, pattern)
+        files, _ = check_mod.list_nifti(root, patterns["real"])
         pairs, _ = check_mod.pair_real_files(files)
         opts = {"mask_threshold": mask_threshold, "voxel_size": float(voxel_size)}
         for p in pairs:

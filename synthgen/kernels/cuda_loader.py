@@ -9,7 +9,16 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+
+
+def _csrc_dir() -> Path:
+    """The CUDA sources: the copy an installed wheel ships beside this module, else ``csrc/`` of the source tree."""
+    here = Path(__file__).resolve().parent
+    shipped = here / "csrc"
+    return shipped if (shipped / "synth_warp.cu").is_file() else here.parents[1] / "csrc"
+
+
+CSRC = _csrc_dir()
 WARP_SOURCE = CSRC / "synth_warp.cu"
 THREADS = 256
 
@@ -53,7 +62,7 @@ def _kernel(name: str):
         raise RuntimeError("the cuda backend needs CuPy (pip install cupy-cuda12x or cupy-cuda13x); "
                            "or set SYNTHGEN_BACKEND=triton") from err
     if not WARP_SOURCE.is_file():
-        raise FileNotFoundError(f"CUDA source {WARP_SOURCE} is missing (the cuda backend runs from a source tree)")
+        raise FileNotFoundError(f"CUDA source {WARP_SOURCE} is missing (an installed synthgen ships it in synthgen/kernels/csrc: reinstall the package)")
     module = cupy.RawModule(code=WARP_SOURCE.read_text(), options=("-std=c++17",))
     return module.get_function(name)
 

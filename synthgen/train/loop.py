@@ -38,12 +38,12 @@ from synthgen.data.training import TrainingBatches, training_lesions, validation
 from synthgen import validate
 from synthgen.io import atomic_path, remove_stale_temporaries
 from synthgen.validate import check_resume_fits
-from train import plots
-from train.checkpoint import LAST, PREV, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import TrainConfig
-from train.losses import DiceCE
-from train.model import build_unet, n_params
-from train.validate import REAL_CLASSES, evaluate
+from synthgen.train import plots
+from synthgen.train.checkpoint import LAST, PREV, load_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from synthgen.train.config import TrainConfig
+from synthgen.train.losses import DiceCE
+from synthgen.train.model import build_unet, n_params
+from synthgen.train.validate import REAL_CLASSES, evaluate
 
 # ----------------------------------------------------------------------------------------------- devices
 
@@ -103,12 +103,18 @@ def check_data(cfg: TrainConfig) -> None:
         return
     from synthgen.data import check
     vox = cfg.generator.voxel_size
-    problems = check.check_folders(tissue_maps=d.tissue_maps, real=d.real, label_map=d.label_map, progress=False,
-                                   voxel_size=vox)
-    if d.lesions:
-        problems += check.check_folders(lesions=d.lesions, pattern=d.lesion.mask_pattern, progress=False)
-    if d.real_val:
-        problems += check.check_folders(real=d.real_val, progress=False, voxel_size=vox)
+    # every folder listed before any file is read: a missing folder or a pattern that matches nothing is said at once
+    listed = check.list_folders(d.tissue_maps, d.lesions, d.real,
+                                check.folder_patterns(lesion_pattern=d.lesion.mask_pattern))[2]
+    listed += check.list_folders(real=d.real_val)[2]
+    problems = check.folder_errors(listed, (d.tissue_maps, d.lesions, d.real, d.real_val))
+    if not problems:
+        problems = check.check_folders(tissue_maps=d.tissue_maps, real=d.real, label_map=d.label_map,
+                                       progress=False, voxel_size=vox)
+        if d.lesions:
+            problems += check.check_folders(lesions=d.lesions, lesion_pattern=d.lesion.mask_pattern, progress=False)
+        if d.real_val:
+            problems += check.check_folders(real=d.real_val, progress=False, voxel_size=vox)
     if check.has_errors(problems):
         raise ValueError("training data have problems:\n" + check.format_problems(problems))
     for p in problems:
@@ -312,233 +318,296 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, le
     """
     cfg.resolve_labels().validate()
     rank, world, device = init_distributed(cfg.device)
-    is_main = rank == 0
+    store = prepare_run(cfg, rank, resume, overwrite)
+    torch.manual_seed(cfg.seed + rank)     # dropout and weight init; saved and restored with every checkpoint
+    data, maps, val_lesions = training_data(cfg, store, rank, device, lesions)
+    run = Run(cfg, rank, world, device)
+    resumed_from = run.restore() if resume else None
+    run.open_outputs(maps, val_lesions, resumed=resume, progress=progress)
+    run.announce(resumed_from)
+    if not resume and run.step == 0:
+        run.validate(0)
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    try:
+        run_steps(run, data, end)
+    finally:
+        run.close()
+    return run.last
+
+
+def prepare_run(cfg: TrainConfig, rank: int, resume: bool, overwrite: bool):
+    """Every check that needs no long read (the run folder, the data folders, the store's index and the grids), then
+    the run folder made ready (rank 0): stale temporaries removed, old checkpoints gone with ``overwrite``, the
+    config written. Returns the packed store of ``data.store`` or None."""
     out = Path(cfg.out)
-    ckpt_path = out / LAST
     check_run_folder(out, resume, overwrite)
     check_data(cfg)
     store = open_data_store(cfg)
     check_grids(cfg, store)
-    if resume and not (ckpt_path.is_file() or (out / PREV).is_file()):
-        raise FileNotFoundError(f"{ckpt_path}: checkpoint not found (nothing to resume)")
-    if is_main:
+    if resume and not ((out / LAST).is_file() or (out / PREV).is_file()):
+        raise FileNotFoundError(f"{out / LAST}: checkpoint not found (nothing to resume)")
+    if cfg.baseline and cfg.data.store and not len(store.real):
+        raise ValueError(f"`baseline` trains on real scans only: the store {cfg.data.store} must hold real scans "
+                         "(pack --real DIR), got none")
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)              # what a killed writer left
         if overwrite and not resume:
             for name in (LAST, PREV):
                 (out / name).unlink(missing_ok=True)
         _write_json(out / "config.json", cfg.to_dict())
+    return store
 
-    seed = cfg.seed + rank
-    torch.manual_seed(seed)          # dropout and weight init; saved and restored with every checkpoint
-    dtype = amp_dtype(cfg, device)
 
-    # data: read by index from the store or the folders (a bounded read-ahead), synthesised on the training device
+def training_data(cfg: TrainConfig, store, rank: int, device: torch.device, lesions=None):
+    """``(batches, maps, val_lesions)``: the training batches of stream ``seed + rank``, read by index from the store
+    or the folders (a bounded read-ahead) and synthesised on the training device; the tissue maps (None for a
+    baseline run) and the held-out lesions, for the validation set."""
     d = cfg.data
-    if cfg.baseline and d.store and not len(store.real):
-        raise ValueError(f"`baseline` trains on real scans only: the store {d.store} must hold real scans "
-                         "(pack --real DIR), got none")
     real = real_scans(store, d.real, cfg.generator.voxel_size)
     maps = None if cfg.baseline else tissue_maps(store, d.tissue_maps, d.label_map, cfg.generator.voxel_size)
     if lesions is None:
         lesions = training_lesions(d.lesion, store, d.lesions or d.lesion.mask_dir, progress=False)
     train_lesions, val_lesions = lesions
-    gen_cfg = cfg.generator
-    data = TrainingBatches(synthgen.SynthGenerator(gen_cfg), maps, seed, cfg.batch_size, device,
+    data = TrainingBatches(synthgen.SynthGenerator(cfg.generator), maps, cfg.seed + rank, cfg.batch_size, device,
                            lesions=train_lesions, real=real, real_only=cfg.baseline, prefetch=d.prefetch)
+    return data, maps, val_lesions
 
-    # model and optimiser
-    model_kwargs = cfg.model_kwargs()
-    model = build_unet(**model_kwargs).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
-    total, power = cfg.steps, cfg.optim.poly_power
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: max(0.0, 1.0 - n / total) ** power)
-    loss_fn = DiceCE.from_config(cfg.optim)
 
-    step = 0
-    resumed_from = ckpt_path
-    if resume:
-        fits = functools.partial(check_resume_fits, steps=cfg.steps, model_kwargs=model_kwargs,
-                                 state=model.state_dict())
-        ckpt, resumed_from = load_resume_checkpoint(out, map_location="cpu", fits=fits)   # RNG states stay on the CPU
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step = int(ckpt["step"])
-        if len(ckpt["rng"]) == world:
-            set_rng_state(ckpt["rng"][rank], device)
-        elif is_main:
-            print(f"warning: checkpoint saved by {len(ckpt['rng'])} ranks, resuming on {world}: "
+class Run:
+    """One rank's training state: model, optimiser, schedule, step, and (rank 0) the outputs it writes."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.is_main = rank == 0
+        self.out = Path(cfg.out)
+        self.ckpt_path = self.out / LAST
+        self.dtype = amp_dtype(cfg, device)
+        self.model_kwargs = cfg.model_kwargs()
+        self.net = build_unet(**self.model_kwargs).to(device)
+        self.model = self.net                # the DDP wrapper under torchrun (wrapped after restore)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                           weight_decay=cfg.optim.weight_decay)
+        total, power = cfg.steps, cfg.optim.poly_power
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda n: max(0.0, 1.0 - n / total) ** power)
+        self.loss_fn = DiceCE.from_config(cfg.optim)
+        self.step, self.saved_at = 0, -1
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)   # first step whose loss was not finite
+        self.last: dict = {"step": 0}
+        self.val_set, self.real_val = [], []
+        self.log = self.tb = self.bar = None
+
+    def restore(self) -> Path:
+        """Model, optimiser, schedule, step and this rank's own random state from the run's checkpoint; returns the
+        checkpoint read (``prev.pt`` when ``last.pt`` is damaged)."""
+        fits = functools.partial(check_resume_fits, steps=self.cfg.steps, model_kwargs=self.model_kwargs,
+                                 state=self.net.state_dict())     # a last.pt of another run falls back to prev.pt
+        ckpt, path = load_resume_checkpoint(self.out, map_location="cpu", fits=fits)   # RNG states stay on the CPU
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = self.saved_at = self.last["step"] = int(ckpt["step"])
+        if len(ckpt["rng"]) == self.world:
+            set_rng_state(ckpt["rng"][self.rank], self.device)
+        elif self.is_main:
+            print(f"warning: checkpoint saved by {len(ckpt['rng'])} ranks, resuming on {self.world}: "
                   "dropout streams restart (not bit-exact)", file=sys.stderr)
-        del ckpt
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return path
 
-    # validation set: its own stream, held-out lesions; built once, kept on the device (rank 0 only)
-    val_set, real_val = [], []
-    if is_main and cfg.val_every and cfg.val_samples and maps is not None:
-        val_set = validation_set(synthgen.SynthGenerator(gen_cfg), maps, cfg.seed + cfg.val_seed_offset,
-                                 cfg.val_samples, device, lesions=val_lesions)
-    if is_main and cfg.val_every and cfg.data.real_val:
-        real_val = load_real_val(cfg, device)
-
-    log = MetricsLog(out / "metrics.csv", cfg.class_names, step if resume else None) if is_main else None
-    tb = _tensorboard(out) if is_main else None
-    if is_main:
-        print(f"preset {cfg.preset}: {world} x {device} ({'bf16 autocast' if dtype else 'fp32'}), "
-              f"{n_params(net) / 1e6:.2f} M parameters, crop {tuple(gen_cfg.crop)} at {cfg.generator.voxel_size:g} mm, "
-              f"batch {cfg.batch_size}/rank, {cfg.num_classes} classes, steps {step} -> {cfg.steps}"
-              + (f" (resumed from {resumed_from})" if resume else ""), flush=True)
-
-    last: dict = {"step": step}
-
-    def validate(at: int) -> None:
-        if not is_main or not (val_set or real_val):
+    def open_outputs(self, maps, val_lesions, resumed: bool, progress: bool) -> None:
+        """DDP around the model; on rank 0 the validation sets (their own stream, held-out lesions, kept on the
+        device), ``metrics.csv``, TensorBoard and the progress bar."""
+        cfg = self.cfg
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.model = DistributedDataParallel(self.net, device_ids=[self.device.index]
+                                                 if self.device.type == "cuda" else None)
+        if not self.is_main:
             return
-        row = {"step": at, "epoch": at / cfg.iters_per_epoch}
-        kept = []
-        if val_set:
-            m, kept = evaluate(net, val_set, cfg.class_names, dtype, keep=cfg.plot_samples)
-            row.update(m)
-        if real_val:
-            m, _ = evaluate(net, real_val, cfg.class_names, dtype, roi=tuple(gen_cfg.crop), prefix="real_",
-                            lesion_only=True)
-            row.update(m)
-        log.append(row)
-        last.update({k: v for k, v in row.items() if k.startswith(("val_", "real_"))})
-        shown = {k: v for k, v in row.items() if k.endswith("lesion_dice") or k.startswith("val_dice")}
-        _write(f"validation @ {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
-        if tb is not None:
-            for k, v in shown.items():
-                tb.add_scalar(k, v, at)
-        plots.plot_curves(log.rows, out / "curves.png", cfg.class_names)
-        if kept:
-            plots.plot_samples(kept, out / "val_samples.png", cfg.num_classes, f"step {at}")
+        if cfg.val_every and cfg.val_samples and maps is not None:
+            self.val_set = validation_set(synthgen.SynthGenerator(cfg.generator), maps,
+                                          cfg.seed + cfg.val_seed_offset, cfg.val_samples, self.device,
+                                          lesions=val_lesions)
+        if cfg.val_every and cfg.data.real_val:
+            self.real_val = load_real_val(cfg, self.device)
+        self.log = MetricsLog(self.out / "metrics.csv", cfg.class_names, self.step if resumed else None)
+        self.tb = _tensorboard(self.out)
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, file=sys.stdout)
 
-    bad_step = torch.full((), -1, dtype=torch.long, device=device)   # first step whose loss was not finite
+    def announce(self, resumed_from) -> None:
+        cfg = self.cfg
+        if self.is_main:
+            self.write(f"preset {cfg.preset}: {self.world} x {self.device} "
+                       f"({'bf16 autocast' if self.dtype else 'fp32'}), {n_params(self.net) / 1e6:.2f} M parameters, "
+                       f"crop {tuple(cfg.generator.crop)} at {cfg.generator.voxel_size:g} mm, "
+                       f"batch {cfg.batch_size}/rank, {cfg.num_classes} classes, steps {self.step} -> {cfg.steps}"
+                       + (f" (resumed from {resumed_from})" if resumed_from is not None else ""))
 
-    def diverged(at: int, loss_value=None) -> None:
-        """Stop without saving: the loss (or the weights) of step ``at`` are not finite."""
-        first = int(bad_step)
-        what = (f"the loss is {loss_value if loss_value is not None else 'not finite'} from step {first} on"
-                if first >= 0 else "the weights are not finite")
-        kept = (f"{ckpt_path} (step {saved_at}) is the last good checkpoint, kept" if saved_at >= 0 and
-                ckpt_path.is_file() else "no checkpoint was written")
-        raise TrainingDiverged(
-            f"training diverged: {what} (stopped after step {at}, nothing non-finite saved); {kept}. Train again "
-            f"with a lower --lr (now {cfg.optim.lr:g}; with another --out or --overwrite) or check the data")
-
-    def weights_finite() -> bool:
-        params = [p.detach() for p in net.parameters()]
-        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
-
-    def checkpoint(at: int) -> None:
-        if _agree(int(bad_step) >= 0 or not weights_finite(), world, device):
-            diverged(at)
-        states = [rng_state(device)]
-        if world > 1:
-            import torch.distributed as dist
-            states = [None] * world
-            dist.all_gather_object(states, rng_state(device))
-        if is_main:
-            save_checkpoint(ckpt_path, model=net, optimizer=optimizer, scheduler=scheduler, step=at,
-                            config=cfg.to_dict(), model_kwargs=model_kwargs, rng=states)
-
-    bar = None
-    if is_main and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
-
-    def _write(msg: str) -> None:
-        if bar is not None:
-            bar.write(msg)
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg)
         else:
             print(msg, flush=True)
 
-    if not resume and step == 0:
-        validate(0)
-    model.train()
-    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    window = {"loss": [], "gn": [], "synth": [], "t0": time.perf_counter(), "n": 0}
-    saved_at = step if resume else -1
-    cuda = device.type == "cuda"
+    def train_step(self, image, target, is_real: bool):
+        """Forward (autocast), Dice + CE, backward, grad-norm clip, AdamW and schedule step: ``(loss, grad_norm)``
+        as device tensors (no host sync; a non-finite loss is recorded in ``bad_step``)."""
+        with torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext():
+            logits = self.model(image)
+        if self.cfg.num_classes > 2 and is_real:
+            logits = lesion_vs_rest(logits)
+        loss = self.loss_fn(logits, target)
+        self.bad_step.masked_fill_((self.bad_step < 0) & ~torch.isfinite(loss.detach()), self.step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return loss.detach(), grad_norm.detach()
+
+    def log_interval(self, window: Window) -> None:
+        """One log line (and ``metrics.csv`` row, TensorBoard scalars) for the steps in ``window``; stops the run
+        when a loss in it was not finite."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        row = {"step": self.step, "epoch": self.step / self.cfg.iters_per_epoch,
+               "lr": self.scheduler.get_last_lr()[0], **window.summary(self.cfg.batch_size * self.world)}
+        self.last.update(row)
+        if self.is_main:
+            self.log.append(row)
+            self.write(f"step {self.step:>7d}  loss {row['loss']:.4f}  {row['ms_step']:.0f} ms/step  "
+                       f"synthesis {row['synth_ms']:.0f} ms/step  {row['samples_s']:.2f} samples/s  "
+                       f"lr {row['lr']:.3g}")
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_s']:.2f}")
+            if self.tb is not None:
+                for k in ("loss", "lr", "grad_norm", "ms_step", "synth_ms", "samples_s"):
+                    self.tb.add_scalar(k, row[k], self.step)
+        if _agree(int(self.bad_step) >= 0, self.world, self.device):
+            self.diverged(f"{row['loss']:.4g}")
+
+    def validate(self, at: int) -> None:
+        """Rank 0 scores the held-out synthetic set (and real scans when given); a row, a line, curves, samples."""
+        cfg = self.cfg
+        if not self.is_main or not (self.val_set or self.real_val):
+            return
+        row = {"step": at, "epoch": at / cfg.iters_per_epoch}
+        kept = []
+        if self.val_set:
+            m, kept = evaluate(self.net, self.val_set, cfg.class_names, self.dtype, keep=cfg.plot_samples)
+            row.update(m)
+        if self.real_val:
+            m, _ = evaluate(self.net, self.real_val, cfg.class_names, self.dtype, roi=tuple(cfg.generator.crop),
+                            prefix="real_", lesion_only=True)
+            row.update(m)
+        self.log.append(row)
+        self.last.update({k: v for k, v in row.items() if k.startswith(("val_", "real_"))})
+        shown = {k: v for k, v in row.items() if k.endswith("lesion_dice") or k.startswith("val_dice")}
+        self.write(f"validation @ {at}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+        if self.tb is not None:
+            for k, v in shown.items():
+                self.tb.add_scalar(k, v, at)
+        plots.plot_curves(self.log.rows, self.out / "curves.png", cfg.class_names)
+        if kept:
+            plots.plot_samples(kept, self.out / "val_samples.png", cfg.num_classes, f"step {at}")
+
+    def checkpoint(self) -> None:
+        """Every rank's random state gathered, rank 0 writes; never weights or a loss that stopped being finite."""
+        if _agree(int(self.bad_step) >= 0 or not self.weights_finite(), self.world, self.device):
+            self.diverged()
+        states = [rng_state(self.device)]
+        if self.world > 1:
+            import torch.distributed as dist
+            states = [None] * self.world
+            dist.all_gather_object(states, rng_state(self.device))
+        if self.is_main:
+            save_checkpoint(self.ckpt_path, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
+                            step=self.step, config=self.cfg.to_dict(), model_kwargs=self.model_kwargs, rng=states)
+        self.saved_at = self.step
+
+    def weights_finite(self) -> bool:
+        params = [p.detach() for p in self.net.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+    def diverged(self, loss_value=None) -> None:
+        """Stop without saving: the loss (or the weights) of the current step are not finite."""
+        first = int(self.bad_step)
+        what = (f"the loss is {loss_value if loss_value is not None else 'not finite'} from step {first} on"
+                if first >= 0 else "the weights are not finite")
+        kept = (f"{self.ckpt_path} (step {self.saved_at}) is the last good checkpoint, kept"
+                if self.saved_at >= 0 and self.ckpt_path.is_file() else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"training diverged: {what} (stopped after step {self.step}, nothing non-finite saved); {kept}. Train "
+            f"again with a lower --lr (now {self.cfg.optim.lr:g}; with another --out or --overwrite) or check the "
+            "data")
+
+    def close(self) -> None:
+        for closable in (self.bar, self.tb):
+            if closable is not None:
+                closable.close()
+
+
+class Window:
+    """The steps since the last log line: their losses, grad norms and synthesis times, and the wall clock."""
+
+    def __init__(self):
+        self.loss, self.grad_norm, self.synth, self.t0 = [], [], [], time.perf_counter()
+
+    def add(self, loss, grad_norm, synth) -> None:
+        self.loss.append(loss)
+        self.grad_norm.append(grad_norm)
+        self.synth.append(synth)
+
+    def summary(self, samples_per_step: int) -> dict:
+        """Mean loss and grad norm, ms per step, synthesis ms per step (CUDA events or host ms) and samples/s."""
+        elapsed, n = time.perf_counter() - self.t0, len(self.loss)
+        synth = [x[0].elapsed_time(x[1]) if isinstance(x, tuple) else x for x in self.synth]
+        return {"loss": float(torch.stack(self.loss).float().mean()),
+                "grad_norm": float(torch.stack(self.grad_norm).float().mean()),
+                "ms_step": 1e3 * elapsed / n, "synth_ms": float(np.mean(synth)),
+                "samples_s": n * samples_per_step / elapsed}
+
+
+def run_steps(run: Run, data, end: int) -> None:
+    """Steps ``run.step .. end``: synthesise (on a side stream ahead of time on CUDA), train, log, validate,
+    checkpoint; a signal on any rank stops every rank after the same step, checkpointed."""
+    cfg, cuda = run.cfg, run.device.type == "cuda"
     timed = functools.partial(_timed_batch, data, cuda)
-    data.start(step, end)             # before the generate-ahead thread asks for step `step`
+    data.start(run.step, end)             # before the generate-ahead thread asks for step `step`
     ahead = None
     if cfg.generate_ahead == "on" or (cfg.generate_ahead == "auto" and cuda):
         # step n + 1's batch is made on a side stream (and thread) while step n trains; batches depend only on
         # (seed, step), so the run is the same as without
-        ahead = Prefetcher(timed, range(step, end), depth=1, device=device if cuda else None)
-    agree_stop = StopAgreement(world, device)
+        ahead = Prefetcher(timed, range(run.step, end), depth=1, device=run.device if cuda else None)
+    agree_stop = StopAgreement(run.world, run.device)
+    run.model.train()
+    window = Window()
     with StopFlag() as stop, data, ahead if ahead is not None else nullcontext():
-        while step < end:
-            image, target, synth = next(ahead) if ahead is not None else timed(step)
-            window["synth"].append(synth)
-            with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
-                logits = model(image)
-            if cfg.num_classes > 2 and data.is_real(step):
-                logits = lesion_vs_rest(logits)
-            loss = loss_fn(logits, target)
-            bad_step.masked_fill_((bad_step < 0) & ~torch.isfinite(loss.detach()), step + 1)   # no host sync
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window["loss"].append(loss.detach())
-            window["gn"].append(grad_norm.detach())
-            window["n"] += 1
-            if bar is not None:
-                bar.update(1)
-
+        while run.step < end:
+            image, target, synth = next(ahead) if ahead is not None else timed(run.step)
+            window.add(*run.train_step(image, target, data.is_real(run.step)), synth)
+            step = run.step
             if step % cfg.log_every == 0 or step == end:
-                if cuda:
-                    torch.cuda.synchronize(device)
-                elapsed = time.perf_counter() - window["t0"]
-                synth = [x[0].elapsed_time(x[1]) if isinstance(x, tuple) else x for x in window["synth"]]
-                n = window["n"]
-                row = {"step": step, "epoch": step / cfg.iters_per_epoch, "lr": scheduler.get_last_lr()[0],
-                       "loss": float(torch.stack(window["loss"]).float().mean()),
-                       "grad_norm": float(torch.stack(window["gn"]).float().mean()),
-                       "ms_step": 1e3 * elapsed / n, "synth_ms": float(np.mean(synth)),
-                       "samples_s": n * cfg.batch_size * world / elapsed}
-                last.update(row)
-                if is_main:
-                    log.append(row)
-                    _write(f"step {step:>7d}  loss {row['loss']:.4f}  {row['ms_step']:.0f} ms/step  "
-                           f"synthesis {row['synth_ms']:.0f} ms/step  {row['samples_s']:.2f} samples/s  "
-                           f"lr {row['lr']:.3g}")
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_s']:.2f}")
-                    if tb is not None:
-                        for k in ("loss", "lr", "grad_norm", "ms_step", "synth_ms", "samples_s"):
-                            tb.add_scalar(k, row[k], step)
-                window = {"loss": [], "gn": [], "synth": [], "t0": time.perf_counter(), "n": 0}
-                if _agree(int(bad_step) >= 0, world, device):
-                    diverged(step, f"{row['loss']:.4g}")
-
+                run.log_interval(window)
+                window = Window()
             if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
-                validate(step)
+                run.validate(step)
             stopping = agree_stop(stop.set)
             if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or stopping:
-                checkpoint(step)
-                saved_at = step
+                run.checkpoint()
             if stopping:
-                _write(f"stopped by signal after step {step}; checkpoint {ckpt_path} (resume with --resume)")
-                last["signal"] = int(stop.signum or signal.SIGTERM)    # on another rank: a scheduler's SIGTERM
+                run.write(f"stopped by signal after step {step}; checkpoint {run.ckpt_path} (resume with --resume)")
+                run.last["signal"] = int(stop.signum or signal.SIGTERM)    # on another rank: a scheduler's SIGTERM
                 break
-        if saved_at != step:
-            checkpoint(step)
-    if bar is not None:
-        bar.close()
-    if tb is not None:
-        tb.close()
-    last["step"] = step
-    return last
+        if run.saved_at != run.step:
+            run.checkpoint()
+    run.last["step"] = run.step
 
 
 def _agree(flag: bool, world: int, device: torch.device) -> bool:
