@@ -296,7 +296,7 @@ def _resume(edit, keep_prev=False, names=()):
     def build(t, ck, mp):
         config = _trained_run(t)
         _rewrite_last(t, edit, keep_prev)
-        mp.setattr("train.loop.training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
+        mp.setattr("synthgen.train.loop.training_lesions", lambda *a, **k: (BlobLesions(), BlobLesions()))
         return ["--config", str(config), "--out", str(t / "run"), "--resume"], ["last.pt", *names]
     return build
 

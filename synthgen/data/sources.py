@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from synthgen import io, validate
+from synthgen.data.store import check_store_labels, store_labels
 
 
 @dataclass
@@ -150,43 +151,6 @@ class StoreTissueMaps(TissueMaps):
         return self._cache.get(i, lambda: self._read(i))
 
 
-def check_store_labels(data, labels, where) -> None:
-    """Refuse a packed label map with labels the generator has no Gaussian for (``labels``: the store's
-    :class:`synthgen.config.LabelConfig`, None: our convention), naming the item ``where``.
-
-    Raises:
-        ValueError: naming ``where``, the label range and what to do.
-    """
-    from synthgen.config import DEFAULT_NUM_LABELS
-    problem = validate.label_range_problem(int(data.min()), int(data.max()),
-                                           labels.num_labels if labels is not None else DEFAULT_NUM_LABELS)
-    if problem:
-        raise ValueError(f"{where}: {problem}; pack it again (with the --label-map that describes its labels)")
-
-
-def store_labels(store):
-    """The :class:`synthgen.config.LabelConfig` recorded for a store's tissue maps (None: our convention).
-
-    Raises:
-        ValueError: its maps were packed with different label mappings.
-    """
-    found = {}
-    for name, entry in store.index["sections"]["tissue_maps"].items():
-        if entry.get("kind") != "labels":
-            continue
-        mapping = (entry.get("options") or {}).get("label_map")
-        found.setdefault(repr(mapping), (name, mapping))
-    if len(found) > 1:
-        (a, _), (b, _) = list(found.values())[:2]
-        raise ValueError(f"{store.root}: tissue maps {a!r} and {b!r} were packed with different label mappings: "
-                         "pack them again with one --label-map")
-    if not found:
-        return None
-    _, mapping = next(iter(found.values()))
-    if mapping is None:
-        return None
-    from synthgen.data.tissue import LabelMapping
-    return LabelMapping.from_dict(mapping, name=f"{store.root.name} (packed)").label_config()
 
 
 class FolderTissueMaps(TissueMaps):

@@ -234,7 +234,7 @@ def data_labels(store=None, label_map=None):
     from the store's index (its maps were mapped when packed), else from the label mapping; None: our
     convention."""
     if store is not None:
-        from synthgen.data.sources import store_labels
+        from synthgen.data.store import store_labels
         if not hasattr(store, "tissue_maps"):
             from synthgen.data.store import open_store
             store = open_store(store)
