@@ -63,8 +63,9 @@ def main(argv=None) -> int:
     p_pack.add_argument("--out", required=True, metavar="STORE", help="store folder (created if needed)")
     p_pack.add_argument("--prob-dtype", choices=("uint8", "float16"), default="uint8",
                         help="storage of probability maps (uint8: x255)")
-    p_pack.add_argument("--crop-masks", action="store_true", help="store lesion masks cropped to their "
-                                                                   "foreground (affine shifted to match)")
+    p_pack.add_argument("--crop-masks", action="store_true", help="give each lesion mask its foreground box as "
+                                                                   "its grid (affine shifted to match); the store "
+                                                                   "keeps only the box, bit-packed, either way")
     p_pack.add_argument("--voxel-size", type=float, default=1.0, metavar="MM",
                         help="grid of the packed tissue maps and real scans (pack at the training voxel size: "
                              "training then reads them without resampling)")
