@@ -183,6 +183,11 @@ class WarpArgs:
     lesion_class: int
 
 
+def _one_map(tissue: torch.Tensor) -> bool:
+    """One map for the whole batch: a batch of one, or one broadcast along the batch (stride 0)."""
+    return tissue.shape[0] == 1 or tissue.stride(0) == 0
+
+
 def warp_args(tissue, lesion, params: SampleParams, texture, tex_scale, image, target, tables,
               threshold: float) -> WarpArgs:
     """The fused warp's :class:`WarpArgs` for a batch: per-sample parameters uploaded without a host sync.
@@ -201,7 +206,7 @@ def warp_args(tissue, lesion, params: SampleParams, texture, tex_scale, image, t
     def up(t, dtype=torch.float32):
         return to_device(t.to(dtype).contiguous(), dev)
 
-    tissue = tissue[:1] if tissue.shape[0] == 1 or tissue.stride(0) == 0 else tissue   # one map: one copy
+    tissue = tissue[:1] if _one_map(tissue) else tissue   # one map: one copy
     if not tissue.is_floating_point():
         tissue = tissue.to(torch.uint8)
     elif tissue.dtype not in (torch.float32, torch.float16):
@@ -359,10 +364,6 @@ SELF_CHECK_ATOL = {"float32": 1e-3, "float16": 0.1}   # max |fast - reference| i
 SELF_CHECK_TARGET = 0.999            # share of target voxels that must agree (FMA contraction may move a class
                                      # boundary voxel; the interpreter and the host build agree on every voxel)
 _checked: dict = {}
-
-
-def _one_map(tissue: torch.Tensor) -> bool:
-    return tissue.shape[0] == 1 or tissue.stride(0) == 0
 
 
 def self_check_size(n: int, small: int) -> int:
