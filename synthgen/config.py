@@ -53,6 +53,13 @@ class GMMConfig:
     mu: tuple = (0.0, 255.0)      # class mean ~ U(mu); paper
     lesion_mu: tuple | None = None  # the lesion's mean ~ U(lesion_mu); None: the tissues' range (paper). A
                                   # narrow range is a contrast prior, e.g. (0, 40) for T1-dark chronic lesions
+    lesion_contrast: tuple | None = None   # conspicuity prior (beyond the paper): the lesion's mean lies
+                                  # U(lesion_contrast) intensity units above the brighter parenchyma class (GM,
+                                  # WM) or below the darker one, never between them, so every drawn lesion can be
+                                  # seen against the tissue it replaces. None: no prior (paper). Intensities are on
+                                  # the mu scale (0-255); a dark lesion that would fall below 0 is drawn bright
+    lesion_bright_probability: float = 0.5   # share of bright lesions under the conspicuity prior (DWI, FLAIR,
+                                  # T2 bright; ADC, T1 dark)
     sigma: tuple = (0.0, 16.0)    # class std ~ U(sigma); paper
     fwhm: tuple = (0.0, 2.0)      # within-class smoothing FWHM (mm, isotropic) ~ U(fwhm); paper. The
                                   # reference code cast the draw to int (0 or 1 only): corrected here.
@@ -61,6 +68,12 @@ class GMMConfig:
         _check_range("gmm.mu", self.mu)
         if self.lesion_mu is not None:
             _check_range("gmm.lesion_mu", self.lesion_mu)
+        if self.lesion_contrast is not None:
+            _check_range("gmm.lesion_contrast", self.lesion_contrast, 0.0)
+            if self.lesion_mu is not None:
+                raise ValueError(f"`gmm.lesion_contrast` and `gmm.lesion_mu` are two lesion priors; give one, got "
+                                 f"{self.lesion_contrast} and {self.lesion_mu}")
+        _check_prob("gmm.lesion_bright_probability", self.lesion_bright_probability)
         _check_range("gmm.sigma", self.sigma, 0.0)
         _check_range("gmm.fwhm", self.fwhm, 0.0)
 

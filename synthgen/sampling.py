@@ -111,6 +111,38 @@ def _bernoulli(g: torch.Generator, p: float, n: int = 1) -> torch.Tensor:
     return torch.rand(n, generator=g, dtype=torch.float64) < p
 
 
+def parenchyma_gaussians(config: GeneratorConfig) -> list[int]:
+    """The Gaussians that draw grey and white matter (tissue classes 1 and 2); the other brain classes, or every
+    non-background Gaussian, for a label set without them."""
+    classes = config.labels.class_table()
+    of_label = config.labels.gaussians or tuple(range(len(classes)))
+    for wanted in ((1, 2), (1, 2, 3, 4), tuple(range(1, 256))):
+        found = sorted({int(g) for g, c in zip(of_label, classes) if c in wanted})
+        if found:
+            return found
+    return [0]
+
+
+def conspicuous_lesion_mean(config: GeneratorConfig, mu: torch.Tensor) -> torch.Tensor:
+    """The lesion's mean under ``gmm.lesion_contrast``, from the Gaussian means ``mu`` (lesion last).
+
+    The lesion's own uniform draw ``u`` (its place in ``gmm.mu``) decides both the side and the margin, so that the
+    prior adds no draw: bright when ``u < p`` (``lesion_bright_probability``), and the margin reads the rescaled
+    ``u`` in ``lesion_contrast``. Bright lies the margin above the brightest parenchyma Gaussian, dark below the
+    darkest; a dark mean below 0 (which Rician noise would fold back up) is drawn bright instead.
+    """
+    gm = config.gmm
+    lo, hi = gm.mu
+    u = float((mu[-1] - lo) / (hi - lo)) if hi > lo else 0.0
+    p = gm.lesion_bright_probability
+    bright = u < p
+    v = u / p if bright else (u - p) / (1 - p)
+    margin = gm.lesion_contrast[0] + (gm.lesion_contrast[1] - gm.lesion_contrast[0]) * min(max(v, 0.0), 1.0)
+    par = mu[parenchyma_gaussians(config)]
+    dark = float(par.min()) - margin
+    return (par.max() + margin) if bright or dark < 0 else torch.tensor(dark, dtype=mu.dtype)
+
+
 # what one anatomy shares across its contrasts (GeneratorConfig.channels); every other field is per contrast
 ANATOMY_FIELDS = ("matrix", "center", "elastic", "skull_strip", "flip", "lesion_key")
 
@@ -152,6 +184,8 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int, stream:
         lo, hi = c.gmm.mu
         u = (mu[-1] - lo) / (hi - lo) if hi > lo else torch.zeros(())
         mu[-1] = c.gmm.lesion_mu[0] + (c.gmm.lesion_mu[1] - c.gmm.lesion_mu[0]) * u
+    if c.gmm.lesion_contrast is not None:
+        mu[-1] = conspicuous_lesion_mean(c, mu)
     sigma = _uniform(g, *c.gmm.sigma, k).float()
     if c.labels.gaussians is not None:   # per label: its group's Gaussian (a table lookup in the kernels)
         of_label = torch.tensor(list(c.labels.gaussians) + [k - 1])

@@ -89,6 +89,73 @@ def test_lesion_contrast_prior_rescales_only_the_lesion_mean():
         GeneratorConfig(gmm=GMMConfig(lesion_mu=(50.0, 10.0))).validate()
 
 
+def _conspicuity(gmm, labels=None, batch=1000):
+    from synthgen.config import LabelConfig
+    cfg = GeneratorConfig(gmm=gmm, labels=labels or LabelConfig())
+    return cfg, sample_params(cfg, (60, 70, 64), seed=5, index=0, batch=batch)
+
+
+def test_conspicuity_prior_puts_the_lesion_outside_grey_and_white_matter():
+    """Under ``gmm.lesion_contrast`` the lesion's mean is a margin U(lo, hi) above max(GM, WM) (labels 1, 2 of the
+    default label set) or below their min, bright with the configured probability, the margin uniform; every
+    other draw is the paper's. The expectation is computed here from the drawn GM and WM means."""
+    from synthgen.config import GMMConfig
+    lo, hi, p = 20.0, 90.0, 0.3
+    base = sample_params(GeneratorConfig(gmm=GMMConfig(mu=(120.0, 255.0))), (60, 70, 64), seed=5, index=0, batch=1000)
+    _, prior = _conspicuity(GMMConfig(mu=(120.0, 255.0), lesion_contrast=(lo, hi), lesion_bright_probability=p))
+    assert torch.equal(prior.gmm_mu[:, :-1], base.gmm_mu[:, :-1]) and torch.equal(prior.gmm_sigma, base.gmm_sigma)
+    par, les = prior.gmm_mu[:, 1:3].double(), prior.gmm_mu[:, -1].double()
+    above, below = les - par.max(1).values, par.min(1).values - les
+    bright = above > 0
+    margin = torch.where(bright, above, below).numpy()
+    assert bool(((above > 0) ^ (below > 0)).all())                   # never between GM and WM
+    assert margin.min() >= lo - 1e-3 and margin.max() <= hi + 1e-3
+    assert stats.kstest(margin, stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
+    assert stats.binomtest(int(bright.sum()), len(bright), p).pvalue > 1e-3    # dark always fits above 120 - 90
+
+
+def test_conspicuity_prior_draws_bright_where_dark_would_fall_below_zero():
+    """Rician noise folds negative means back up, so a dark lesion that does not fit below the parenchyma is
+    drawn bright instead: every mean >= 0, and the lesion still clears GM and WM by the margin."""
+    from synthgen.config import GMMConfig
+    _, prior = _conspicuity(GMMConfig(mu=(0.0, 60.0), lesion_contrast=(50.0, 100.0)), batch=400)
+    par, les = prior.gmm_mu[:, 1:3], prior.gmm_mu[:, -1]
+    assert float(les.min()) >= 0
+    dark = les < par.min(1).values
+    assert bool((dark | (les >= par.max(1).values + 50 - 1e-3)).all())
+    assert bool((par.min(1).values[dark] - les[dark] >= 50 - 1e-3).all())
+    assert 0 < int(dark.sum()) < 0.5 * len(les)      # some fit (parenchyma above 50), most are flipped bright
+
+
+def test_conspicuity_prior_reads_grey_and_white_matter_of_a_label_mapping():
+    """With FreeSurfer labels the parenchyma is every Gaussian of a GM or WM label (cortex, cerebral and cerebellar
+    WM, deep nuclei, ...): the lesion lies outside all of their means."""
+    from synthgen.config import GMMConfig
+    from synthgen.data.tissue import freesurfer_mapping
+    from synthgen.sampling import parenchyma_gaussians
+    labels = freesurfer_mapping().label_config()
+    cfg, prior = _conspicuity(GMMConfig(lesion_contrast=(10.0, 40.0)), labels, batch=200)
+    classes = labels.class_table()
+    par_labels = [i for i, c in enumerate(classes) if c in (1, 2)]
+    assert len(par_labels) > 4
+    assert sorted({labels.gaussians[i] for i in par_labels}) == parenchyma_gaussians(cfg)
+    par = prior.gmm_mu[:, par_labels]           # per label (each label's group's mean)
+    les = prior.gmm_mu[:, -1]
+    assert bool(((les >= par.max(1).values + 10 - 1e-3) | (les <= par.min(1).values - 10 + 1e-3)).all())
+
+
+def test_conspicuity_prior_config_is_checked():
+    from synthgen.config import GMMConfig
+    cfg = GeneratorConfig(gmm=GMMConfig(lesion_contrast=(25.0, 100.0), lesion_bright_probability=0.7))
+    assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
+    for bad, match in (({"lesion_contrast": (50.0, 10.0)}, "gmm.lesion_contrast"),
+                       ({"lesion_contrast": (-5.0, 10.0)}, "gmm.lesion_contrast"),
+                       ({"lesion_contrast": (5.0, 10.0), "lesion_mu": (0.0, 40.0)}, "two lesion priors"),
+                       ({"lesion_bright_probability": 1.5}, "lesion_bright_probability")):
+        with pytest.raises(ValueError, match=match):
+            GeneratorConfig(gmm=GMMConfig(**bad)).validate()
+
+
 def _field_rms(coeffs: torch.Tensor, shape) -> torch.Tensor:
     """Root mean square over the grid of each sample's spline field (all channels), via the reference spline."""
     from synthgen.fields import smooth_field

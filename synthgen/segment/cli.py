@@ -1,13 +1,14 @@
 """Segment scans of any contrast, resolution and orientation with a trained checkpoint.
 
-    python train/predict.py --checkpoint CKPT --out DIR scan1.nii.gz scan2.nii.gz ...
+    python train/predict.py [--checkpoint CKPT] --out DIR scan1.nii.gz scan2.nii.gz ...
         [--ensemble [--name NAME]] [--probabilities] [--no-tta] [--window 192 | X,Y,Z] [--overlap 0.5]
         [--sw-batch-size 1] [--device cuda|cpu] [--no-histnorm] [--overwrite]
 
-The command line of :func:`synthgen.segment.predict_files` (installed as ``synthgen-predict``). Pipeline (paper
-section 2, test time): RAS -> reslice to the training voxel size -> histogram normalisation -> z-score -> sliding
-window (Gaussian weights, 50 % overlap) -> 8-flip test-time augmentation -> logits resliced to the input grid ->
-softmax -> argmax. Outputs in ``--out`` (input's shape and affine): ``<name>_lesion.nii.gz`` (uint8 0/1: the last
+The command line of :func:`synthgen.segment.predict_files` (installed as ``synthgen-predict``). Without
+``--checkpoint`` the model that ships in the package segments (``--card`` prints what it is and how it scores).
+Pipeline (paper section 2, test time): RAS -> reslice to the training voxel size -> histogram normalisation ->
+z-score -> sliding window (Gaussian weights, 50 % overlap) -> 8-flip test-time augmentation -> logits resliced to
+the input grid -> softmax -> argmax. Outputs in ``--out`` (input's shape and affine): ``<name>_lesion.nii.gz`` (uint8 0/1: the last
 class), ``<name>_labels.nii.gz`` (uint8 argmax), and with ``--probabilities`` ``<name>_probs.nii.gz`` (4D, one
 volume per class; uint16 scaled by scl_slope 1/65535). ``--ensemble`` treats all scans as one subject: their logits
 are averaged on the first scan's grid (outputs named after it unless ``--name``). Scans whose outputs exist are
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from synthgen.cli import EXIT_FAILED, EXIT_OK, HelpFormatter, add_debug, cli_main
 from synthgen.segment import predict_files
+from synthgen.segment.bundled import DEFAULT_MODEL, model_card
 
 
 def _window_arg(text: str):
@@ -39,9 +41,12 @@ def _window_arg(text: str):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("scans", nargs="+", type=Path, help="NIfTI scans (any contrast, resolution, orientation)")
-    p.add_argument("--checkpoint", required=True, type=Path, help="trained checkpoint (e.g. runs/train/last.pt)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("scans", nargs="*", type=Path, help="NIfTI scans (any contrast, resolution, orientation)")
+    p.add_argument("--checkpoint", default=None,
+                   help="trained checkpoint (e.g. runs/train/last.pt) or a bundled model's name (default: the "
+                        f"model that ships in the package, {DEFAULT_MODEL!r}; its card: --card)")
+    p.add_argument("--card", action="store_true", help="print the bundled model's card and exit")
+    p.add_argument("--out", type=Path, help="output folder (required with scans; no default: --card needs none)")
     p.add_argument("--ensemble", action="store_true", help="one subject: average logits of all scans")
     p.add_argument("--name", default=None, help="output name with --ensemble (default: first scan's)")
     p.add_argument("--probabilities", action="store_true", help="also write <name>_probs.nii.gz (4D)")
@@ -60,7 +65,13 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.card:
+        print(model_card(args.checkpoint))
+        return EXIT_OK
+    if not args.scans or args.out is None:
+        p.error("scans and --out are required (or --card)")
     results = predict_files(args.checkpoint, args.scans, args.out, ensemble=args.ensemble, name=args.name,
                             window=args.window, tta=args.tta, overlap=args.overlap,
                             sw_batch_size=args.sw_batch_size, probabilities=args.probabilities,

@@ -208,11 +208,16 @@ def _stored_window(crop, source: str) -> tuple[int, int, int]:
 
 def _resolve(checkpoint, window, device) -> tuple[torch.nn.Module, tuple, float, torch.device]:
     """``(model on device, window, voxel size, device)`` from a checkpoint path or a ``(model, config)`` pair."""
+    from .bundled import DEFAULT_MODEL, is_bundled_name, load_bundled_model
     if isinstance(checkpoint, (tuple, list)):
         model, cfg = checkpoint
+        source = "the checkpoint"
+    elif checkpoint is None or is_bundled_name(checkpoint):
+        model, cfg = load_bundled_model(checkpoint)
+        source = f"bundled model {checkpoint or DEFAULT_MODEL!r}"
     else:
         model, cfg = load_checkpoint_model(checkpoint, map_location="cpu")
-    source = "the checkpoint" if isinstance(checkpoint, (tuple, list)) else str(checkpoint)
+        source = str(checkpoint)
     generator = cfg.get("generator") or {}
     win = _window(window) if window is not None else _stored_window(generator.get("crop", 192), source)
     voxel_size = generator.get("voxel_size", 1.0)
@@ -257,7 +262,8 @@ def predict_volume(checkpoint, volumes, affines, window=None, tta: bool = True, 
         synthgen.io.save_nifti("sub-01_lesion.nii.gz", out["lesion"], out["affine"])
 
     Args:
-        checkpoint: path of a checkpoint (:func:`load_checkpoint_model`) or a ``(model, config)`` pair.
+        checkpoint: path of a checkpoint (:func:`load_checkpoint_model`), a ``(model, config)`` pair, or None (or a
+            bundled model's name) for the model that ships in the package (:mod:`synthgen.segment.bundled`).
         volumes: a 3D array ``(X, Y, Z)`` (numpy or torch; any orientation and voxel size), or a list of them:
             contrasts of one subject, whose logits are averaged (ensembling).
         affines: the voxel -> world affine ``(4, 4)`` of each volume (one, or a list as long as ``volumes``).
@@ -316,7 +322,8 @@ def predict_files(checkpoint, scans, out_dir, ensemble: bool = False, name: str 
     (``generator.voxel_size``, 1 mm by default).
 
     Args:
-        checkpoint: path of a checkpoint (:func:`load_checkpoint_model`) or a ``(model, config)`` pair.
+        checkpoint: path of a checkpoint (:func:`load_checkpoint_model`), a ``(model, config)`` pair, or None (or a
+            bundled model's name) for the model that ships in the package (:mod:`synthgen.segment.bundled`).
         scans: NIfTI paths; one case each, or one case in all with ``ensemble``.
         out_dir: output folder (created).
         ensemble: average the logits of all scans (one subject) on the first scan's grid.
