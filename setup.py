@@ -33,7 +33,7 @@ setup(
     # (synthgen.kernels.cuda_loader reads that copy when installed, csrc/ in a checkout)
     packages=find_packages(include=["synthgen", "synthgen.*"]) + ["synthgen.kernels.csrc"],
     package_dir={"synthgen.kernels.csrc": "csrc"},
-    package_data={"synthgen": ["data/default/*", "data/mappings/*.json"],
+    package_data={"synthgen": ["data/default/*", "data/mappings/*.json", "models/*.json", "models/*.pt", "models/*.md"],
                   "synthgen.kernels.csrc": ["*.cu", "*.cpp", "*.h"]},
     include_package_data=True,
     install_requires=install_requires,

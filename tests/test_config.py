@@ -157,3 +157,13 @@ def test_lesion_config_keeps_how_masks_are_read_apart_from_how_lesions_are_made(
         LesionMaskConfig(mask_threshold=1.5).validate()
     with pytest.raises(ValueError, match=r"`lesion.holdout_fraction`"):
         LesionConfig(holdout_fraction=2.0).validate()
+
+
+def test_transfer_preset_is_quick_with_the_conspicuity_prior_soop_lesions_and_a_2mm_grid():
+    from synthgen.config import ProceduralLesionConfig
+    from synthgen.train.config import preset, quick_preset
+    cfg, quick = preset("transfer").validate(), quick_preset()
+    assert cfg.generator.gmm.lesion_contrast == (25.0, 100.0) and cfg.generator.gmm.lesion_mu is None
+    assert cfg.generator.voxel_size == 2.0 and cfg.generator.crop == (64, 64, 64)
+    assert cfg.data.lesion.procedural == ProceduralLesionConfig() and cfg.data.lesion.healthy_probability == 0.1
+    assert cfg.model == quick.model and cfg.generator.target == "lesion" and cfg.steps == 18_000
