@@ -91,10 +91,8 @@ def main(argv=None) -> int:
         print(f"error: {case}: the shared ISLES'22 case is not there ({STEM}_dwi.nii.gz)", file=sys.stderr)
         return 2
     scans, truth, ml = load_case(case)
-    import torch
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results = []
-    print(f"| checkpoint | input | Dice | predicted mL | true mL | lesion F1 | s |\n|---|---|---|---|---|---|---|")
+    print("| checkpoint | input | Dice | predicted mL | true mL | lesion F1 | s |\n|---|---|---|---|---|---|---|")
     for i, ckpt in enumerate(args.checkpoints):
         source = None if ckpt == "bundled" else ckpt
         rows, preds = score_checkpoint(source, scans, truth, ml, tta=not args.no_tta)

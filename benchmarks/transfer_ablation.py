@@ -11,7 +11,6 @@ real-scan rows; ``benchmarks/README.md`` has the table. One case checks transfer
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -68,7 +67,8 @@ def variant_config(name: str, out: Path, steps: int | None = None):
 
 def _synthetic_dice(run: Path) -> float | None:
     import csv
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val_lesion_dice")]
+    with open(run / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_lesion_dice")]
     return float(rows[-1]["val_lesion_dice"]) if rows else None
 
 

@@ -8,6 +8,7 @@ not depend on the batch it is generated in, and ``SampleParams`` replays it exac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -114,26 +115,31 @@ def _bernoulli(g: torch.Generator, p: float, n: int = 1) -> torch.Tensor:
 def parenchyma_gaussians(config: GeneratorConfig) -> list[int]:
     """The Gaussians that draw grey and white matter (tissue classes 1 and 2); the other brain classes, or every
     non-background Gaussian, for a label set without them."""
-    classes = config.labels.class_table()
-    of_label = config.labels.gaussians or tuple(range(len(classes)))
+    return list(_parenchyma(config.labels.class_table(), config.labels.gaussians))
+
+
+@functools.lru_cache(maxsize=16)
+def _parenchyma(classes: tuple, gaussians: tuple | None) -> tuple:
+    # cached by the label tables: sample_one asks once per sample, and a label set may hold 256 labels
+    of_label = gaussians or tuple(range(len(classes)))
     for wanted in ((1, 2), (1, 2, 3, 4), tuple(range(1, 256))):
         found = sorted({int(g) for g, c in zip(of_label, classes) if c in wanted})
         if found:
-            return found
-    return [0]
+            return tuple(found)
+    return (0,)
 
 
-def conspicuous_lesion_mean(config: GeneratorConfig, mu: torch.Tensor) -> torch.Tensor:
-    """The lesion's mean under ``gmm.lesion_contrast``, from the Gaussian means ``mu`` (lesion last).
+def conspicuous_lesion_mean(config: GeneratorConfig, mu: torch.Tensor, u: float) -> torch.Tensor:
+    """The lesion's mean under ``gmm.lesion_contrast``, from the Gaussian means ``mu`` (lesion last) and the lesion's
+    own uniform draw ``u`` in [0, 1) (its place in ``gmm.mu``).
 
-    The lesion's own uniform draw ``u`` (its place in ``gmm.mu``) decides both the side and the margin, so that the
-    prior adds no draw: bright when ``u < p`` (``lesion_bright_probability``), and the margin reads the rescaled
-    ``u`` in ``lesion_contrast``. Bright lies the margin above the brightest parenchyma Gaussian, dark below the
-    darkest; a dark mean below 0 (which Rician noise would fold back up) is drawn bright instead.
+    ``u`` decides both the side and the margin, so that the prior adds no draw: bright when ``u < p``
+    (``lesion_bright_probability``), and the margin reads the rescaled ``u`` in ``lesion_contrast``. Bright lies the
+    margin above the brightest parenchyma Gaussian, dark below the darkest; a dark mean below 0 (which Rician noise
+    would fold back up) is drawn bright instead.
     """
     gm = config.gmm
-    lo, hi = gm.mu
-    u = float((mu[-1] - lo) / (hi - lo)) if hi > lo else 0.0
+    u = float(u)
     p = gm.lesion_bright_probability
     bright = u < p
     v = u / p if bright else (u - p) / (1 - p)
@@ -180,12 +186,14 @@ def sample_one(config: GeneratorConfig, in_shape, seed: int, index: int, stream:
     # least 15 + 1 are drawn, so that label sets of up to 15 labels draw the same numbers
     k = max(MAX_TISSUE_CHANNELS, c.labels.num_gaussians) + 1
     mu = _uniform(g, *c.gmm.mu, k).float()
-    if c.gmm.lesion_mu is not None:      # same draw, rescaled: the order of draws never changes
+    if c.gmm.lesion_mu is not None or c.gmm.lesion_contrast is not None:
+        # a lesion prior reads the lesion's own draw, rescaled to [0, 1): the order of draws never changes
         lo, hi = c.gmm.mu
         u = (mu[-1] - lo) / (hi - lo) if hi > lo else torch.zeros(())
-        mu[-1] = c.gmm.lesion_mu[0] + (c.gmm.lesion_mu[1] - c.gmm.lesion_mu[0]) * u
-    if c.gmm.lesion_contrast is not None:
-        mu[-1] = conspicuous_lesion_mean(c, mu)
+        if c.gmm.lesion_mu is not None:
+            mu[-1] = c.gmm.lesion_mu[0] + (c.gmm.lesion_mu[1] - c.gmm.lesion_mu[0]) * u
+        else:
+            mu[-1] = conspicuous_lesion_mean(c, mu, u)
     sigma = _uniform(g, *c.gmm.sigma, k).float()
     if c.labels.gaussians is not None:   # per label: its group's Gaussian (a table lookup in the kernels)
         of_label = torch.tensor(list(c.labels.gaussians) + [k - 1])
