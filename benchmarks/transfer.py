@@ -1,6 +1,6 @@
 """Does a checkpoint trained on synthetic samples find a real stroke? Scores on the shared ISLES'22 case.
 
-    python benchmarks/transfer.py runs/quick/last.pt [more.pt ...] [--json out.json] [--png overlay.png]
+    python benchmarks/transfer.py runs/quick/last.pt [more.pt ...] [--no-histnorm] [--json out.json] [--png overlay.png]
 
 Predicts ``../shared/data/real_stroke_isles22/`` (one acute case: DWI b1000 and ADC, 2 mm, the expert mask drawn
 on the DWI) with each checkpoint, as ``synthgen-predict`` would (RAS, reslice to the checkpoint's grid, histogram
@@ -33,7 +33,8 @@ def load_case(folder: Path = CASE):
     return scans, np.asarray(truth) > 0, abs(float(np.linalg.det(aff[:3, :3]))) / 1000.0
 
 
-def score_checkpoint(checkpoint, scans, truth, ml_per_voxel: float, tta: bool = True) -> list[dict]:
+def score_checkpoint(checkpoint, scans, truth, ml_per_voxel: float, tta: bool = True,
+                     histnorm: bool = True) -> tuple[list[dict], dict]:
     """One row per input of :data:`INPUTS`: Dice, volumes, lesion F1, seconds; and the predictions by input."""
     from synthgen.metrics.scores import dice, lesion_f1
     from synthgen.segment import predict_volume
@@ -41,7 +42,7 @@ def score_checkpoint(checkpoint, scans, truth, ml_per_voxel: float, tta: bool = 
     for name, contrasts in INPUTS.items():
         t0 = time.perf_counter()
         out = predict_volume(checkpoint, [scans[c][0] for c in contrasts], [scans[c][1] for c in contrasts],
-                             tta=tta, device="cpu")
+                             tta=tta, device="cpu", histnorm=histnorm)
         seconds = time.perf_counter() - t0
         pred = out["lesion"] > 0
         preds[name] = pred
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("checkpoints", nargs="+", help="checkpoint files, or 'bundled'")
     p.add_argument("--case", default=str(CASE), help="folder of the shared ISLES'22 case")
     p.add_argument("--no-tta", action="store_true", help="one pass instead of the 8 flips")
+    p.add_argument("--no-histnorm", dest="histnorm", action="store_false",
+                   help="z-score only, as synthgen-predict --no-histnorm (the synthetic branch has no histogram step)")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--png", help="overlay of the first checkpoint's predictions (PNG)")
     args = p.parse_args(argv)
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
     print("| checkpoint | input | Dice | predicted mL | true mL | lesion F1 | s |\n|---|---|---|---|---|---|---|")
     for i, ckpt in enumerate(args.checkpoints):
         source = None if ckpt == "bundled" else ckpt
-        rows, preds = score_checkpoint(source, scans, truth, ml, tta=not args.no_tta)
+        rows, preds = score_checkpoint(source, scans, truth, ml, tta=not args.no_tta, histnorm=args.histnorm)
         for r in rows:
             print(f"| {ckpt} | {r['input']} | {r['dice']:.3f} | {r['pred_ml']:.2f} | {r['true_ml']:.2f} | "
                   f"{r['lesion_f1']:.3f} | {r['seconds']:.1f} |", flush=True)
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         if args.png and i == 0:
             save_overlay(scans, truth, preds, Path(args.png), f"{ckpt} on ISLES'22 {STEM} ({git_sha()})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"git": git_sha(), "tta": not args.no_tta, "rows": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"git": git_sha(), "tta": not args.no_tta, "histnorm": args.histnorm, "rows": results}, indent=1))
     return 0
 
 
