@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         if args.png and i == 0:
             save_overlay(scans, truth, preds, Path(args.png), f"{ckpt} on ISLES'22 {STEM} ({git_sha()})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"git": git_sha(), "tta": not args.no_tta, "histnorm": args.histnorm, "rows": results}, indent=1))
+        meta = {"git": git_sha(), "tta": not args.no_tta, "histnorm": args.histnorm}
+        Path(args.json).write_text(json.dumps({**meta, "rows": results}, indent=1))
     return 0
 
 
